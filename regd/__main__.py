@@ -1,0 +1,3 @@
+from regd.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""Request parsing and response helpers shared by the API resources."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any, cast
+from urllib.parse import quote
+
+from quart import Response, current_app, request
+
+from regd.errors import BlobUploadInvalid, ManifestTooLarge, SizeInvalid
+from regd.registry import Registry
+
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+def registry() -> Registry:
+    return cast(Registry, current_app.config["REGD_REGISTRY"])
+
+
+def json_response(
+    doc: Any, status: int = 200, headers: dict[str, str] | None = None, content_type: str = ""
+) -> Response:
+    return Response(
+        json.dumps(doc, separators=(",", ":")),
+        status=status,
+        content_type=content_type or "application/json",
+        headers=headers,
+    )
+
+
+def empty(status: int, headers: dict[str, str]) -> Response:
+    response = Response(b"", status=status, headers=headers)
+    response.content_length = 0
+    return response
+
+
+def content_length() -> int | None:
+    raw = request.headers.get("Content-Length")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise SizeInvalid(f"invalid Content-Length {raw[:30]!r}")
+    return int(raw)
+
+
+def content_range() -> tuple[int, int] | None:
+    """The inclusive byte range a chunk claims, from its Content-Range header."""
+    raw = request.headers.get("Content-Range")
+    if raw is None:
+        return None
+    match = _CONTENT_RANGE.match(raw.strip())
+    if not match:
+        raise BlobUploadInvalid(f"malformed Content-Range {raw[:60]!r}; expected START-END")
+    start, end = int(match[1]), int(match[2])
+    if end < start:
+        raise BlobUploadInvalid(f"Content-Range {raw[:60]!r} ends before it starts")
+    return start, end
+
+
+def byte_range(size: int) -> tuple[int, int] | None:
+    """The single range a GET asks for, as (start, end inclusive); None for the whole."""
+    raw = request.headers.get("Range")
+    if raw is None:
+        return None
+    match = _RANGE.match(raw.strip())
+    if not match or (not match[1] and not match[2]):
+        return None  # Unknown or multi-range syntax: RFC 9110 allows ignoring it.
+    if match[1]:
+        start = int(match[1])
+        end = int(match[2]) if match[2] else size - 1
+    else:
+        suffix = int(match[2])
+        if suffix == 0:
+            raise RangeNotSatisfiable()
+        start, end = max(size - suffix, 0), size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable()
+    return start, min(end, size - 1)
+
+
+async def body_chunks() -> AsyncIterator[bytes]:
+    async for chunk in request.body:
+        yield chunk
+
+
+async def read_limited(limit: int) -> bytes:
+    """A small body (a manifest) read whole, refusing anything over `limit`."""
+    length = content_length()
+    if length is not None and length > limit:
+        raise ManifestTooLarge(f"manifest is {length} bytes; the limit is {limit}")
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in request.body:
+        total += len(chunk)
+        if total > limit:
+            raise ManifestTooLarge(f"manifest is over the {limit}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def next_link(path: str, n: int, last: str, **extra: str) -> str:
+    query = f"n={n}&last={quote(last, safe='')}"
+    for key, value in extra.items():
+        query += f"&{key}={quote(value, safe='')}"
+    return f'<{path}?{query}>; rel="next"'

@@ -1,0 +1,116 @@
+"""The Quart-Trio application: API blueprints, error mapping, and bounded request bodies."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioBody, TrioRequest
+
+from regd import api
+from regd.api import errors
+from regd.registry import Registry
+
+API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+# How much of a request body may wait in memory for the handler to consume it.
+BODY_BUFFER_LIMIT = 4 * 1024 * 1024
+
+access_log = logging.getLogger("regd.access")
+
+
+class BoundedBody(TrioBody):
+    """A request body whose reader applies backpressure to the connection.
+
+    Quart's body collects whatever the server delivers; for multi-gigabyte blob uploads
+    onto a slower disk that would be the whole blob in memory. Here the receiving side
+    waits until the handler has drained the buffer below a limit.
+    """
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
+        super().__init__(expected_content_length, max_content_length)
+        self._drained = trio.Event()
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._drained.set()
+        return data
+
+    async def wait_for_room(self) -> None:
+        while len(self._data) >= BODY_BUFFER_LIMIT and not self._complete.is_set():
+            self._drained = trio.Event()
+            await self._drained.wait()
+
+
+class BoundedRequest(TrioRequest):
+    body_class = BoundedBody
+
+
+class BoundedHTTPConnection(TrioASGIHTTPConnection):
+    async def handle_messages(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: BoundedRequest, receive: ASGIReceiveCallable
+    ) -> None:
+        body = request.body
+        assert isinstance(body, BoundedBody)
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                else:
+                    await body.wait_for_room()
+            elif message["type"] == "http.disconnect":
+                break
+        # The client is gone: cancel the handler, whose cleanup is shielded.
+        nursery.cancel_scope.cancel()
+
+
+class RegdApp(QuartTrio):
+    asgi_http_class = BoundedHTTPConnection
+    request_class = BoundedRequest
+
+
+def create_app(registry: Registry, *, access_logging: bool = True) -> RegdApp:
+    app = RegdApp("regd")
+    app.config.update(
+        REGD_REGISTRY=registry,
+        # Blob bodies are streamed and bounded by the handlers themselves.
+        MAX_CONTENT_LENGTH=None,
+        BODY_TIMEOUT=None,
+        RESPONSE_TIMEOUT=None,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+    for blueprint in api.BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    errors.install(app)
+
+    @app.after_request
+    async def _common_headers(response: Response) -> Response:
+        response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+        if access_logging and access_log.isEnabledFor(logging.INFO):
+            took = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            access_log.info(
+                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
+                request.method,
+                request.path,
+                response.status_code,
+                response.content_length,
+                took,
+                request.remote_addr,
+            )
+        return response
+
+    if access_logging:
+
+        @app.before_request
+        async def _start_clock() -> None:
+            g.started = time.perf_counter()
+
+    return app

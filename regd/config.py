@@ -1,0 +1,150 @@
+"""Configuration: one frozen object, from a TOML file, `REGD_*` variables and flags.
+
+Precedence, lowest to highest: built-in defaults, the file, the environment, the flags.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from regd.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STORAGE_DRIVERS = ("filesystem", "memory")
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    if env.get("REGD_DATA_DIR"):
+        return Path(env["REGD_DATA_DIR"])
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "regd"
+
+
+@dataclass(frozen=True)
+class Config:
+    addr: str = "127.0.0.1:5000"
+    data_dir: Path = Path("~/.local/share/regd")
+    database: str | None = None
+    workers: int = 1
+    log_level: str = "info"
+    access_log: bool = True
+    storage: str = "filesystem"
+    storage_root: Path | None = None
+    graceful_timeout: float = 30.0
+
+    @property
+    def host(self) -> str:
+        return self.addr.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.addr.rsplit(":", 1)[1])
+
+    @property
+    def database_url(self) -> str:
+        if self.database:
+            return self.database
+        return f"sqlite:///{self.data_dir / 'regd.db'}"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.storage_root or self.data_dir
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that recreates this configuration in a worker process."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f"REGD_{f.name.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
+        return out
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    try:
+        if key in ("workers",):
+            result: Any = int(value)
+        elif key in ("graceful_timeout",):
+            result = float(value)
+        elif key in ("access_log",):
+            if isinstance(value, bool):
+                result = value
+            elif str(value).lower() in ("1", "true", "yes", "on"):
+                result = True
+            elif str(value).lower() in ("0", "false", "no", "off"):
+                result = False
+            else:
+                raise ValueError(value)
+        elif key in ("data_dir", "storage_root"):
+            result = Path(str(value)).expanduser()
+        else:
+            result = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: invalid value {value!r} for {key}") from None
+    return result
+
+
+def load(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] = os.environ,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    known = {f.name for f in fields(Config)}
+    values: dict[str, Any] = {"data_dir": default_data_dir(env)}
+
+    path = file or (Path(env["REGD_CONFIG"]) if env.get("REGD_CONFIG") else None)
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in doc.items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value, str(path))
+
+    for name in known:
+        raw = env.get(f"REGD_{name.upper()}")
+        if raw not in (None, ""):
+            values[name] = _coerce(name, raw, f"REGD_{name.upper()}")
+
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    host, sep, port = config.addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"addr must be HOST:PORT, not {config.addr!r}")
+    if config.workers < 1 or config.workers > 64:
+        raise ConfigError(f"workers must be between 1 and 64, not {config.workers}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if config.storage not in STORAGE_DRIVERS:
+        raise ConfigError(f"storage must be one of {', '.join(STORAGE_DRIVERS)}")
+    if config.storage == "memory" and config.workers > 1:
+        raise ConfigError("the memory storage driver cannot be shared by several workers")
+    if config.database and not config.database.startswith(
+        ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
+    ):
+        raise ConfigError(
+            f"database must be sqlite:///PATH or postgresql://..., not {config.database!r}"
+        )
+    if config.graceful_timeout < 0:
+        raise ConfigError("graceful_timeout must not be negative")

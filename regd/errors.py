@@ -1,0 +1,108 @@
+"""The one exception hierarchy of regd.
+
+    RegdError
+    ├── ConfigError                 bad configuration, found at start-up
+    ├── StorageError                (regd.storage) a driver failed; PathNotFound, InvalidPath, ...
+    ├── MetadataError               (regd.metadata) the database failed or refused
+    └── RegistryError               a request the registry refuses, with its OCI error code
+        ├── BlobUnknown, BlobUploadUnknown, ManifestUnknown, NameUnknown      (not found)
+        ├── DigestInvalid, NameInvalid, ManifestInvalid, ManifestBlobUnknown,
+        │   BlobUploadInvalid, SizeInvalid, TagInvalid, PaginationInvalid      (bad input)
+        ├── RangeInvalid            a chunk that does not continue the upload (416)
+        ├── ManifestTooLarge        (413)
+        └── Unsupported             a feature the registry does not offer
+
+The API layer maps each RegistryError subclass to its HTTP status in one table
+(`regd.api.errors`); nothing below the API knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegdError(Exception):
+    """Base of every error regd raises on purpose."""
+
+
+class ConfigError(RegdError):
+    pass
+
+
+class RegistryError(RegdError):
+    code: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+
+
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+
+
+class RangeInvalid(BlobUploadInvalid):
+    """A chunk that does not start where the upload ends; the session stays usable."""
+
+    def __init__(self, message: str, current_size: int) -> None:
+        super().__init__(message, {"size": current_size})
+        self.current_size = current_size
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+
+
+class ManifestTooLarge(ManifestInvalid):
+    pass
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+
+
+class TagInvalid(RegistryError):
+    code = "TAG_INVALID"
+
+
+class PaginationInvalid(RegistryError):
+    code = "PAGINATION_NUMBER_INVALID"
+
+
+class Unsupported(RegistryError):
+    """A feature or option the registry does not offer (400)."""
+
+    code = "UNSUPPORTED"
+
+
+class Denied(RegistryError):
+    code = "DENIED"

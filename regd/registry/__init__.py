@@ -1,0 +1,52 @@
+"""The registry's domain: what a push, a pull or a deletion means. No HTTP, no SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from regd.metadata import MetadataStore
+from regd.registry.blobs import Blobs, BlobStat, BlobStream
+from regd.registry.listings import Listings, Referrers, page_size
+from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
+from regd.registry.uploads import Uploads, UploadStatus
+from regd.storage import StorageDriver
+
+
+@dataclass(frozen=True)
+class Registry:
+    storage: StorageDriver
+    metadata: MetadataStore
+    blobs: Blobs
+    uploads: Uploads
+    manifests: Manifests
+    listings: Listings
+
+    @classmethod
+    def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
+        return cls(
+            storage=storage,
+            metadata=metadata,
+            blobs=Blobs(storage, metadata),
+            uploads=Uploads(storage, metadata),
+            manifests=Manifests(metadata),
+            listings=Listings(metadata),
+        )
+
+    async def aclose(self) -> None:
+        await self.metadata.aclose()
+
+
+__all__ = [
+    "MAX_MANIFEST_SIZE",
+    "BlobStat",
+    "BlobStream",
+    "Blobs",
+    "Listings",
+    "Manifests",
+    "PushedManifest",
+    "Referrers",
+    "Registry",
+    "UploadStatus",
+    "Uploads",
+    "page_size",
+]

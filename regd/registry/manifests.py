@@ -1,0 +1,122 @@
+"""Manifests and indexes: validated on push, served byte for byte."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from regd.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+)
+from regd.metadata import ManifestInfo, MetadataStore, MissingReferences, NewManifest
+from regd.oci.digest import Digest
+from regd.oci.manifest import ManifestError, parse_manifest
+from regd.registry import validation
+
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PushedManifest:
+    digest: Digest
+    subject: Digest | None
+    tags: tuple[str, ...]
+
+
+class Manifests:
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    async def put(
+        self,
+        repository: str,
+        reference: str,
+        payload: bytes,
+        content_type: str | None,
+        extra_tags: tuple[str, ...] = (),
+    ) -> PushedManifest:
+        name = validation.repository_name(repository)
+        if len(payload) > MAX_MANIFEST_SIZE:
+            raise ManifestTooLarge(
+                f"manifest is {len(payload)} bytes; the limit is {MAX_MANIFEST_SIZE}"
+            )
+        tags: list[str] = []
+        if validation.is_digest_reference(reference):
+            claimed = validation.digest(reference)
+            digest = Digest.of(payload, claimed.algorithm)
+            if digest != claimed:
+                raise DigestInvalid(
+                    f"manifest hashes to {digest}, not {claimed}",
+                    {"expected": str(claimed), "actual": str(digest)},
+                )
+        else:
+            tags.append(validation.tag(reference))
+            digest = Digest.of(payload)
+        tags.extend(validation.tag(t) for t in extra_tags if t not in tags)
+
+        try:
+            manifest = parse_manifest(payload, content_type)
+        except ManifestError as exc:
+            raise ManifestInvalid(str(exc)) from None
+
+        try:
+            await self._metadata.put_manifest(
+                name,
+                NewManifest(
+                    digest=str(digest),
+                    media_type=manifest.media_type,
+                    size=len(payload),
+                    payload=payload,
+                    artifact_type=manifest.effective_artifact_type,
+                    subject=str(manifest.subject.digest) if manifest.subject else None,
+                    annotations=manifest.annotations,
+                    blobs=[str(d.digest) for d in manifest.blob_references()],
+                    children=[str(d.digest) for d in manifest.manifests],
+                ),
+                tags,
+            )
+        except MissingReferences as exc:
+            missing = exc.blobs + exc.manifests
+            what = "blobs" if exc.blobs else "manifests"
+            raise ManifestBlobUnknown(
+                f"manifest references {what} not in repository {name}: {', '.join(missing[:5])}",
+                {"missing": missing},
+            ) from None
+        return PushedManifest(
+            digest, manifest.subject.digest if manifest.subject else None, tuple(tags)
+        )
+
+    async def get(self, repository: str, reference: str, *, with_payload: bool) -> ManifestInfo:
+        name = validation.repository_name(repository)
+        if validation.is_digest_reference(reference):
+            d = str(validation.digest(reference))
+            info = await self._metadata.get_manifest(name, digest=d, with_payload=with_payload)
+        else:
+            info = await self._metadata.get_manifest(
+                name, tag=validation.tag(reference), with_payload=with_payload
+            )
+        if info is None:
+            await self._raise_unknown(name, reference)
+        assert info is not None
+        return info
+
+    async def delete(self, repository: str, reference: str) -> None:
+        """By digest: the manifest and all its tags. By tag: only that tag."""
+        name = validation.repository_name(repository)
+        if validation.is_digest_reference(reference):
+            found = await self._metadata.delete_manifest(name, str(validation.digest(reference)))
+        else:
+            found = await self._metadata.delete_tag(name, validation.tag(reference))
+        if not found:
+            await self._raise_unknown(name, reference)
+
+    async def _raise_unknown(self, name: str, reference: str) -> None:
+        if not await self._metadata.repository_exists(name):
+            raise NameUnknown(f"repository {name} is not known", {"name": name})
+        raise ManifestUnknown(
+            f"manifest {reference} is not in repository {name}", {"reference": reference}
+        )

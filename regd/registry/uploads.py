@@ -1,0 +1,335 @@
+"""Blob upload sessions: monolithic, streamed and chunked pushes.
+
+The session's truth is its metadata row (repository, bytes accepted). The bytes live in
+`_uploads/<id>/data`. A request that appends takes the row's lease first, so two replicas
+never interleave writes to one session; a request that fails or is cut off rolls the file
+back to the accepted size, leaving the session usable.
+
+Hashing: hashlib cannot serialise a running sha256, so the hash state stays in the
+process that received the bytes. When the next request for the session lands in the same
+process and the state still matches the accepted size, hashing continues; otherwise the
+bytes are hashed again from storage when the upload completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import trio
+
+from regd.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from regd.metadata import MetadataStore, UploadInfo
+from regd.oci.digest import Digest, Hasher
+from regd.registry import validation
+from regd.registry.blobs import BlobStat
+from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
+
+# Bytes gathered before one hand-off to a worker thread: large enough that thread
+# switches cost little, small enough to bound memory per request.
+WRITE_CHUNK = 1024 * 1024
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    id: str
+    repository: str
+    size: int
+
+
+class _HashStates:
+    """Running hashes of the sessions this process appended to last (bounded, LRU)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._states: OrderedDict[str, Hasher] = OrderedDict()
+        self._capacity = capacity
+
+    def take(self, upload_id: str, size: int, algorithm: str) -> Hasher | None:
+        """The state for a session at `size`, removed from the cache while in use."""
+        hasher = self._states.pop(upload_id, None)
+        if hasher is not None and hasher.size == size and hasher.algorithm == algorithm:
+            return hasher
+        return None
+
+    def put(self, upload_id: str, hasher: Hasher) -> None:
+        self._states[upload_id] = hasher
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+    def drop(self, upload_id: str) -> None:
+        self._states.pop(upload_id, None)
+
+
+class Uploads:
+    def __init__(
+        self,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        *,
+        lease_seconds: float = 15 * 60,
+    ) -> None:
+        self._storage = storage
+        self._metadata = metadata
+        self._lease_seconds = lease_seconds
+        self._hashes = _HashStates()
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def start(self, repository: str) -> UploadStatus:
+        name = validation.repository_name(repository)
+        upload_id = str(uuid.uuid4())
+        await self._metadata.create_upload(upload_id, name)
+        return UploadStatus(upload_id, name, 0)
+
+    async def _session(self, repository: str, upload_id: str) -> UploadInfo:
+        name = validation.repository_name(repository)
+        info = await self._metadata.get_upload(upload_id) if _is_uuid(upload_id) else None
+        if info is None or info.repository != name:
+            raise BlobUploadUnknown(
+                f"upload {upload_id[:64]} is not in progress for {name}",
+                {"upload": upload_id[:64]},
+            )
+        return info
+
+    async def status(self, repository: str, upload_id: str) -> UploadStatus:
+        info = await self._session(repository, upload_id)
+        return UploadStatus(info.id, info.repository, info.size)
+
+    async def cancel(self, repository: str, upload_id: str) -> None:
+        info = await self._session(repository, upload_id)
+        await self._metadata.delete_upload(info.id)
+        self._hashes.drop(info.id)
+        await self._remove_files(info.repository, info.id)
+
+    async def _remove_files(self, repository: str, upload_id: str) -> None:
+        with contextlib.suppress(PathNotFound):
+            await self._storage.delete(layout.upload_dir(repository, upload_id))
+
+    # -- appending -----------------------------------------------------------------------
+
+    async def append(
+        self,
+        repository: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        *,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> UploadStatus:
+        """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
+        info = await self._session(repository, upload_id)
+        lease = str(uuid.uuid4())
+        held = await self._acquire(info, lease, start)
+        try:
+            size = await self._append_locked(held, body, length)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._metadata.release_upload(held.id, lease, held.size)
+            raise
+        await self._metadata.release_upload(held.id, lease, size)
+        return UploadStatus(held.id, held.repository, size)
+
+    async def _acquire(self, info: UploadInfo, lease: str, start: int | None) -> UploadInfo:
+        held = await self._metadata.acquire_upload(
+            info.id, lease, expected_size=start, ttl=self._lease_seconds
+        )
+        if held is not None:
+            return held
+        current = await self._metadata.get_upload(info.id)
+        if current is None:
+            raise BlobUploadUnknown(f"upload {info.id} is no longer in progress")
+        if start is not None and start != current.size:
+            raise RangeInvalid(
+                f"chunk starts at byte {start} but the upload holds {current.size} bytes",
+                current.size,
+            )
+        raise RangeInvalid(
+            f"upload {info.id} is being written by another request; retry later", current.size
+        )
+
+    async def _open_writer(self, info: UploadInfo) -> Writer:
+        path = layout.upload_data(info.repository, info.id)
+        try:
+            return await self._storage.writer(path, offset=info.size)
+        except (InvalidOffset, PathNotFound):
+            # Fewer bytes on storage than the session accepted: the data is damaged.
+            await self._metadata.delete_upload(info.id)
+            await self._remove_files(info.repository, info.id)
+            raise BlobUploadInvalid(f"upload {info.id} lost its data; start a new upload") from None
+
+    async def _append_locked(
+        self, info: UploadInfo, body: AsyncIterable[bytes], length: int | None
+    ) -> int:
+        hasher = self._hashes.take(info.id, info.size, "sha256")
+        if hasher is None and info.size == 0:
+            hasher = Hasher("sha256")
+        writer = await self._open_writer(info)
+        try:
+            received = await _pump(body, writer, hasher, length)
+        except BaseException:
+            await writer.cancel()
+            raise
+        if length is not None and received != length:
+            await writer.cancel()
+            raise SizeInvalid(
+                f"received {received} bytes but the request announced {length}",
+                {"received": received, "expected": length},
+            )
+        await writer.commit()
+        if hasher is not None:
+            self._hashes.put(info.id, hasher)
+        return writer.size
+
+    # -- completing ----------------------------------------------------------------------
+
+    async def finish(
+        self,
+        repository: str,
+        upload_id: str,
+        digest: str | None,
+        body: AsyncIterable[bytes],
+        *,
+        start: int | None = None,
+        length: int | None = None,
+    ) -> BlobStat:
+        """Append a final chunk (possibly empty), verify the digest and store the blob."""
+        info = await self._session(repository, upload_id)
+        if digest is None:
+            raise DigestInvalid("completing an upload needs ?digest=")
+        expected = validation.digest(digest)
+        lease = str(uuid.uuid4())
+        held = await self._acquire(info, lease, start)
+        try:
+            size = await self._append_locked(held, body, length)
+            actual = await self._digest_of(held, size, expected.algorithm)
+            if actual != expected:
+                await self._abandon(held)
+                raise DigestInvalid(
+                    f"content hashes to {actual}, not {expected}; the upload was discarded",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            await self._store(held.repository, held.id, expected, size, upload_row=True)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                # Whatever stayed in the session (it may already be gone) is released.
+                await self._metadata.release_upload(held.id, lease, held.size)
+            raise
+        return BlobStat(expected, size)
+
+    async def monolithic(
+        self, repository: str, digest: str, body: AsyncIterable[bytes], length: int | None
+    ) -> BlobStat:
+        """POST with ?digest=: the whole blob in one request, no session row."""
+        name = validation.repository_name(repository)
+        expected = validation.digest(digest)
+        upload_id = str(uuid.uuid4())
+        hasher = Hasher(expected.algorithm)
+        writer = await self._storage.writer(layout.upload_data(name, upload_id))
+        try:
+            try:
+                received = await _pump(body, writer, hasher, length)
+                if length is not None and received != length:
+                    raise SizeInvalid(
+                        f"received {received} bytes but the request announced {length}"
+                    )
+                actual = hasher.digest()
+                if actual != expected:
+                    raise DigestInvalid(
+                        f"content hashes to {actual}, not {expected}; nothing was stored",
+                        {"expected": str(expected), "actual": str(actual)},
+                    )
+            except BaseException:
+                await writer.cancel()
+                raise
+            await writer.commit()
+            await self._store(name, upload_id, expected, received, upload_row=False)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._remove_files(name, upload_id)
+        return BlobStat(expected, received)
+
+    async def _digest_of(self, info: UploadInfo, size: int, algorithm: str) -> Digest:
+        hasher = self._hashes.take(info.id, size, algorithm)
+        if hasher is not None:
+            return hasher.digest()
+        # The running hash lives elsewhere (another replica, or before a restart).
+        hasher = Hasher(algorithm)
+        if size:
+            reader = await self._storage.reader(layout.upload_data(info.repository, info.id))
+            try:
+                while chunk := await reader.read(HASH_CHUNK):
+                    await trio.to_thread.run_sync(hasher.update, chunk)
+            finally:
+                await reader.aclose()
+        return hasher.digest()
+
+    async def _store(
+        self, repository: str, upload_id: str, digest: Digest, size: int, *, upload_row: bool
+    ) -> None:
+        source = layout.upload_data(repository, upload_id)
+        if size == 0:
+            # An empty session may have no data file at all.
+            writer = await self._storage.writer(source)
+            await writer.commit()
+        # Content-addressed: replacing an existing copy with identical bytes is harmless,
+        # and the rename is atomic, so readers never see a partial blob.
+        await self._storage.move(source, layout.blob_data(digest))
+        await self._metadata.link_blob(
+            repository, str(digest), size, upload_id=upload_id if upload_row else None
+        )
+        self._hashes.drop(upload_id)
+        await self._remove_files(repository, upload_id)
+
+    async def _abandon(self, info: UploadInfo) -> None:
+        await self._metadata.delete_upload(info.id)
+        self._hashes.drop(info.id)
+        await self._remove_files(info.repository, info.id)
+
+
+async def _pump(
+    body: AsyncIterable[bytes], writer: Writer, hasher: Hasher | None, length: int | None
+) -> int:
+    """Copy a request body to storage, hashing on the way, in bounded pieces."""
+    received = 0
+    pending: list[bytes] = []
+    pending_size = 0
+
+    async def flush() -> None:
+        nonlocal pending, pending_size
+        data = b"".join(pending)
+        pending, pending_size = [], 0
+        if hasher is not None:
+            await trio.to_thread.run_sync(hasher.update, data)
+        await writer.write(data)
+
+    async for chunk in body:
+        if not chunk:
+            continue
+        received += len(chunk)
+        if length is not None and received > length:
+            raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= WRITE_CHUNK:
+            await flush()
+    if pending:
+        await flush()
+    return received
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36

@@ -1,0 +1,29 @@
+"""Blob bytes: the driver protocol, its drivers, and Distribution's path layout."""
+
+from regd.storage import layout
+from regd.storage.base import (
+    FileInfo,
+    InvalidOffset,
+    InvalidPath,
+    PathNotFound,
+    Reader,
+    StorageDriver,
+    StorageError,
+    Writer,
+)
+from regd.storage.filesystem import FilesystemDriver
+from regd.storage.memory import MemoryDriver
+
+__all__ = [
+    "FileInfo",
+    "FilesystemDriver",
+    "InvalidOffset",
+    "InvalidPath",
+    "MemoryDriver",
+    "PathNotFound",
+    "Reader",
+    "StorageDriver",
+    "StorageError",
+    "Writer",
+    "layout",
+]

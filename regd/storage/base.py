@@ -1,0 +1,132 @@
+"""The storage-driver protocol: bytes at paths, nothing more.
+
+A driver knows nothing of digests, tags or repositories; the registry layer decides which
+path holds what (see `layout`). The protocol is shaped so an object store fits it:
+a writer may be reopened later to append (multipart upload parts), is made durable and
+visible by `commit`, and `redirect_url` lets a driver hand reads to the store directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from regd.errors import RegdError
+
+
+class StorageError(RegdError):
+    """Base of every storage-driver failure."""
+
+
+class PathNotFound(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"no such path: {path}")
+        self.path = path
+
+
+class InvalidPath(StorageError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"invalid storage path: {path!r}")
+        self.path = path
+
+
+class InvalidOffset(StorageError):
+    def __init__(self, path: str, offset: int) -> None:
+        super().__init__(f"invalid offset {offset} for {path}")
+        self.path = path
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    size: int
+    modified: float
+    is_dir: bool
+
+
+@runtime_checkable
+class Reader(Protocol):
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to `max_bytes`; b"" at the end."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Writer(Protocol):
+    @property
+    def size(self) -> int:
+        """Bytes in the file, including those present before this writer opened it."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make everything written durable; the writer is closed afterwards."""
+        ...
+
+    async def cancel(self) -> None:
+        """Discard what this writer wrote: the file returns to the size it was opened at
+        (a file this writer created disappears). The writer is closed afterwards."""
+        ...
+
+
+class StorageDriver(Protocol):
+    """Paths are '/'-separated, relative to the driver's root, without '.' or '..'."""
+
+    name: str
+
+    async def get_content(self, path: str) -> bytes:
+        """The whole content of a small file (link files, small metadata)."""
+        ...
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        """Replace a small file atomically and durably."""
+        ...
+
+    async def reader(self, path: str, offset: int = 0) -> Reader:
+        """Open `path` for streaming from `offset`; raises PathNotFound at once."""
+        ...
+
+    async def writer(self, path: str, *, offset: int = 0) -> Writer:
+        """Open a writer that continues the file at `offset`.
+
+        Offset 0 starts a new (or emptied) file. A larger offset continues an existing
+        file, first dropping anything past it (bytes an interrupted writer left behind);
+        an offset beyond the file's size raises InvalidOffset, a missing file PathNotFound.
+        """
+        ...
+
+    async def stat(self, path: str) -> FileInfo: ...
+
+    async def list(self, path: str) -> Sequence[str]:
+        """Names of the direct children of a directory, sorted."""
+        ...
+
+    async def move(self, source: str, destination: str) -> None:
+        """Atomically and durably rename; an existing destination is replaced."""
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Delete a file or a whole directory tree; PathNotFound when absent."""
+        ...
+
+    async def redirect_url(self, path: str) -> str | None:
+        """A URL clients may fetch `path` from directly, or None to have regd serve it."""
+        ...
+
+
+def check_path(path: str) -> str:
+    """Reject paths that could escape a driver's root."""
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise InvalidPath(path)
+    return path

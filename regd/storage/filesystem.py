@@ -1,0 +1,261 @@
+"""The default driver: files under one root directory.
+
+Durability rules: data is fsynced before it becomes visible under its final name, and
+every rename is followed by an fsync of the directory that holds the new name.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import trio
+
+from regd.storage.base import (
+    FileInfo,
+    InvalidOffset,
+    PathNotFound,
+    StorageError,
+    check_path,
+)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: Path) -> None:
+    # Each newly created directory must itself be durable in its parent.
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for created in reversed(missing):
+        _fsync_dir(created.parent)
+
+
+class _FileReader:
+    def __init__(self, fh: io.FileIO, limiter: trio.CapacityLimiter) -> None:
+        self._fh = fh
+        self._limiter = limiter
+
+    async def read(self, max_bytes: int) -> bytes:
+        return await trio.to_thread.run_sync(self._fh.read, max_bytes, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        self._fh.close()
+
+
+class _FileWriter:
+    def __init__(
+        self, path: Path, fh: io.FileIO, start: int, created: bool, limiter: trio.CapacityLimiter
+    ) -> None:
+        self._path = path
+        self._fh = fh
+        self._start = start
+        self._size = start
+        self._created = created
+        self._limiter = limiter
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = self._fh.write(view)
+            if n is None:  # pragma: no cover - only non-blocking files return None
+                raise StorageError("short write")
+            view = view[n:]
+
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise StorageError("write on a closed writer")
+        await trio.to_thread.run_sync(self._write_all, data, limiter=self._limiter)
+        self._size += len(data)
+
+    def _commit(self) -> None:
+        try:
+            os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
+        if self._created:
+            _fsync_dir(self._path.parent)
+
+    async def commit(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await trio.to_thread.run_sync(self._commit, limiter=self._limiter)
+
+    def _cancel(self) -> None:
+        try:
+            if self._created:
+                self._path.unlink(missing_ok=True)
+            else:
+                os.ftruncate(self._fh.fileno(), self._start)
+                os.fsync(self._fh.fileno())
+        finally:
+            self._fh.close()
+
+    async def cancel(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Shielded: a cancelled request must still roll its partial bytes back.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._cancel, limiter=self._limiter)
+
+
+class FilesystemDriver:
+    name = "filesystem"
+
+    def __init__(self, root: str | os.PathLike[str], *, max_threads: int = 16) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._limiter = trio.CapacityLimiter(max_threads)
+
+    def _full(self, path: str) -> Path:
+        return self.root / check_path(path)
+
+    async def get_content(self, path: str) -> bytes:
+        full = self._full(path)
+
+        def read() -> bytes:
+            try:
+                return full.read_bytes()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise PathNotFound(path) from None
+
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def put_content(self, path: str, data: bytes) -> None:
+        full = self._full(path)
+
+        def write() -> None:
+            _makedirs(full.parent)
+            tmp = full.with_name(f".{full.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, full)
+            _fsync_dir(full.parent)
+
+        await trio.to_thread.run_sync(write, limiter=self._limiter)
+
+    async def reader(self, path: str, offset: int = 0) -> _FileReader:
+        full = self._full(path)
+
+        def open_at() -> io.FileIO:
+            try:
+                fh = open(full, "rb", buffering=0)  # noqa: SIM115 - handed to the reader
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise PathNotFound(path) from None
+            size = os.fstat(fh.fileno()).st_size
+            if offset < 0 or offset > size:
+                fh.close()
+                raise InvalidOffset(path, offset)
+            fh.seek(offset)
+            return fh
+
+        fh = await trio.to_thread.run_sync(open_at, limiter=self._limiter)
+        return _FileReader(fh, self._limiter)
+
+    async def writer(self, path: str, *, offset: int = 0) -> _FileWriter:
+        full = self._full(path)
+
+        def open_for_write() -> tuple[io.FileIO, bool]:
+            if offset == 0:
+                _makedirs(full.parent)
+                created = not full.exists()
+                fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            else:
+                try:
+                    fd = os.open(full, os.O_WRONLY)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise PathNotFound(path) from None
+                created = False
+                size = os.fstat(fd).st_size
+                if offset > size:
+                    os.close(fd)
+                    raise InvalidOffset(path, offset)
+                if offset < size:
+                    os.ftruncate(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+            return os.fdopen(fd, "wb", buffering=0), created
+
+        if offset < 0:
+            raise InvalidOffset(path, offset)
+        fh, created = await trio.to_thread.run_sync(open_for_write, limiter=self._limiter)
+        return _FileWriter(full, fh, offset, created, self._limiter)
+
+    async def stat(self, path: str) -> FileInfo:
+        full = self._full(path)
+
+        def st() -> FileInfo:
+            try:
+                s = full.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                raise PathNotFound(path) from None
+            is_dir = full.is_dir()
+            return FileInfo(path, 0 if is_dir else s.st_size, s.st_mtime, is_dir)
+
+        return await trio.to_thread.run_sync(st, limiter=self._limiter)
+
+    async def list(self, path: str) -> list[str]:
+        full = self._full(path)
+
+        def ls() -> list[str]:
+            try:
+                return sorted(p.name for p in full.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
+                raise PathNotFound(path) from None
+
+        return await trio.to_thread.run_sync(ls, limiter=self._limiter)
+
+    async def move(self, source: str, destination: str) -> None:
+        src, dst = self._full(source), self._full(destination)
+
+        def mv() -> None:
+            _makedirs(dst.parent)
+            try:
+                os.replace(src, dst)
+            except FileNotFoundError:
+                raise PathNotFound(source) from None
+            _fsync_dir(dst.parent)
+
+        await trio.to_thread.run_sync(mv, limiter=self._limiter)
+
+    async def delete(self, path: str) -> None:
+        full = self._full(path)
+
+        def rm() -> None:
+            try:
+                if full.is_dir() and not full.is_symlink():
+                    shutil.rmtree(full)
+                else:
+                    full.unlink()
+            except FileNotFoundError:
+                raise PathNotFound(path) from None
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    raise PathNotFound(path) from None
+                raise
+
+        await trio.to_thread.run_sync(rm, limiter=self._limiter)
+
+    async def redirect_url(self, path: str) -> str | None:
+        return None
