@@ -1,0 +1,173 @@
+"""The metadata conformance suite: every backend (SQLite, PostgreSQL) passes it.
+
+The `database_url` fixture runs each test on both; the suite talks only to the store's
+public methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+
+from regd.metadata import MetadataError, MetadataStore, MissingReferences, NewManifest, sqlite_url
+
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+D3 = "sha256:" + "3" * 64
+M1 = "sha256:" + "a" * 64
+M2 = "sha256:" + "b" * 64
+
+
+@pytest.fixture
+async def store(tmp_path: Path, database_url: str | None) -> AsyncIterator[MetadataStore]:
+    s = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"))
+    s.create_schema()
+    s.create_schema()  # idempotent
+    yield s
+    await s.aclose()
+
+
+def manifest(
+    digest: str, blobs: list[str], children: Sequence[str] = (), subject: str | None = None
+) -> NewManifest:
+    return NewManifest(
+        digest=digest,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        size=10,
+        payload=b"0123456789",
+        artifact_type="application/x-test",
+        subject=subject,
+        annotations={"k": "v"},
+        blobs=blobs,
+        children=list(children),
+    )
+
+
+async def test_blob_links(store: MetadataStore) -> None:
+    assert await store.blob_size("r", D1) is None
+    await store.link_blob("r", D1, 5)
+    await store.link_blob("r", D1, 5)
+    assert await store.blob_size("r", D1) == 5
+    assert await store.blob_size("other", D1) is None
+    assert await store.global_blob_size(D1) == 5
+    assert await store.repository_exists("r")
+    assert await store.unlink_blob("r", D1)
+    assert not await store.unlink_blob("r", D1)
+    assert not await store.unlink_blob("nope", D1)
+    assert await store.global_blob_size(D1) == 5
+
+
+async def test_uploads_and_leases(store: MetadataStore) -> None:
+    uid = "00000000-0000-4000-8000-000000000001"
+    await store.create_upload(uid, "r")
+    info = await store.get_upload(uid)
+    assert info is not None
+    assert (info.repository, info.size) == ("r", 0)
+    held = await store.acquire_upload(uid, "lease-1", expected_size=0, ttl=60)
+    assert held is not None
+    # Held: nobody else gets it.
+    assert await store.acquire_upload(uid, "lease-2", expected_size=0, ttl=60) is None
+    assert not await store.release_upload(uid, "lease-2", 99)
+    assert await store.release_upload(uid, "lease-1", 7)
+    # Wrong expected size.
+    assert await store.acquire_upload(uid, "lease-3", expected_size=0, ttl=60) is None
+    assert await store.acquire_upload(uid, "lease-3", expected_size=7, ttl=0) is not None
+    # An expired lease can be taken over.
+    await trio.sleep(0.01)
+    assert await store.acquire_upload(uid, "lease-4", expected_size=None, ttl=60) is not None
+    assert await store.delete_upload(uid)
+    assert await store.get_upload(uid) is None
+    assert not await store.delete_upload(uid)
+
+
+async def test_linking_a_blob_can_finish_an_upload(store: MetadataStore) -> None:
+    uid = "00000000-0000-4000-8000-000000000002"
+    await store.create_upload(uid, "r")
+    await store.link_blob("r", D1, 1, upload_id=uid)
+    assert await store.get_upload(uid) is None
+
+
+async def test_manifest_requires_references(store: MetadataStore) -> None:
+    await store.link_blob("r", D1, 1)
+    with pytest.raises(MissingReferences) as info:
+        await store.put_manifest("r", manifest(M1, [D1, D2]), ["t"])
+    assert info.value.blobs == [D2]
+    assert await store.get_manifest("r", digest=M1) is None
+    assert await store.list_tags("r", None, None) is not None
+    await store.link_blob("r", D2, 2)
+    await store.put_manifest("r", manifest(M1, [D1, D2, D1]), ["t", "u"])
+    got = await store.get_manifest("r", tag="t")
+    assert got is not None
+    assert got.digest == M1
+    assert got.payload == b"0123456789"
+    assert got.annotations == {"k": "v"}
+    head = await store.get_manifest("r", digest=M1, with_payload=False)
+    assert head is not None
+    assert head.payload is None
+    with pytest.raises(MissingReferences) as info:
+        await store.put_manifest("r", manifest(M2, [], children=[M1, D3]), [])
+    assert info.value.manifests == [D3]
+
+
+async def test_put_manifest_is_idempotent_and_moves_tags(store: MetadataStore) -> None:
+    await store.link_blob("r", D1, 1)
+    await store.put_manifest("r", manifest(M1, [D1]), ["t"])
+    await store.put_manifest("r", manifest(M1, [D1]), ["t"])
+    await store.put_manifest("r", manifest(M2, [D1]), ["t"])
+    got = await store.get_manifest("r", tag="t")
+    assert got is not None
+    assert got.digest == M2
+    details = await store.tag_details("r")
+    assert details is not None
+    assert [(d.name, d.digest) for d in details] == [("t", M2)]
+
+
+async def test_deletes(store: MetadataStore) -> None:
+    await store.link_blob("r", D1, 1)
+    await store.put_manifest("r", manifest(M1, [D1]), ["a", "b"])
+    assert await store.delete_tag("r", "a")
+    assert not await store.delete_tag("r", "a")
+    assert await store.delete_manifest("r", M1)
+    assert not await store.delete_manifest("r", M1)
+    page = await store.list_tags("r", None, None)
+    assert page is not None
+    assert page.items == []
+    assert not await store.delete_manifest("nope", M1)
+
+
+async def test_paging(store: MetadataStore) -> None:
+    names = [f"repo{i:02d}" for i in range(25)]
+    for n in reversed(names):
+        await store.link_blob(n, D1, 1)
+    page = await store.list_repositories(None, 10)
+    assert page.items == names[:10]
+    assert page.more
+    page = await store.list_repositories(names[19], 10)
+    assert page.items == names[20:]
+    assert not page.more
+    assert (await store.list_repositories(None, None)).items == names
+    assert await store.list_tags("missing", None, None) is None
+
+
+async def test_referrers(store: MetadataStore) -> None:
+    await store.link_blob("r", D1, 1)
+    await store.put_manifest("r", manifest(M1, [D1], subject=M2), [])
+    rows = await store.referrers("r", M2, None)
+    assert [r.digest for r in rows] == [M1]
+    assert await store.referrers("r", M2, "application/x-other") == []
+    assert await store.referrers("other", M2, None) == []
+
+
+async def test_concurrent_writers(store: MetadataStore) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(store.link_blob, f"repo{i % 3}", D1, 1)
+    assert await store.global_blob_size(D1) == 1
+
+
+def test_bad_urls() -> None:
+    with pytest.raises(MetadataError):
+        MetadataStore("mysql://x")
