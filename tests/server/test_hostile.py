@@ -1,0 +1,133 @@
+"""Hostile and broken requests against a real regd process, over raw sockets.
+
+These are the cases an in-process transport cannot produce: bodies cut off mid-stream,
+Content-Length that lies, paths that try to climb out of the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers.servers import RegdServer
+
+pytestmark = pytest.mark.e2e
+
+
+def raw(server: RegdServer, request: bytes, *, close_after: float | None = None) -> bytes:
+    """Send bytes as they are; return one whole response (head and Content-Length body)."""
+    host, port = server.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        if close_after is not None:
+            time.sleep(close_after)
+            return b""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return head + b"\r\n\r\n" + body
+
+
+def status_line(response: bytes) -> str:
+    return response.split(b"\r\n", 1)[0].decode()
+
+
+def wait_for(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "docker").rglob("*") if p.is_file())
+
+
+def test_cut_off_patch_keeps_the_session_resumable(regd_server: RegdServer) -> None:
+    base = regd_server.url
+    location = httpx.post(f"{base}/v2/cut/blobs/uploads/").headers["Location"]
+    assert httpx.patch(base + location, content=b"a" * 1000).status_code == 202
+    head = f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n".encode()
+    raw(regd_server, head + b"b" * 3_000_000, close_after=0.3)
+
+    def rolled_back() -> bool:
+        r = httpx.get(base + location)
+        return r.status_code == 204 and r.headers["Range"] == "0-999"
+
+    wait_for(rolled_back)
+    r = httpx.patch(base + location, content=b"c" * 10, headers={"Content-Range": "1000-1009"})
+    assert r.status_code == 202, r.text
+    digest = "sha256:" + hashlib.sha256(b"a" * 1000 + b"c" * 10).hexdigest()
+    assert httpx.put(base + location, params={"digest": digest}).status_code == 201
+    assert httpx.get(f"{base}/v2/cut/blobs/{digest}").content == b"a" * 1000 + b"c" * 10
+
+
+def test_cut_off_monolithic_push_leaves_nothing(regd_server: RegdServer) -> None:
+    data = b"z" * 3_000_000
+    digest = "sha256:" + hashlib.sha256(data + b"rest").hexdigest()
+    head = (
+        f"POST /v2/cut/blobs/uploads/?digest={digest} HTTP/1.1\r\n"
+        "Host: x\r\nContent-Length: 3000004\r\n\r\n"
+    ).encode()
+    raw(regd_server, head + data, close_after=0.3)
+    wait_for(lambda: not stored_files(regd_server.data_dir))
+    assert httpx.head(f"{regd_server.url}/v2/cut/blobs/{digest}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/a/../b/blobs/uploads/",
+        "/v2/../../etc/blobs/uploads/",
+        "/v2/a/%2e%2e/b/blobs/uploads/",
+        "/v2/A/blobs/uploads/",
+        "/v2/a%00b/blobs/uploads/",
+    ],
+)
+def test_paths_that_climb_are_refused(regd_server: RegdServer, path: str) -> None:
+    response = raw(
+        regd_server, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode()
+    )
+    assert status_line(response).split()[1] in ("400", "404"), response[:300]
+    assert b'"errors"' in response
+
+
+def test_digest_with_traversal_is_refused(regd_server: RegdServer) -> None:
+    response = raw(regd_server, b"GET /v2/a/blobs/sha256:..%2f..%2f HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_line(response).split()[1] in ("400", "404")
+
+
+def test_garbage_request_does_not_kill_the_server(regd_server: RegdServer) -> None:
+    raw(regd_server, b"\x00\x01\x02 NOT HTTP\r\n\r\n", close_after=0.2)
+    raw(regd_server, b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", close_after=0.2)
+    assert httpx.get(f"{regd_server.url}/v2/").status_code == 200
+
+
+def test_body_shorter_than_content_range(regd_server: RegdServer) -> None:
+    base = regd_server.url
+    location = httpx.post(f"{base}/v2/short/blobs/uploads/").headers["Location"]
+    r = httpx.patch(base + location, content=b"abc", headers={"Content-Range": "0-9"})
+    assert r.status_code == 400
+    assert r.json()["errors"][0]["code"] == "SIZE_INVALID"
+    assert httpx.get(base + location).headers["Range"] == "0-0"
