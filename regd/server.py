@@ -20,6 +20,8 @@ from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
 
+SOCKET_READ_SIZE = 1024 * 1024
+
 
 class _LineFormatter(logging.Formatter):
     """One line per record: `time level logger message`, exceptions folded into it."""
@@ -63,7 +65,16 @@ def prepare(config: cfg.Config) -> None:
         store.engine.dispose()
 
 
+def _tune_hypercorn() -> None:
+    # hypercorn reads sockets 64 KiB at a time; blob pushes are dominated by the per-read
+    # cost of the event loop, h11 and Quart, so fewer, larger reads raise throughput.
+    import hypercorn.trio.tcp_server as tcp_server
+
+    tcp_server.MAX_RECV = SOCKET_READ_SIZE
+
+
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
+    _tune_hypercorn()
     hc = HypercornConfig()
     hc.bind = [config.addr]
     hc.worker_class = "trio"

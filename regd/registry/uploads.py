@@ -38,6 +38,8 @@ from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, lay
 # switches cost little, small enough to bound memory per request.
 WRITE_CHUNK = 1024 * 1024
 HASH_CHUNK = 4 * 1024 * 1024
+# Chunks that may wait between the receiving, hashing and writing stages of one upload.
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,31 +301,57 @@ class Uploads:
 async def _pump(
     body: AsyncIterable[bytes], writer: Writer, hasher: Hasher | None, length: int | None
 ) -> int:
-    """Copy a request body to storage, hashing on the way, in bounded pieces."""
+    """Copy a request body to storage, hashing on the way, in bounded pieces.
+
+    Receiving, hashing and writing run as three stages joined by small channels, so a
+    chunk is hashed (one core) and written (the disk) while the next one arrives.
+    Memory stays bounded by the channels' capacity times WRITE_CHUNK.
+    """
     received = 0
-    pending: list[bytes] = []
-    pending_size = 0
+    to_writer, for_writer = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
+    to_hasher, for_hasher = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
 
-    async def flush() -> None:
-        nonlocal pending, pending_size
-        data = b"".join(pending)
-        pending, pending_size = [], 0
+    async def write_stage() -> None:
+        async with for_writer:
+            async for data in for_writer:
+                await writer.write(data)
+
+    async def hash_stage(h: Hasher) -> None:
+        async with for_hasher:
+            async for data in for_hasher:
+                await trio.to_thread.run_sync(h.update, data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_stage)
         if hasher is not None:
-            await trio.to_thread.run_sync(hasher.update, data)
-        await writer.write(data)
-
-    async for chunk in body:
-        if not chunk:
-            continue
-        received += len(chunk)
-        if length is not None and received > length:
-            raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
-        pending.append(chunk)
-        pending_size += len(chunk)
-        if pending_size >= WRITE_CHUNK:
-            await flush()
-    if pending:
-        await flush()
+            nursery.start_soon(hash_stage, hasher)
+        else:
+            to_hasher.close()
+            for_hasher.close()
+        async with to_writer, to_hasher:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in body:
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if length is not None and received > length:
+                    raise SizeInvalid(
+                        f"the request body is longer than the announced {length} bytes"
+                    )
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= WRITE_CHUNK:
+                    data = b"".join(pending)
+                    pending, pending_size = [], 0
+                    await to_writer.send(data)
+                    if hasher is not None:
+                        await to_hasher.send(data)
+            if pending:
+                data = b"".join(pending)
+                await to_writer.send(data)
+                if hasher is not None:
+                    await to_hasher.send(data)
     return received
 
 
