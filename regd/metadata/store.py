@@ -380,6 +380,19 @@ class MetadataStore:
 
         return await self._write(w)
 
+    async def renew_upload(self, upload_id: str, lease: str, ttl: float) -> bool:
+        """Extend a held lease; False when it was lost (expired and taken over)."""
+
+        def w(conn: Connection) -> bool:
+            result = conn.execute(
+                update(t.uploads)
+                .where(t.uploads.c.id == upload_id, t.uploads.c.lease == lease)
+                .values(lease_until=time.time() + ttl)
+            )
+            return result.rowcount > 0
+
+        return await self._write(w)
+
     async def release_upload(self, upload_id: str, lease: str, size: int) -> bool:
         def w(conn: Connection) -> bool:
             result = conn.execute(

@@ -32,6 +32,7 @@ from regd.metadata import MetadataStore, UploadInfo
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
 from regd.registry.blobs import BlobStat
+from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
 
 # Bytes gathered before one hand-off to a worker thread: large enough that thread
@@ -133,7 +134,7 @@ class Uploads:
         lease = str(uuid.uuid4())
         held = await self._acquire(info, lease, start)
         try:
-            size = await self._append_locked(held, body, length)
+            size = await self._append_locked(held, lease, body, length)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._metadata.release_upload(held.id, lease, held.size)
@@ -170,14 +171,17 @@ class Uploads:
             raise BlobUploadInvalid(f"upload {info.id} lost its data; start a new upload") from None
 
     async def _append_locked(
-        self, info: UploadInfo, body: AsyncIterable[bytes], length: int | None
+        self, info: UploadInfo, lease: str, body: AsyncIterable[bytes], length: int | None
     ) -> int:
         hasher = self._hashes.take(info.id, info.size, "sha256")
         if hasher is None and info.size == 0:
             hasher = Hasher("sha256")
         writer = await self._open_writer(info)
         try:
-            received = await _pump(body, writer, hasher, length)
+            async with task_group() as nursery:
+                nursery.start_soon(self._keep_lease, info.id, lease)
+                received = await _pump(body, writer, hasher, length)
+                nursery.cancel_scope.cancel()
         except BaseException:
             await writer.cancel()
             raise
@@ -191,6 +195,15 @@ class Uploads:
         if hasher is not None:
             self._hashes.put(info.id, hasher)
         return writer.size
+
+    async def _keep_lease(self, upload_id: str, lease: str) -> None:
+        """Renew the lease while a long body streams in, so no one else takes it over."""
+        while True:
+            await trio.sleep(self._lease_seconds / 3)
+            if not await self._metadata.renew_upload(upload_id, lease, self._lease_seconds):
+                raise BlobUploadInvalid(
+                    f"upload {upload_id} was taken over by another request; start again"
+                )
 
     # -- completing ----------------------------------------------------------------------
 
@@ -212,7 +225,7 @@ class Uploads:
         lease = str(uuid.uuid4())
         held = await self._acquire(info, lease, start)
         try:
-            size = await self._append_locked(held, body, length)
+            size = await self._append_locked(held, lease, body, length)
             actual = await self._digest_of(held, size, expected.algorithm)
             if actual != expected:
                 await self._abandon(held)
@@ -321,7 +334,7 @@ async def _pump(
             async for data in for_hasher:
                 await trio.to_thread.run_sync(h.update, data)
 
-    async with trio.open_nursery() as nursery:
+    async with task_group() as nursery:
         nursery.start_soon(write_stage)
         if hasher is not None:
             nursery.start_soon(hash_stage, hasher)
