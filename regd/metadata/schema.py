@@ -47,12 +47,15 @@ repositories = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# `linked_at` moves forward whenever the blob is uploaded again or mounted: garbage
+# collection spares blobs linked within its grace period, referenced or not.
 blobs = Table(
     "blobs",
     metadata,
     Column("digest", _name(150), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("linked_at", Float, nullable=False),
 )
 
 repository_blobs = Table(
@@ -121,6 +124,16 @@ tags = Table(
     Column("manifest_id", _Id, ForeignKey("manifests.id", ondelete="CASCADE"), nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("tags_manifest", "manifest_id"),
+)
+
+# Named leases shared by all replicas: `blob:<digest>` while a blob's file is placed or
+# removed, `gc` while a sweep runs. An expired lease may be taken over.
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(36), nullable=False),
+    Column("until", Float, nullable=False),
 )
 
 # Upload sessions live here, not in one process's memory, so any replica can continue one.

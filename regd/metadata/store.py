@@ -42,6 +42,10 @@ class MetadataError(RegdError):
     """The database failed or its content is not what regd expects."""
 
 
+class _Retry(Exception):
+    """Raised inside a write transaction to run it again from the start."""
+
+
 class MissingReferences(MetadataError):
     """A manifest names blobs or manifests the repository does not have."""
 
@@ -185,6 +189,9 @@ class MetadataStore:
                         conn.execution_options(regd_write=True)
                         with conn.begin():
                             return fn(conn, *args, **kwargs)
+                except _Retry:
+                    time.sleep(0.005 * attempt)
+                    continue
                 except MetadataError:
                     raise
                 except IntegrityError as exc:
@@ -284,27 +291,109 @@ class MetadataStore:
         return await self._read(q)
 
     async def link_blob(
-        self, repository: str, digest: str, size: int, *, upload_id: str | None = None
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        *,
+        upload_id: str | None = None,
+        release_lock: str | None = None,
     ) -> None:
-        """Record that `digest` is stored and that `repository` may serve it."""
+        """Record that `digest` is stored and that `repository` may serve it.
+
+        Also ends the upload session `upload_id` and releases the lease `release_lock`
+        (held by the caller on `blob:<digest>`) in the same transaction.
+        """
 
         def w(conn: Connection) -> None:
             now = time.time()
             repo_id = self._ensure_repo(conn, repository)
             conn.execute(
                 self._insert(t.blobs)
-                .values(digest=digest, size=size, created_at=now)
-                .on_conflict_do_nothing(index_elements=["digest"])
+                .values(digest=digest, size=size, created_at=now, linked_at=now)
+                .on_conflict_do_update(index_elements=["digest"], set_={"linked_at": now})
             )
-            conn.execute(
-                self._insert(t.repository_blobs)
-                .values(repository_id=repo_id, digest=digest, created_at=now)
-                .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-            )
+            self._link(conn, repo_id, digest, now)
             if upload_id is not None:
                 conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
+            if release_lock is not None:
+                self._release(conn, f"blob:{digest}", release_lock)
 
         await self._write(w)
+
+    def _link(self, conn: Connection, repo_id: int, digest: str, now: float) -> None:
+        conn.execute(
+            self._insert(t.repository_blobs)
+            .values(repository_id=repo_id, digest=digest, created_at=now)
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+        )
+
+    async def mount_blob(self, repository: str, digest: str, source: str | None) -> int | None:
+        """Link a blob the registry already stores into `repository`; its size, or None.
+
+        With `source`, only a blob linked in that repository qualifies. The blob's row is
+        locked for the transaction so a concurrent sweep either sees the new link or has
+        already removed the blob (and the mount then reports nothing to mount).
+        """
+
+        def w(conn: Connection) -> int | None:
+            stmt = select(t.blobs.c.size).where(t.blobs.c.digest == digest)
+            if source is not None:
+                stmt = stmt.select_from(
+                    t.blobs.join(
+                        t.repository_blobs, t.repository_blobs.c.digest == t.blobs.c.digest
+                    ).join(
+                        t.repositories, t.repositories.c.id == t.repository_blobs.c.repository_id
+                    )
+                ).where(t.repositories.c.name == source)
+            size = conn.execute(self._share(stmt, t.blobs)).scalar()
+            if size is None:
+                return None
+            now = time.time()
+            conn.execute(update(t.blobs).where(t.blobs.c.digest == digest).values(linked_at=now))
+            self._link(conn, self._ensure_repo(conn, repository), digest, now)
+            return int(size)
+
+        return await self._write(w)
+
+    def _share(self, stmt: Any, table: Any) -> Any:
+        """Lock the rows of `table` a statement reads until commit (PostgreSQL only).
+
+        SQLite needs no row locks: its writers already run one at a time."""
+        if self.dialect == "postgresql":
+            return stmt.with_for_update(read=True, of=table)
+        return stmt
+
+    def _exclusive(self, stmt: Any, table: Any) -> Any:
+        if self.dialect == "postgresql":
+            return stmt.with_for_update(of=table)
+        return stmt
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the named lease if it is free or expired."""
+
+        def w(conn: Connection) -> bool:
+            now = time.time()
+            ins = self._insert(t.locks).values(name=name, holder=holder, until=now + ttl)
+            # RETURNING rather than rowcount: drivers disagree on an upsert's rowcount.
+            taken = conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"holder": holder, "until": now + ttl},
+                    where=t.locks.c.until < now,
+                ).returning(t.locks.c.holder)
+            ).scalar()
+            return taken == holder
+
+        return await self._write(w)
+
+    async def release_lock(self, name: str, holder: str) -> None:
+        await self._write(lambda conn: self._release(conn, name, holder))
+
+    def _release(self, conn: Connection, name: str, holder: str) -> None:
+        conn.execute(delete(t.locks).where(t.locks.c.name == name, t.locks.c.holder == holder))
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         def w(conn: Connection) -> bool:
@@ -473,14 +562,20 @@ class MetadataStore:
             repo_id = self._ensure_repo(conn, repository)
             missing_blobs: list[str] = []
             if new.blobs:
-                stmt = select(t.repository_blobs.c.digest).where(
-                    t.repository_blobs.c.repository_id == repo_id,
-                    t.repository_blobs.c.digest.in_(set(new.blobs)),
+                stmt = (
+                    select(t.repository_blobs.c.digest)
+                    .select_from(
+                        t.repository_blobs.join(
+                            t.blobs, t.blobs.c.digest == t.repository_blobs.c.digest
+                        )
+                    )
+                    .where(
+                        t.repository_blobs.c.repository_id == repo_id,
+                        t.repository_blobs.c.digest.in_(set(new.blobs)),
+                    )
                 )
-                if self.dialect == "postgresql":
-                    # Holds the links against a concurrent unlink until we commit.
-                    stmt = stmt.with_for_update(read=True)
-                present = set(conn.execute(stmt).scalars())
+                # Holds the blobs against a concurrent sweep until we commit.
+                present = set(conn.execute(self._share(stmt, t.blobs)).scalars())
                 missing_blobs = [d for d in dict.fromkeys(new.blobs) if d not in present]
             missing_children: list[str] = []
             if new.children:
@@ -488,9 +583,7 @@ class MetadataStore:
                     t.manifests.c.repository_id == repo_id,
                     t.manifests.c.digest.in_(set(new.children)),
                 )
-                if self.dialect == "postgresql":
-                    stmt = stmt.with_for_update(read=True)
-                present = set(conn.execute(stmt).scalars())
+                present = set(conn.execute(self._share(stmt, t.manifests)).scalars())
                 missing_children = [d for d in dict.fromkeys(new.children) if d not in present]
             if missing_blobs or missing_children:
                 raise MissingReferences(missing_blobs, missing_children)
@@ -511,10 +604,17 @@ class MetadataStore:
                 .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
             )
             manifest_id = conn.execute(
-                select(t.manifests.c.id).where(
-                    t.manifests.c.repository_id == repo_id, t.manifests.c.digest == new.digest
+                self._share(
+                    select(t.manifests.c.id).where(
+                        t.manifests.c.repository_id == repo_id,
+                        t.manifests.c.digest == new.digest,
+                    ),
+                    t.manifests,
                 )
-            ).scalar_one()
+            ).scalar()
+            if manifest_id is None:
+                # A sweep deleted the existing copy between our insert and this read.
+                raise _Retry()
             for table, digests in (
                 (t.manifest_blobs, new.blobs),
                 (t.manifest_children, new.children),

@@ -88,13 +88,10 @@ class Blobs:
         d = validation.digest(digest)
         if source is not None:
             try:
-                source_name = validation.repository_name(source)
+                source = validation.repository_name(source)
             except NameInvalid:
                 return None
-            size = await self._metadata.blob_size(source_name, str(d))
-        else:
-            size = await self._metadata.global_blob_size(str(d))
+        size = await self._metadata.mount_blob(name, str(d), source)
         if size is None:
             return None
-        await self._metadata.link_blob(name, str(d), size)
         return BlobStat(d, size)

@@ -32,6 +32,7 @@ from regd.metadata import MetadataStore, UploadInfo
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
 from regd.registry.blobs import BlobStat
+from regd.registry.leases import Leases
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
 
@@ -85,6 +86,7 @@ class Uploads:
         self._metadata = metadata
         self._lease_seconds = lease_seconds
         self._hashes = _HashStates()
+        self._locks = Leases(metadata)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -296,12 +298,23 @@ class Uploads:
             # An empty session may have no data file at all.
             writer = await self._storage.writer(source)
             await writer.commit()
-        # Content-addressed: replacing an existing copy with identical bytes is harmless,
-        # and the rename is atomic, so readers never see a partial blob.
-        await self._storage.move(source, layout.blob_data(digest))
-        await self._metadata.link_blob(
-            repository, str(digest), size, upload_id=upload_id if upload_row else None
-        )
+        # While the file is put in place and linked, no sweep may remove this blob.
+        holder = await self._locks.acquire(f"blob:{digest}")
+        try:
+            # Content-addressed: replacing an existing copy with identical bytes is
+            # harmless, and the rename is atomic, so readers never see a partial blob.
+            await self._storage.move(source, layout.blob_data(digest))
+            await self._metadata.link_blob(
+                repository,
+                str(digest),
+                size,
+                upload_id=upload_id if upload_row else None,
+                release_lock=holder,
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._metadata.release_lock(f"blob:{digest}", holder)
+            raise
         self._hashes.drop(upload_id)
         await self._remove_files(repository, upload_id)
 

@@ -1,0 +1,40 @@
+"""Waiting for named leases held in the metadata, shared by every replica."""
+
+from __future__ import annotations
+
+import uuid
+
+import trio
+
+from regd.metadata import MetadataError, MetadataStore
+
+# Placing or removing one blob file takes milliseconds; a lease outliving this was
+# abandoned by a crashed process and may be taken over.
+BLOB_LEASE_SECONDS = 60.0
+
+
+class Leases:
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    async def acquire(
+        self, name: str, *, ttl: float = BLOB_LEASE_SECONDS, wait: float = 30.0
+    ) -> str:
+        """Take the lease, waiting up to `wait` seconds; returns the holder token."""
+        holder = str(uuid.uuid4())
+        delay = 0.002
+        with trio.move_on_after(wait):
+            while True:
+                if await self._metadata.acquire_lock(name, holder, ttl):
+                    return holder
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        raise MetadataError(f"lease {name} stayed busy for {wait:.0f} s")
+
+    async def try_acquire(self, name: str, *, ttl: float) -> str | None:
+        holder = str(uuid.uuid4())
+        return holder if await self._metadata.acquire_lock(name, holder, ttl) else None
+
+    async def release(self, name: str, holder: str) -> None:
+        with trio.CancelScope(shield=True):
+            await self._metadata.release_lock(name, holder)
