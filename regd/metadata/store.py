@@ -161,13 +161,15 @@ class MetadataStore:
         self._limiter = trio.CapacityLimiter(max_threads)
 
     # -- plumbing ------------------------------------------------------------------------
+    # run_read/run_write run a function on a pooled connection inside one transaction, in
+    # a worker thread; they are for this package's modules, not for callers above it.
 
-    def _insert(self, table: Any) -> sqlite_dialect.Insert | pg_dialect.Insert:
+    def insert(self, table: Any) -> sqlite_dialect.Insert | pg_dialect.Insert:
         if self.dialect == "sqlite":
             return sqlite_dialect.insert(table)
         return pg_dialect.insert(table)
 
-    async def _read(
+    async def run_read(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         def run() -> R:
@@ -179,7 +181,7 @@ class MetadataStore:
 
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
-    async def _write(
+    async def run_write(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         def run() -> R:
@@ -246,7 +248,7 @@ class MetadataStore:
         if repo_id is not None:
             return repo_id
         conn.execute(
-            self._insert(t.repositories)
+            self.insert(t.repositories)
             .values(name=name, created_at=time.time())
             .on_conflict_do_nothing(index_elements=["name"])
         )
@@ -255,7 +257,7 @@ class MetadataStore:
         return repo_id
 
     async def repository_exists(self, name: str) -> bool:
-        return await self._read(lambda c: self._repo_id(c, name) is not None)
+        return await self.run_read(lambda c: self._repo_id(c, name) is not None)
 
     async def list_repositories(self, last: str | None, limit: int | None) -> Page:
         def q(conn: Connection) -> Page:
@@ -264,7 +266,7 @@ class MetadataStore:
                 stmt = stmt.where(t.repositories.c.name > last)
             return _page(conn, stmt, limit)
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -282,13 +284,13 @@ class MetadataStore:
                 .where(t.repositories.c.name == repository, t.repository_blobs.c.digest == digest)
             ).scalar()
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     async def global_blob_size(self, digest: str) -> int | None:
         def q(conn: Connection) -> int | None:
             return conn.execute(select(t.blobs.c.size).where(t.blobs.c.digest == digest)).scalar()
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     async def link_blob(
         self,
@@ -309,7 +311,7 @@ class MetadataStore:
             now = time.time()
             repo_id = self._ensure_repo(conn, repository)
             conn.execute(
-                self._insert(t.blobs)
+                self.insert(t.blobs)
                 .values(digest=digest, size=size, created_at=now, linked_at=now)
                 .on_conflict_do_update(index_elements=["digest"], set_={"linked_at": now})
             )
@@ -319,11 +321,11 @@ class MetadataStore:
             if release_lock is not None:
                 self._release(conn, f"blob:{digest}", release_lock)
 
-        await self._write(w)
+        await self.run_write(w)
 
     def _link(self, conn: Connection, repo_id: int, digest: str, now: float) -> None:
         conn.execute(
-            self._insert(t.repository_blobs)
+            self.insert(t.repository_blobs)
             .values(repository_id=repo_id, digest=digest, created_at=now)
             .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
         )
@@ -346,7 +348,7 @@ class MetadataStore:
                         t.repositories, t.repositories.c.id == t.repository_blobs.c.repository_id
                     )
                 ).where(t.repositories.c.name == source)
-            size = conn.execute(self._share(stmt, t.blobs)).scalar()
+            size = conn.execute(self.share(stmt, t.blobs)).scalar()
             if size is None:
                 return None
             now = time.time()
@@ -354,9 +356,9 @@ class MetadataStore:
             self._link(conn, self._ensure_repo(conn, repository), digest, now)
             return int(size)
 
-        return await self._write(w)
+        return await self.run_write(w)
 
-    def _share(self, stmt: Any, table: Any) -> Any:
+    def share(self, stmt: Any, table: Any) -> Any:
         """Lock the rows of `table` a statement reads until commit (PostgreSQL only).
 
         SQLite needs no row locks: its writers already run one at a time."""
@@ -364,7 +366,7 @@ class MetadataStore:
             return stmt.with_for_update(read=True, of=table)
         return stmt
 
-    def _exclusive(self, stmt: Any, table: Any) -> Any:
+    def exclusive(self, stmt: Any, table: Any) -> Any:
         if self.dialect == "postgresql":
             return stmt.with_for_update(of=table)
         return stmt
@@ -376,7 +378,7 @@ class MetadataStore:
 
         def w(conn: Connection) -> bool:
             now = time.time()
-            ins = self._insert(t.locks).values(name=name, holder=holder, until=now + ttl)
+            ins = self.insert(t.locks).values(name=name, holder=holder, until=now + ttl)
             # RETURNING rather than rowcount: drivers disagree on an upsert's rowcount.
             taken = conn.execute(
                 ins.on_conflict_do_update(
@@ -387,10 +389,10 @@ class MetadataStore:
             ).scalar()
             return taken == holder
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     async def release_lock(self, name: str, holder: str) -> None:
-        await self._write(lambda conn: self._release(conn, name, holder))
+        await self.run_write(lambda conn: self._release(conn, name, holder))
 
     def _release(self, conn: Connection, name: str, holder: str) -> None:
         conn.execute(delete(t.locks).where(t.locks.c.name == name, t.locks.c.holder == holder))
@@ -408,7 +410,7 @@ class MetadataStore:
             )
             return result.rowcount > 0
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -421,7 +423,7 @@ class MetadataStore:
                 )
             )
 
-        await self._write(w)
+        await self.run_write(w)
 
     async def get_upload(self, upload_id: str) -> UploadInfo | None:
         def q(conn: Connection) -> UploadInfo | None:
@@ -436,7 +438,7 @@ class MetadataStore:
             ).first()
             return UploadInfo(*row) if row else None
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     async def acquire_upload(
         self, upload_id: str, lease: str, *, expected_size: int | None, ttl: float
@@ -467,7 +469,7 @@ class MetadataStore:
             ).one()
             return UploadInfo(*row)
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     async def renew_upload(self, upload_id: str, lease: str, ttl: float) -> bool:
         """Extend a held lease; False when it was lost (expired and taken over)."""
@@ -480,7 +482,7 @@ class MetadataStore:
             )
             return result.rowcount > 0
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     async def release_upload(self, upload_id: str, lease: str, size: int) -> bool:
         def w(conn: Connection) -> bool:
@@ -491,13 +493,13 @@ class MetadataStore:
             )
             return result.rowcount > 0
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     async def delete_upload(self, upload_id: str) -> bool:
         def w(conn: Connection) -> bool:
             return conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id)).rowcount > 0
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     # -- manifests -----------------------------------------------------------------------
 
@@ -548,7 +550,7 @@ class MetadataStore:
                 return None
             return self._info(row, bytes(row[6]) if with_payload else None)
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     async def put_manifest(self, repository: str, new: NewManifest, tags: Iterable[str]) -> None:
         """Store a manifest and point `tags` at it, all or nothing.
@@ -575,7 +577,7 @@ class MetadataStore:
                     )
                 )
                 # Holds the blobs against a concurrent sweep until we commit.
-                present = set(conn.execute(self._share(stmt, t.blobs)).scalars())
+                present = set(conn.execute(self.share(stmt, t.blobs)).scalars())
                 missing_blobs = [d for d in dict.fromkeys(new.blobs) if d not in present]
             missing_children: list[str] = []
             if new.children:
@@ -583,13 +585,13 @@ class MetadataStore:
                     t.manifests.c.repository_id == repo_id,
                     t.manifests.c.digest.in_(set(new.children)),
                 )
-                present = set(conn.execute(self._share(stmt, t.manifests)).scalars())
+                present = set(conn.execute(self.share(stmt, t.manifests)).scalars())
                 missing_children = [d for d in dict.fromkeys(new.children) if d not in present]
             if missing_blobs or missing_children:
                 raise MissingReferences(missing_blobs, missing_children)
 
             conn.execute(
-                self._insert(t.manifests)
+                self.insert(t.manifests)
                 .values(
                     repository_id=repo_id,
                     digest=new.digest,
@@ -604,7 +606,7 @@ class MetadataStore:
                 .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
             )
             manifest_id = conn.execute(
-                self._share(
+                self.share(
                     select(t.manifests.c.id).where(
                         t.manifests.c.repository_id == repo_id,
                         t.manifests.c.digest == new.digest,
@@ -622,12 +624,12 @@ class MetadataStore:
                 unique = list(dict.fromkeys(digests))
                 if unique:
                     conn.execute(
-                        self._insert(table)
+                        self.insert(table)
                         .values([{"manifest_id": manifest_id, "digest": d} for d in unique])
                         .on_conflict_do_nothing(index_elements=["manifest_id", "digest"])
                     )
             for tag in tag_list:
-                ins = self._insert(t.tags).values(
+                ins = self.insert(t.tags).values(
                     repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=now
                 )
                 conn.execute(
@@ -637,7 +639,7 @@ class MetadataStore:
                     )
                 )
 
-        await self._write(w)
+        await self.run_write(w)
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag on it."""
@@ -663,7 +665,7 @@ class MetadataStore:
             conn.execute(delete(t.manifests).where(t.manifests.c.id == manifest_id))
             return True
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     # -- tags ----------------------------------------------------------------------------
 
@@ -677,7 +679,7 @@ class MetadataStore:
             )
             return result.rowcount > 0
 
-        return await self._write(w)
+        return await self.run_write(w)
 
     async def list_tags(self, repository: str, last: str | None, limit: int | None) -> Page | None:
         """A page of tag names in lexical order; None when the repository is unknown."""
@@ -695,7 +697,7 @@ class MetadataStore:
                 stmt = stmt.where(t.tags.c.name > last)
             return _page(conn, stmt, limit)
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     async def tag_details(self, repository: str) -> list[TagInfo] | None:
         def q(conn: Connection) -> list[TagInfo] | None:
@@ -716,7 +718,7 @@ class MetadataStore:
             )
             return [TagInfo(*row) for row in rows]
 
-        return await self._read(q)
+        return await self.run_read(q)
 
     # -- referrers -----------------------------------------------------------------------
 
@@ -739,7 +741,7 @@ class MetadataStore:
             )
             return [self._info(row) for row in rows]
 
-        return await self._read(q)
+        return await self.run_read(q)
 
 
 def _page(conn: Connection, stmt: Any, limit: int | None) -> Page:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from regd.metadata import MetadataStore
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
+from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
 from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
 from regd.registry.uploads import Uploads, UploadStatus
@@ -20,6 +21,7 @@ class Registry:
     uploads: Uploads
     manifests: Manifests
     listings: Listings
+    lifecycle: Lifecycle
 
     @classmethod
     def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
@@ -30,6 +32,7 @@ class Registry:
             uploads=Uploads(storage, metadata),
             manifests=Manifests(metadata),
             listings=Listings(metadata),
+            lifecycle=Lifecycle(storage, metadata),
         )
 
     async def aclose(self) -> None:
@@ -41,11 +44,15 @@ __all__ = [
     "BlobStat",
     "BlobStream",
     "Blobs",
+    "Lifecycle",
     "Listings",
     "Manifests",
+    "Plan",
+    "Policy",
     "PushedManifest",
     "Referrers",
     "Registry",
+    "SweepInProgress",
     "UploadStatus",
     "Uploads",
     "page_size",

@@ -29,3 +29,7 @@ def upload_dir(name: str, upload_id: str) -> str:
 
 def upload_data(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/data"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{ROOT}/blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
