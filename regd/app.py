@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import trio
@@ -14,13 +15,15 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from regd import api
 from regd.api import errors
-from regd.registry import Registry
+from regd.config import Config
+from regd.registry import Policy, Registry, SweepInProgress
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 # How much of a request body may wait in memory for the handler to consume it.
 BODY_BUFFER_LIMIT = 4 * 1024 * 1024
 
 access_log = logging.getLogger("regd.access")
+log = logging.getLogger("regd.housekeeping")
 
 
 class BoundedBody(TrioBody):
@@ -75,10 +78,18 @@ class RegdApp(QuartTrio):
     request_class = BoundedRequest
 
 
-def create_app(registry: Registry, *, access_logging: bool = True) -> RegdApp:
+def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
+    config = config or Config()
+    access_logging = config.access_log
     app = RegdApp("regd")
     app.config.update(
         REGD_REGISTRY=registry,
+        REGD_ADMIN_TOKEN=config.admin_token,
+        REGD_GC_POLICY=Policy(
+            grace_seconds=config.gc_grace,
+            delete_untagged=config.gc_delete_untagged,
+            upload_max_age=config.upload_max_age,
+        ),
         # Blob bodies are streamed and bounded by the handlers themselves.
         MAX_CONTENT_LENGTH=None,
         BODY_TIMEOUT=None,
@@ -107,6 +118,12 @@ def create_app(registry: Registry, *, access_logging: bool = True) -> RegdApp:
             )
         return response
 
+    if config.gc_interval or config.upload_purge_interval:
+
+        @app.before_serving
+        async def _start_housekeeping() -> None:
+            app.add_background_task(housekeeping, registry, config)
+
     if access_logging:
 
         @app.before_request
@@ -114,3 +131,50 @@ def create_app(registry: Registry, *, access_logging: bool = True) -> RegdApp:
             g.started = time.perf_counter()
 
     return app
+
+
+async def housekeeping(registry: Registry, config: Config) -> None:
+    """Periodic garbage collection and upload purging, in every worker.
+
+    Workers sharing a database take turns through the sweep lease; the start is spread
+    randomly so replicas started together do not all try at once.
+    """
+    policy = Policy(
+        grace_seconds=config.gc_grace,
+        delete_untagged=config.gc_delete_untagged,
+        upload_max_age=config.upload_max_age,
+    )
+    now = trio.current_time()
+    next_gc = now + config.gc_interval * random.uniform(0.5, 1.0) if config.gc_interval else None
+    next_purge = (
+        now + config.upload_purge_interval * random.uniform(0.1, 1.0)
+        if config.upload_purge_interval
+        else None
+    )
+    while next_gc is not None or next_purge is not None:
+        wake = min(t for t in (next_gc, next_purge) if t is not None)
+        await trio.sleep_until(wake)
+        now = trio.current_time()
+        try:
+            if next_gc is not None and now >= next_gc:
+                next_gc = now + config.gc_interval
+                plan = await registry.lifecycle.collect(policy, dry_run=False)
+                totals = plan.to_json()["totals"]
+                log.info(
+                    "gc manifests=%d blobs=%d uploads=%d bytes_freed=%d seconds=%.2f",
+                    totals["manifests"],
+                    totals["blobs"],
+                    totals["uploads"],
+                    totals["bytes_freed"],
+                    plan.seconds,
+                )
+            elif next_purge is not None and now >= next_purge:
+                next_purge = now + config.upload_purge_interval
+                purged = await registry.lifecycle.purge_uploads(config.upload_max_age)
+                if purged:
+                    log.info("purged stale uploads=%d", purged)
+        except SweepInProgress:
+            log.info("gc skipped: another process is collecting")
+        except Exception:
+            # Housekeeping must outlive a failing database or disk; the next round retries.
+            log.exception("housekeeping failed")

@@ -36,6 +36,12 @@ class Config:
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
+    admin_token: str | None = None
+    gc_interval: float = 0.0
+    gc_grace: float = 3600.0
+    gc_delete_untagged: bool = False
+    upload_max_age: float = 24 * 3600.0
+    upload_purge_interval: float = 3600.0
 
     @property
     def host(self) -> str:
@@ -67,13 +73,19 @@ class Config:
         return out
 
 
+_FLOATS = frozenset(
+    {"graceful_timeout", "gc_interval", "gc_grace", "upload_max_age", "upload_purge_interval"}
+)
+_BOOLS = frozenset({"access_log", "gc_delete_untagged"})
+
+
 def _coerce(key: str, value: Any, source: str) -> Any:
     try:
         if key in ("workers",):
             result: Any = int(value)
-        elif key in ("graceful_timeout",):
+        elif key in _FLOATS:
             result = float(value)
-        elif key in ("access_log",):
+        elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value
             elif str(value).lower() in ("1", "true", "yes", "on"):
@@ -146,5 +158,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"database must be sqlite:///PATH or postgresql://..., not {config.database!r}"
         )
-    if config.graceful_timeout < 0:
-        raise ConfigError("graceful_timeout must not be negative")
+    for name in sorted(_FLOATS):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative")
+    if config.admin_token is not None and len(config.admin_token) < 16:
+        raise ConfigError("admin_token must be at least 16 characters")

@@ -106,3 +106,13 @@ class Unsupported(RegistryError):
 
 class Denied(RegistryError):
     code = "DENIED"
+
+
+class Unauthorized(RegistryError):
+    code = "UNAUTHORIZED"
+
+
+class Conflict(RegistryError):
+    """The operation cannot run now because another one holds what it needs (409)."""
+
+    code = "CONFLICT"

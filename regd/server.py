@@ -90,12 +90,12 @@ def worker_app() -> RegdApp:
     """The app of one worker process; its configuration arrives in the environment."""
     config = cfg.load(env=os.environ)
     setup_logging(config.log_level)
-    return create_app(build_registry(config), access_logging=config.access_log)
+    return create_app(build_registry(config), config)
 
 
 async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
     registry = build_registry(config)
-    app = create_app(registry, access_logging=config.access_log)
+    app = create_app(registry, config)
     stop = trio.Event()
 
     async def watch_signals() -> None:

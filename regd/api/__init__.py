@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from regd.api import base, blobs, listings, manifests, uploads
+from regd.api import admin, base, blobs, listings, manifests, uploads
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     base.bp,
@@ -12,6 +12,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     blobs.bp,
     manifests.bp,
     listings.bp,
+    admin.bp,
 )
 
 __all__ = ["BLUEPRINTS"]

@@ -24,6 +24,8 @@ STATUS: tuple[tuple[type[e.RegistryError], int], ...] = (
     (e.ManifestUnknown, 404),
     (e.NameUnknown, 404),
     (e.Denied, 403),
+    (e.Unauthorized, 401),
+    (e.Conflict, 409),
     (e.RegistryError, 400),
 )
 

@@ -667,7 +667,61 @@ class MetadataStore:
 
         return await self.run_write(w)
 
+    async def delete_repository(self, repository: str) -> tuple[int, int] | None:
+        """Remove a repository's tags, manifests and blob links; (manifests, tags) removed.
+
+        Blob bytes stay until the next collection finds them unreferenced."""
+
+        def w(conn: Connection) -> tuple[int, int] | None:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return None
+            manifest_ids = select(t.manifests.c.id).where(t.manifests.c.repository_id == repo_id)
+            tags = conn.execute(delete(t.tags).where(t.tags.c.repository_id == repo_id)).rowcount
+            conn.execute(
+                delete(t.manifest_blobs).where(t.manifest_blobs.c.manifest_id.in_(manifest_ids))
+            )
+            conn.execute(
+                delete(t.manifest_children).where(
+                    t.manifest_children.c.manifest_id.in_(manifest_ids)
+                )
+            )
+            manifests = conn.execute(
+                delete(t.manifests).where(t.manifests.c.repository_id == repo_id)
+            ).rowcount
+            conn.execute(
+                delete(t.repository_blobs).where(t.repository_blobs.c.repository_id == repo_id)
+            )
+            conn.execute(delete(t.repositories).where(t.repositories.c.id == repo_id))
+            return manifests, tags
+
+        return await self.run_write(w)
+
     # -- tags ----------------------------------------------------------------------------
+
+    async def delete_tags(self, repository: str, tags: Sequence[str]) -> list[str]:
+        """Delete several tags in one transaction; the ones that existed."""
+
+        def w(conn: Connection) -> list[str]:
+            repo_id = self._repo_id(conn, repository)
+            if repo_id is None:
+                return []
+            found = list(
+                conn.execute(
+                    select(t.tags.c.name).where(
+                        t.tags.c.repository_id == repo_id, t.tags.c.name.in_(list(tags))
+                    )
+                ).scalars()
+            )
+            if found:
+                conn.execute(
+                    delete(t.tags).where(
+                        t.tags.c.repository_id == repo_id, t.tags.c.name.in_(found)
+                    )
+                )
+            return found
+
+        return await self.run_write(w)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         def w(conn: Connection) -> bool:

@@ -9,6 +9,7 @@ from regd.registry.blobs import Blobs, BlobStat, BlobStream
 from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
 from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
+from regd.registry.retention import Repositories, RetentionPolicy
 from regd.registry.uploads import Uploads, UploadStatus
 from regd.storage import StorageDriver
 
@@ -22,6 +23,7 @@ class Registry:
     manifests: Manifests
     listings: Listings
     lifecycle: Lifecycle
+    repositories: Repositories
 
     @classmethod
     def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
@@ -33,6 +35,7 @@ class Registry:
             manifests=Manifests(metadata),
             listings=Listings(metadata),
             lifecycle=Lifecycle(storage, metadata),
+            repositories=Repositories(metadata),
         )
 
     async def aclose(self) -> None:
@@ -52,6 +55,8 @@ __all__ = [
     "PushedManifest",
     "Referrers",
     "Registry",
+    "Repositories",
+    "RetentionPolicy",
     "SweepInProgress",
     "UploadStatus",
     "Uploads",

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from regd.errors import RegdError
+from regd.errors import Conflict
 from regd.metadata import MetadataStore
 from regd.metadata import lifecycle as rows
 from regd.metadata.lifecycle import RepositoryGraph, Snapshot
@@ -36,8 +36,10 @@ GC_LEASE_SECONDS = 600.0
 FILE_DELETE_CONCURRENCY = 8
 
 
-class SweepInProgress(RegdError):
+class SweepInProgress(Conflict):
     """Another process holds the `gc` lease."""
+
+    code = "GC_IN_PROGRESS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +322,13 @@ class Lifecycle:
                 if not dry_run:
                     with contextlib.suppress(PathNotFound):
                         await self._storage.delete(path)
+
+    async def purge_uploads(self, max_age: float) -> int:
+        """Only the stale-upload part of a collection; needs no sweep lease."""
+        plan = Plan(False, Policy(upload_max_age=max_age))
+        snap = await rows.snapshot(self._metadata)
+        await self._purge_uploads(plan, time.time() - max_age, snap, dry_run=False)
+        return len(plan.uploads)
 
     # -- disk usage ----------------------------------------------------------------------
 

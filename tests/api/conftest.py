@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from regd.app import create_app
+from regd.config import Config
 from regd.metadata import MetadataStore, sqlite_url
 from regd.registry import Registry
 from regd.storage import FilesystemDriver
@@ -28,7 +29,7 @@ async def registry(tmp_path: Path, database_url: str | None) -> AsyncIterator[Re
 
 @pytest.fixture
 async def client(registry: Registry) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(registry, access_logging=False)
+    app = create_app(registry, Config(access_log=False, upload_purge_interval=0))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://regd") as c:
         yield c

@@ -1,0 +1,115 @@
+"""`/admin/v1/...`: storage lifecycle for operators (garbage collection, usage, retention).
+
+Not part of the distribution API. Without an `admin_token` only loopback clients may call
+it; with one, every call must carry `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any
+
+from quart import Blueprint, Response, current_app, request
+
+from regd.api.http import json_response, registry
+from regd.errors import Denied, RegistryError, Unauthorized
+from regd.registry import Policy, RetentionPolicy
+
+bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
+
+
+class BadRequest(RegistryError):
+    code = "INVALID_REQUEST"
+
+
+@bp.before_request
+async def _authorize() -> None:
+    token: str | None = current_app.config.get("REGD_ADMIN_TOKEN")
+    if token:
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("the admin API needs Authorization: Bearer <admin_token>")
+        return
+    try:
+        loopback = ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise Denied("the admin API answers loopback clients only unless admin_token is set")
+
+
+async def _body() -> dict[str, Any]:
+    raw = await request.get_data(as_text=False)
+    if not raw:
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the body must be a JSON object: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    return doc
+
+
+def _flag(doc: dict[str, Any], key: str, default: bool = False) -> bool:
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
+
+
+def _number(doc: dict[str, Any], key: str, default: float | None) -> float | None:
+    value = doc.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise BadRequest(f"{key} must be a non-negative number")
+    return float(value)
+
+
+@bp.route("/gc", methods=["POST"])
+async def collect() -> Response:
+    doc = await _body()
+    defaults: Policy = current_app.config["REGD_GC_POLICY"]
+    policy = Policy(
+        grace_seconds=_number(doc, "grace_seconds", defaults.grace_seconds) or 0.0,
+        delete_untagged=_flag(doc, "delete_untagged"),
+        delete_orphan_referrers=_flag(doc, "delete_orphan_referrers"),
+        upload_max_age=_number(doc, "upload_max_age", defaults.upload_max_age) or 0.0,
+    )
+    plan = await registry().lifecycle.collect(policy, dry_run=_flag(doc, "dry_run"))
+    return json_response(plan.to_json())
+
+
+@bp.route("/usage", methods=["GET"])
+async def usage() -> Response:
+    repository = request.args.get("repository") or None
+    defaults: Policy = current_app.config["REGD_GC_POLICY"]
+    return json_response(
+        await registry().lifecycle.usage(repository, grace_seconds=defaults.grace_seconds)
+    )
+
+
+@bp.route("/repositories/<path:name>", methods=["DELETE"])
+async def delete_repository(name: str) -> Response:
+    dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
+    return json_response(await registry().repositories.delete(name, dry_run=dry_run))
+
+
+@bp.route("/repositories/<path:name>/prune", methods=["POST"])
+async def prune(name: str) -> Response:
+    doc = await _body()
+    keep_last = doc.get("keep_last")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)):
+        raise BadRequest("keep_last must be an integer")
+    keep = doc.get("keep")
+    if keep is not None and not isinstance(keep, str):
+        raise BadRequest("keep must be a regular expression string")
+    policy = RetentionPolicy(
+        keep_last=keep_last, keep=keep, older_than=_number(doc, "older_than", None)
+    )
+    result = await registry().repositories.prune(name, policy, dry_run=_flag(doc, "dry_run"))
+    return json_response(result)

@@ -1,0 +1,111 @@
+"""Removing repositories, and tags by retention policy."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from regd.errors import NameUnknown, RegistryError
+from regd.metadata import MetadataStore, TagInfo
+from regd.registry import validation
+
+_SEMVER = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+.]?(.*))?$")
+
+
+class PolicyInvalid(RegistryError):
+    code = "POLICY_INVALID"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    keep_last: int | None = None
+    keep: str | None = None
+    older_than: float | None = None
+
+    def validate(self) -> re.Pattern[str] | None:
+        if self.keep_last is not None and self.keep_last < 0:
+            raise PolicyInvalid("keep_last must not be negative")
+        if self.older_than is not None and self.older_than < 0:
+            raise PolicyInvalid("older_than must not be negative")
+        if self.keep_last is None and self.keep is None and self.older_than is None:
+            raise PolicyInvalid("a retention policy needs keep_last, keep or older_than")
+        if self.keep is None:
+            return None
+        try:
+            return re.compile(self.keep)
+        except re.error as exc:
+            raise PolicyInvalid(f"keep is not a valid regular expression: {exc}") from None
+
+
+def version_key(tag: str) -> tuple[int, tuple[Any, ...]]:
+    """Orders `v1.9` before `v1.10`; tags that are not versions sort before all that are."""
+    match = _SEMVER.match(tag)
+    if not match:
+        return (0, (tag,))
+    major, minor, patch, rest = match.groups()
+    numbers = (int(major), int(minor or 0), int(patch or 0))
+    # A release sorts after its pre-releases: 1.0.0-rc1 < 1.0.0.
+    return (1, (*numbers, 0 if rest else 1, rest or ""))
+
+
+def newest_first(tags: list[TagInfo]) -> list[TagInfo]:
+    """By push time, newest first; tags pushed at the same moment by version."""
+    return sorted(tags, key=lambda t: (t.updated_at, version_key(t.name)), reverse=True)
+
+
+def select_for_removal(tags: list[TagInfo], policy: RetentionPolicy, now: float) -> list[TagInfo]:
+    pattern = policy.validate()
+    ordered = newest_first(tags)
+    protected = {t.name for t in ordered[: policy.keep_last or 0]}
+    doomed = []
+    for tag in ordered:
+        if tag.name in protected:
+            continue
+        if pattern is not None and pattern.search(tag.name):
+            continue
+        if policy.older_than is not None and tag.updated_at > now - policy.older_than:
+            continue
+        doomed.append(tag)
+    return doomed
+
+
+class Repositories:
+    def __init__(self, metadata: MetadataStore) -> None:
+        self._metadata = metadata
+
+    async def delete(self, repository: str, *, dry_run: bool) -> dict[str, Any]:
+        name = validation.repository_name(repository)
+        tags = await self._metadata.tag_details(name)
+        if tags is None:
+            raise NameUnknown(f"repository {name} is not known", {"name": name})
+        result: dict[str, Any] = {"repository": name, "dry_run": dry_run, "tags": len(tags)}
+        if dry_run:
+            return result
+        removed = await self._metadata.delete_repository(name)
+        if removed is None:
+            raise NameUnknown(f"repository {name} is not known", {"name": name})
+        result["manifests"], result["tags"] = removed
+        return result
+
+    async def prune(
+        self, repository: str, policy: RetentionPolicy, *, dry_run: bool
+    ) -> dict[str, Any]:
+        name = validation.repository_name(repository)
+        tags = await self._metadata.tag_details(name)
+        if tags is None:
+            raise NameUnknown(f"repository {name} is not known", {"name": name})
+        doomed = select_for_removal(tags, policy, time.time())
+        if not dry_run and doomed:
+            gone = set(await self._metadata.delete_tags(name, [t.name for t in doomed]))
+            doomed = [t for t in doomed if t.name in gone]
+        kept = sorted({t.name for t in tags} - {t.name for t in doomed})
+        return {
+            "repository": name,
+            "dry_run": dry_run,
+            "removed": [
+                {"tag": t.name, "digest": t.digest, "pushed_at": t.updated_at} for t in doomed
+            ],
+            "kept": kept,
+        }
