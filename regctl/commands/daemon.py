@@ -1,0 +1,212 @@
+"""start, stop, status, logs: the local regd daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from regctl import output
+from regctl.client import RegistryError
+from regctl.daemon import LocalDaemon, StartOptions, follow
+from regctl.runtime import DEFAULT_ADDR, default_data_dir, run_client
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="regd's data directory [default: $REGD_DATA_DIR, else ~/.local/share/regd]",
+        show_default=False,
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
+
+
+def _daemon(data_dir: Path | None) -> LocalDaemon:
+    return LocalDaemon(data_dir if data_dir is not None else default_data_dir())
+
+
+def start(
+    addr: Annotated[str, typer.Option(help="HOST:PORT for regd to listen on.")] = DEFAULT_ADDR,
+    data_dir: DataDir = None,
+    config: Annotated[
+        Path | None, typer.Option(help="regd configuration file (TOML).", show_default=False)
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="Metadata database URL (default: SQLite in the data directory)."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Number of server worker processes.")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="regd log level (debug, info, warning, error).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for regd to answer.")
+    ] = 30.0,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Start regd in the background and wait until it serves /v2/.
+
+    The pid file, log file and the URL (which host-less references then use) are kept
+    in the data directory.
+    """
+    daemon = _daemon(data_dir)
+    pid = daemon.running()
+    if pid is not None:
+        state = daemon.state()
+        url = state.url if state else "unknown URL"
+        if as_json:
+            output.emit_json({"running": True, "started": False, "pid": pid, "url": url})
+        elif not quiet:
+            output.stdout().print(f"regd is already running (pid {pid}) at {url}")
+        return
+    stale = daemon.clean_stale()
+    if stale is not None and not quiet:
+        output.stderr().print(f"removed stale pid file (pid {stale} is not running)")
+    state = daemon.start(
+        StartOptions(
+            addr=addr,
+            config=config,
+            database=database,
+            workers=workers,
+            log_level=log_level,
+            timeout=timeout,
+        )
+    )
+    if as_json:
+        output.emit_json(
+            {
+                "running": True,
+                "started": True,
+                "pid": state.pid,
+                "url": state.url,
+                "dataDir": str(daemon.data_dir),
+                "logFile": str(daemon.log_file),
+            }
+        )
+    elif not quiet:
+        output.stdout().print(state.url)
+
+
+def stop(
+    data_dir: DataDir = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait after SIGTERM before SIGKILL.")
+    ] = 10.0,
+    quiet: QuietFlag = False,
+) -> None:
+    """Stop the background regd: SIGTERM, then SIGKILL if it does not exit in time."""
+    daemon = _daemon(data_dir)
+    result = daemon.stop(timeout)
+    if quiet:
+        return
+    if result is None:
+        output.stdout().print("regd is not running")
+        return
+    pid, killed = result
+    how = f"killed after {timeout:g}s without exiting" if killed else "stopped"
+    output.stdout().print(f"regd (pid {pid}) {how}")
+
+
+def status(
+    ctx: typer.Context,
+    data_dir: DataDir = None,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Show whether regd runs, its pid, URL, uptime, repositories and bytes stored.
+
+    Exits 0 when regd is running and 1 when it is not.
+    """
+    daemon = _daemon(data_dir)
+    pid = daemon.running()
+    state = daemon.state() if pid is not None else None
+    info: dict[str, object] = {
+        "running": pid is not None,
+        "pid": pid,
+        "url": state.url if state else None,
+        "uptimeSeconds": round(time.time() - state.started, 1) if state else None,
+        "dataDir": str(daemon.data_dir),
+        "repositories": None,
+        "storedBytes": None,
+    }
+    if pid is not None:
+        if state is not None:
+            host = state.url.split("://", 1)[-1]
+            with contextlib.suppress(RegistryError):
+                info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
+        info["storedBytes"] = daemon.stored_bytes()
+    if as_json:
+        output.emit_json(info)
+    elif not quiet:
+        console = output.stdout()
+        if pid is None:
+            console.print("regd is [bold red]not running[/]")
+        else:
+            uptime = info["uptimeSeconds"]
+            rows = [
+                ("status", "[bold green]running[/]"),
+                ("pid", str(pid)),
+                ("url", str(info["url"] or "-")),
+                ("uptime", _duration(uptime if isinstance(uptime, float) else None)),
+                (
+                    "repositories",
+                    str(info["repositories"] if info["repositories"] is not None else "-"),
+                ),
+                (
+                    "stored",
+                    output.human_size(
+                        info["storedBytes"] if isinstance(info["storedBytes"], int) else None
+                    ),
+                ),
+                ("data dir", str(daemon.data_dir)),
+            ]
+            for key, value in rows:
+                console.print(f"[bold]{key + ':':<14}[/]{value}")
+    if pid is None:
+        raise typer.Exit(1)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m"
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def logs(
+    data_dir: DataDir = None,
+    follow_log: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines until interrupted.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("-n", "--tail", min=0, help="Only the last N lines.")
+    ] = None,
+) -> None:
+    """Print regd's log file."""
+    daemon = _daemon(data_dir)
+    try:
+        follow(daemon.log_file, tail=tail, forever=follow_log)
+    except KeyboardInterrupt:
+        return
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(start)
+    app.command()(stop)
+    app.command()(status)
+    app.command()(logs)

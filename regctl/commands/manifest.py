@@ -1,0 +1,39 @@
+"""manifest get: a manifest's JSON, pretty or byte for byte."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from regctl.runtime import parse_ref, run_client
+
+app = typer.Typer(help="Read manifests.", no_args_is_help=True)
+
+
+@app.command("get")
+def get(
+    ctx: typer.Context,
+    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG][@DIGEST]")],
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write the exact bytes the registry stores.")
+    ] = False,
+) -> None:
+    """Print a manifest (pretty JSON, or the exact stored bytes with --raw)."""
+    ref = parse_ref(reference)
+    fetched = run_client(ctx, lambda client: client.get_manifest(ref))
+    if raw:
+        sys.stdout.buffer.write(fetched.data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        text = json.dumps(fetched.json(), indent=2)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = fetched.data.decode(errors="replace")
+    sys.stdout.write(text + "\n")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="manifest")

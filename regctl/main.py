@@ -1,0 +1,144 @@
+"""The regctl command tree, and `main()`: the one place errors become an exit code.
+
+Exit codes: 0 success, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from regctl import __version__
+from regctl.client import AuthError, RegistryError
+from regctl.client._tasks import first_error
+from regctl.commands import auth, blob, copy, daemon, delete, inspect, listing, manifest
+from regctl.runtime import CommandError, Globals
+
+app = typer.Typer(
+    name="regctl",
+    help="Operate regd and any OCI registry: list, inspect, copy, delete, run the daemon.",
+    no_args_is_help=True,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_debug_requested = False
+_subcommand: str | None = None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"regctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show a traceback when a command fails.")
+    ] = False,
+    plain_http: Annotated[
+        bool,
+        typer.Option(
+            "--plain-http",
+            envvar="REGCTL_PLAIN_HTTP",
+            help="Use HTTP for every registry (loopback and localhost always use it).",
+        ),
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            envvar="REGCTL_INSECURE",
+            help="Do not verify registries' TLS certificates.",
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Operate regd and any OCI registry.
+
+    A reference is [HOST[:PORT]/]REPO[:TAG][@DIGEST], as docker spells it; without a host
+    it means the regd that `regctl start` runs ($REGCTL_REGISTRY overrides).
+    """
+    global _debug_requested, _subcommand
+    _debug_requested = _debug_requested or debug
+    _subcommand = ctx.invoked_subcommand
+    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure)
+
+
+# Daemon control, then reading, then writing. Room is left for the maintenance groups
+# (`gc`, `du`, `prune`, `rm-repo`, `verify`), each a module under regctl/commands/.
+daemon.register(app)
+auth.register(app)
+listing.register(app)
+inspect.register(app)
+manifest.register(app)
+blob.register(app)
+copy.register(app)
+delete.register(app)
+
+
+def _fail(message: str, code: int) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    sys.stderr.write(f"regctl: error: {first}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _debug_requested, _subcommand
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug_requested = "--debug" in args or os.environ.get("REGCTL_DEBUG", "") not in ("", "0")
+    _subcommand = None
+    command = typer.main.get_command(app)
+    try:
+        try:
+            result = command.main(args=args, prog_name="regctl", standalone_mode=False)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from group
+    except typer.TyperException as exc:
+        # typer has already printed the help for a bare group; the class is private.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 2
+        message = exc.format_message()
+        if exc.exit_code == 2:
+            ctx = getattr(exc, "ctx", None)
+            where = getattr(ctx, "command_path", None) or " ".join(
+                p for p in ("regctl", _subcommand) if p
+            )
+            message += f" (see '{where} --help')"
+        return _fail(message, exc.exit_code)
+    except typer.Abort:
+        return _fail("aborted", 1)
+    except KeyboardInterrupt:
+        sys.stderr.write("regctl: interrupted\n")
+        return 130
+    except (RegistryError, CommandError, OSError) as exc:
+        if _debug_requested:
+            traceback.print_exc()
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            message = f"{exc.filename}: {exc.strerror}"
+        if isinstance(exc, AuthError):
+            host = exc.url.split("://", 1)[-1].split("/", 1)[0]
+            message += f" (check credentials: regctl login {host})"
+        return _fail(message, 1)
+    except Exception as exc:
+        if _debug_requested:
+            traceback.print_exc()
+            return _fail(f"{type(exc).__name__}: {exc}", 1)
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)", 1)
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
