@@ -15,7 +15,17 @@ import typer
 from regctl import __version__
 from regctl.client import AuthError, RegistryError
 from regctl.client._tasks import first_error
-from regctl.commands import auth, blob, copy, daemon, delete, inspect, listing, manifest
+from regctl.commands import (
+    auth,
+    blob,
+    copy,
+    daemon,
+    delete,
+    inspect,
+    listing,
+    manifest,
+    storage,
+)
 from regctl.runtime import CommandError, Globals
 
 app = typer.Typer(
@@ -76,8 +86,7 @@ def _root(
     ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure)
 
 
-# Daemon control, then reading, then writing. Room is left for the maintenance groups
-# (`gc`, `du`, `prune`, `rm-repo`, `verify`), each a module under regctl/commands/.
+# Daemon control, then reading, then writing, then storage lifecycle.
 daemon.register(app)
 auth.register(app)
 listing.register(app)
@@ -86,6 +95,7 @@ manifest.register(app)
 blob.register(app)
 copy.register(app)
 delete.register(app)
+storage.register(app)
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,0 +1,268 @@
+"""gc, du, prune and rm-repo: storage lifecycle of a regd, through its admin API."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import typer
+
+from regctl import output
+from regctl.client import RegistryClient
+from regctl.client.admin import AdminClient
+from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token",
+        envvar="REGCTL_ADMIN_TOKEN",
+        help="regd's admin_token, when it has one (loopback needs none).",
+        show_default=False,
+    ),
+]
+RegistryArg = Annotated[
+    str | None,
+    typer.Argument(help="HOST[:PORT] of a regd [default: the local one]", show_default=False),
+]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `12h`, `30d`, `2w` as seconds."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise UsageProblem(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 30d or 2w")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def _host(registry: str | None) -> str:
+    if not registry:
+        return default_registry()
+    return registry.split("://", 1)[-1].rstrip("/")
+
+
+def gc(
+    ctx: typer.Context,
+    registry: RegistryArg = None,
+    dry_run: DryRun = False,
+    delete_untagged: Annotated[
+        bool,
+        typer.Option(
+            "--delete-untagged",
+            help="Also delete manifests no tag reaches (platform manifests of a tagged "
+            "index and referrers of kept manifests stay).",
+        ),
+    ] = False,
+    delete_orphan_referrers: Annotated[
+        bool,
+        typer.Option(
+            "--delete-orphan-referrers", help="Also delete referrers whose subject is gone."
+        ),
+    ] = False,
+    grace: Annotated[
+        str | None,
+        typer.Option(
+            help="Spare anything pushed within this long [default: regd's gc_grace, 1h]",
+            show_default=False,
+        ),
+    ] = None,
+    token: Token = None,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Collect garbage while regd keeps serving: unreferenced blobs, stale uploads and,
+    on request, untagged manifests."""
+    grace_seconds = parse_duration(grace) if grace is not None else None
+    host = _host(registry)
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, host, token).collect(
+            dry_run=dry_run,
+            delete_untagged=delete_untagged,
+            delete_orphan_referrers=delete_orphan_referrers,
+            grace_seconds=grace_seconds,
+        )
+
+    plan = run_client(ctx, work)
+    if as_json:
+        output.emit_json(plan)
+        return
+    if quiet:
+        return
+    totals = plan["totals"]
+    verb = "would free" if plan["dry_run"] else "freed"
+    rows = [
+        [
+            name,
+            str(entry["manifests"]),
+            str(entry["blobs"]),
+            output.human_size(entry["manifest_bytes"] + entry["blob_bytes"]),
+        ]
+        for name, entry in plan["repositories"].items()
+    ]
+    if rows:
+        output.table(["REPOSITORY", "MANIFESTS", "BLOBS", "BYTES"], rows)
+    output.stdout().print(
+        f"{verb} {output.human_size(totals['bytes_freed'])}: {totals['manifests']} manifests, "
+        f"{totals['blobs']} blobs, {totals['uploads']} stale uploads "
+        f"({plan['seconds']:.2f} s)"
+    )
+
+
+def du(
+    ctx: typer.Context,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="[HOST[:PORT]/]REPO for one repository's tags, or HOST[:PORT] "
+            "[default: the local regd]",
+            show_default=False,
+        ),
+    ] = None,
+    token: Token = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Disk usage: per repository and tag, the total, the bytes unique to it (what deleting
+    it would free) and the bytes shared with others."""
+    repository: str | None = None
+    host = default_registry()
+    if target:
+        ref = parse_ref(
+            target, what="repository", allow_registry_only=True, tag=False, digest=False
+        )
+        host = ref.host or host
+        repository = ref.repository or None
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, host, token).usage(repository)
+
+    usage = run_client(ctx, work)
+    if as_json:
+        output.emit_json(usage)
+        return
+    size = output.human_size
+    if repository is None:
+        output.table(
+            ["REPOSITORY", "SIZE", "UNIQUE", "SHARED", "TAGS", "MANIFESTS"],
+            [
+                [
+                    r["name"],
+                    size(r["size"]),
+                    size(r["unique"]),
+                    size(r["shared"]),
+                    str(len(r["tags"])),
+                    str(r["manifests"]),
+                ]
+                for r in usage["repositories"]
+            ],
+        )
+    else:
+        for r in usage["repositories"]:
+            output.table(
+                ["TAG", "SIZE", "UNIQUE", "SHARED", "DIGEST"],
+                [
+                    [t["tag"], size(t["size"]), size(t["unique"]), size(t["shared"]), t["digest"]]
+                    for t in r["tags"]
+                ],
+                title=f"{r['name']}: {size(r['size'])}, {size(r['unique'])} unique",
+            )
+    output.stdout().print(
+        f"registry total {size(usage['total_bytes'])} in {usage['blobs']} blobs; "
+        f"gc would free {size(usage['reclaimable_bytes'])} now"
+    )
+
+
+def prune(
+    ctx: typer.Context,
+    repository: Annotated[str, typer.Argument(help="[HOST[:PORT]/]REPO", show_default=False)],
+    keep_last: Annotated[
+        int | None,
+        typer.Option(min=0, help="Keep the N most recently pushed tags.", show_default=False),
+    ] = None,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="Keep tags matching this regular expression.", show_default=False),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Only remove tags pushed longer ago than this (e.g. 30d).", show_default=False
+        ),
+    ] = None,
+    dry_run: DryRun = False,
+    token: Token = None,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Remove tags by retention policy (newest by push time first; versions like v1.10
+    sort after v1.9). Manifests and blobs go at the next gc."""
+    if keep_last is None and keep is None and older_than is None:
+        raise UsageProblem("give at least one of --keep-last, --keep, --older-than")
+    if keep is not None:
+        try:
+            re.compile(keep)
+        except re.error as exc:
+            raise UsageProblem(f"--keep is not a valid regular expression: {exc}") from None
+    seconds = parse_duration(older_than) if older_than is not None else None
+    ref = parse_ref(repository, what="repository", tag=False, digest=False)
+    assert ref.host is not None
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, ref.host or "", token).prune(
+            ref.repository, keep_last=keep_last, keep=keep, older_than=seconds, dry_run=dry_run
+        )
+
+    result = run_client(ctx, work)
+    if as_json:
+        output.emit_json(result)
+        return
+    if quiet:
+        return
+    verb = "would remove" if dry_run else "removed"
+    console = output.stdout()
+    for tag in result["removed"]:
+        console.print(f"{verb} {ref.repository}:{tag['tag']} ({tag['digest']})")
+    console.print(f"{len(result['removed'])} tags {verb}, {len(result['kept'])} kept")
+
+
+def rm_repo(
+    ctx: typer.Context,
+    repository: Annotated[str, typer.Argument(help="[HOST[:PORT]/]REPO", show_default=False)],
+    dry_run: DryRun = False,
+    token: Token = None,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Delete a repository with all its tags and manifests; its blobs go at the next gc."""
+    ref = parse_ref(repository, what="repository", tag=False, digest=False)
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, ref.host or "", token).delete_repository(
+            ref.repository, dry_run=dry_run
+        )
+
+    result = run_client(ctx, work)
+    if as_json:
+        output.emit_json(result)
+        return
+    if quiet:
+        return
+    if dry_run:
+        output.stdout().print(f"would delete {ref.repository} and its {result['tags']} tags")
+    else:
+        output.stdout().print(
+            f"deleted {ref.repository}: {result['tags']} tags, {result['manifests']} manifests"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(gc)
+    app.command()(du)
+    app.command()(prune)
+    app.command("rm-repo")(rm_repo)

@@ -1,0 +1,154 @@
+"""gc, du, prune and rm-repo against a real regd, and their bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from regctl.client import RegistryClient
+from regd.oci.digest import Digest
+from regd.oci.reference import Reference
+from tests.helpers.servers import DistributionServer, RegdServer
+from tests.regctl import support as content
+from tests.regctl.support import CliResult
+
+Cli = Callable[..., CliResult]
+
+
+def push(server: RegdServer, repository: str, tag: str, layer: bytes | None = None) -> None:
+    async def work() -> None:
+        async with RegistryClient() as client:
+            await content.push_image(
+                client, server.host, repository, tag, layers=[layer or os.urandom(512)]
+            )
+
+    trio.run(work)
+
+
+def push_loose_blob(server: RegdServer, repository: str, data: bytes) -> Digest:
+    async def work() -> Digest:
+        async with RegistryClient() as client:
+            return await content.push_blob(client, server.host, repository, data)
+
+    return trio.run(work)
+
+
+def blob_exists(server: RegdServer, repository: str, digest: Digest) -> bool:
+    async def work() -> bool:
+        async with RegistryClient() as client:
+            ref = Reference(server.host, repository, None, digest)
+            return await client.blob_size(ref) is not None
+
+    return trio.run(work)
+
+
+def test_gc_dry_run_and_real(regd_registry: RegdServer, cli: Cli) -> None:
+    push(regd_registry, "app", "v1")
+    loose = push_loose_blob(regd_registry, "app", b"garbage bytes")
+    r = cli("gc", regd_registry.host, "--dry-run", "--grace", "0s", "--json")
+    assert r.code == 0, r.err
+    plan = json.loads(r.out)
+    assert plan["dry_run"] is True
+    assert [b["digest"] for b in plan["blobs"]] == [str(loose)]
+    assert blob_exists(regd_registry, "app", loose)
+    r = cli("gc", regd_registry.host, "--grace", "0")
+    assert r.code == 0, r.err
+    assert "freed 13 B: 0 manifests, 1 blobs" in r.out
+    assert not blob_exists(regd_registry, "app", loose)
+
+
+def test_gc_delete_untagged(regd_registry: RegdServer, cli: Cli) -> None:
+    push(regd_registry, "app", "v1")
+    push(regd_registry, "app", "v1")  # the first image is now untagged
+    r = cli("gc", regd_registry.host, "--grace", "0", "--delete-untagged", "--json")
+    assert r.code == 0, r.err
+    plan = json.loads(r.out)
+    assert plan["totals"]["manifests"] == 1
+    assert plan["repositories"]["app"]["manifests"] == 1
+
+
+def test_du(regd_registry: RegdServer, cli: Cli) -> None:
+    shared = os.urandom(4096)
+    push(regd_registry, "one", "v1", shared)
+    push(regd_registry, "two", "v1", shared)
+    r = cli("du", regd_registry.host, "--json")
+    assert r.code == 0, r.err
+    usage = json.loads(r.out)
+    names = [repo["name"] for repo in usage["repositories"]]
+    assert names == ["one", "two"]
+    for repo in usage["repositories"]:
+        # The layer, and the identical config the helper writes, are in both.
+        assert repo["shared"] >= 4096
+        assert repo["size"] == repo["unique"] + repo["shared"]
+        assert repo["tags"][0]["tag"] == "v1"
+        assert repo["tags"][0]["shared"] == repo["shared"]
+        assert repo["tags"][0]["unique"] == 0
+    r = cli("du", f"{regd_registry.host}/one")
+    assert r.code == 0, r.err
+    assert "v1" in r.out
+    assert "registry total" in r.out
+
+
+def test_prune_and_rm_repo(regd_registry: RegdServer, cli: Cli) -> None:
+    for tag in ("v1.0.0", "v1.1.0", "v1.2.0", "stable"):
+        push(regd_registry, "app", tag)
+    r = cli(
+        "prune",
+        f"{regd_registry.host}/app",
+        "--keep-last",
+        "1",
+        "--keep",
+        "^stable$",
+        "--dry-run",
+        "--json",
+    )
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert [t["tag"] for t in result["removed"]] == ["v1.2.0", "v1.1.0", "v1.0.0"]
+    r = cli("prune", f"{regd_registry.host}/app", "--keep-last", "2", "--older-than", "0s")
+    assert r.code == 0, r.err
+    assert "2 tags removed, 2 kept" in r.out
+    r = cli("rm-repo", f"{regd_registry.host}/app", "--dry-run")
+    assert r.code == 0
+    assert "would delete app and its 2 tags" in r.out
+    r = cli("rm-repo", f"{regd_registry.host}/app", "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["manifests"] == 4
+    r = cli("rm-repo", f"{regd_registry.host}/app")
+    assert r.code == 1
+    assert "NAME_UNKNOWN" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "app"],
+        ["prune", "app", "--keep", "("],
+        ["prune", "app", "--keep-last", "-1"],
+        ["prune", "app", "--older-than", "soon"],
+        ["gc", "--grace", "1 hour"],
+        ["rm-repo", "Bad/Name"],
+        ["rm-repo", "app:tag"],
+    ],
+)
+def test_bad_input_is_a_usage_error(cli: Cli, args: list[str]) -> None:
+    r = cli(*args)
+    assert r.code == 2, (args, r.err)
+    assert r.err.startswith("regctl: error:")
+
+
+def test_not_a_regd(distribution_registry: DistributionServer, cli: Cli) -> None:
+    r = cli("gc", distribution_registry.host, "--dry-run")
+    assert r.code == 1
+    assert "has no regd admin API" in r.err
+
+
+def test_unreachable(cli: Cli) -> None:
+    r = cli("du", "127.0.0.1:1")
+    assert r.code == 1
+    assert "127.0.0.1:1" in r.err
