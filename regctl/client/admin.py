@@ -99,3 +99,7 @@ class AdminClient:
             "POST", f"/repositories/{repository}/prune", body=body
         )
         return result
+
+    async def verify(self, *, repair: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", "/verify", body={"repair": repair})
+        return result

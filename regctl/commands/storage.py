@@ -1,4 +1,4 @@
-"""gc, du, prune and rm-repo: storage lifecycle of a regd, through its admin API."""
+"""gc, du, prune, rm-repo and verify: storage lifecycle of a regd, through its admin API."""
 
 from __future__ import annotations
 
@@ -261,8 +261,49 @@ def rm_repo(
         )
 
 
+def verify(
+    ctx: typer.Context,
+    registry: RegistryArg = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Quarantine corrupt blobs, forget rows of missing ones (clients then push "
+            "them again) and remove old files nothing knows about.",
+        ),
+    ] = False,
+    token: Token = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-hash every stored blob; report corrupt, missing and unknown ones. Exits 1 when
+    the store is damaged (and was not repaired)."""
+    host = _host(registry)
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, host, token).verify(repair=repair)
+
+    report = run_client(ctx, work)
+    if as_json:
+        output.emit_json(report)
+    else:
+        console = output.stdout()
+        for kind in ("corrupt", "missing", "unknown"):
+            for entry in report[kind]:
+                console.print(f"{kind} {entry['digest']} ({output.human_size(entry['size'])})")
+        state = "healthy" if report["healthy"] else ("repaired" if repair else "DAMAGED")
+        console.print(
+            f"{state}: {report['checked']} blobs checked "
+            f"({output.human_size(report['bytes_checked'])}), {len(report['corrupt'])} corrupt, "
+            f"{len(report['missing'])} missing, {len(report['unknown'])} unknown "
+            f"({report['seconds']:.2f} s)"
+        )
+    if not report["healthy"] and not repair:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(gc)
     app.command()(du)
     app.command()(prune)
     app.command("rm-repo")(rm_repo)
+    app.command()(verify)

@@ -113,3 +113,14 @@ async def prune(name: str) -> Response:
     )
     result = await registry().repositories.prune(name, policy, dry_run=_flag(doc, "dry_run"))
     return json_response(result)
+
+
+@bp.route("/verify", methods=["POST"])
+async def verify() -> Response:
+    doc = await _body()
+    defaults: Policy = current_app.config["REGD_GC_POLICY"]
+    report = await registry().integrity.verify(
+        repair=_flag(doc, "repair"),
+        grace_seconds=_number(doc, "grace_seconds", defaults.grace_seconds) or 0.0,
+    )
+    return json_response(report.to_json())

@@ -273,3 +273,44 @@ async def repository_names(store: MetadataStore) -> list[str]:
 
 async def upload_ids(store: MetadataStore) -> set[str]:
     return await store.run_read(lambda conn: set(conn.execute(select(t.uploads.c.id)).scalars()))
+
+
+async def forget_blobs(store: MetadataStore, digests: Sequence[str]) -> None:
+    """Delete blob rows and their links whatever references them (repairs only)."""
+
+    def w(conn: Connection, batch: Sequence[str]) -> None:
+        conn.execute(delete(t.repository_blobs).where(t.repository_blobs.c.digest.in_(batch)))
+        conn.execute(delete(t.blobs).where(t.blobs.c.digest.in_(batch)))
+
+    for start in range(0, len(digests), 500):
+        await store.run_write(w, digests[start : start + 500])
+
+
+async def manifest_digests(store: MetadataStore) -> set[str]:
+    return await store.run_read(
+        lambda conn: set(conn.execute(select(t.manifests.c.digest)).scalars())
+    )
+
+
+async def referencing_manifests(
+    store: MetadataStore, digests: Sequence[str]
+) -> dict[str, list[tuple[str, str]]]:
+    """For each blob digest, the (repository, manifest digest) pairs that reference it."""
+
+    def q(conn: Connection) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for start in range(0, len(digests), 500):
+            rows = conn.execute(
+                select(t.manifest_blobs.c.digest, t.repositories.c.name, t.manifests.c.digest)
+                .select_from(
+                    t.manifest_blobs.join(
+                        t.manifests, t.manifests.c.id == t.manifest_blobs.c.manifest_id
+                    ).join(t.repositories, t.repositories.c.id == t.manifests.c.repository_id)
+                )
+                .where(t.manifest_blobs.c.digest.in_(digests[start : start + 500]))
+            )
+            for blob, repo, manifest in rows:
+                out[blob].append((repo, manifest))
+        return dict(out)
+
+    return await store.run_read(q)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from regd.metadata import MetadataStore
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
+from regd.registry.integrity import Integrity
 from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
 from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
@@ -24,6 +25,7 @@ class Registry:
     listings: Listings
     lifecycle: Lifecycle
     repositories: Repositories
+    integrity: Integrity
 
     @classmethod
     def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
@@ -36,6 +38,7 @@ class Registry:
             listings=Listings(metadata),
             lifecycle=Lifecycle(storage, metadata),
             repositories=Repositories(metadata),
+            integrity=Integrity(storage, metadata),
         )
 
     async def aclose(self) -> None:
@@ -47,6 +50,7 @@ __all__ = [
     "BlobStat",
     "BlobStream",
     "Blobs",
+    "Integrity",
     "Lifecycle",
     "Listings",
     "Manifests",

@@ -33,3 +33,8 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def blob_dir(digest: Digest) -> str:
     return f"{ROOT}/blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def quarantine_data(digest: Digest) -> str:
+    """Where `verify --repair` moves a blob whose bytes do not match its digest."""
+    return f"{ROOT}/quarantine/{digest.algorithm}/{digest.hex}/data"

@@ -152,3 +152,19 @@ def test_unreachable(cli: Cli) -> None:
     r = cli("du", "127.0.0.1:1")
     assert r.code == 1
     assert "127.0.0.1:1" in r.err
+
+
+def test_verify(regd_registry: RegdServer, cli: Cli) -> None:
+    push(regd_registry, "app", "v1")
+    r = cli("verify", regd_registry.host)
+    assert r.code == 0, r.err
+    assert "healthy: 2 blobs checked" in r.out
+    loose = push_loose_blob(regd_registry, "app", b"soon corrupt")
+    blob = regd_registry.data_dir / "docker/registry/v2/blobs/sha256" / loose.hex[:2] / loose.hex
+    (blob / "data").write_bytes(b"corrupted!!!")
+    r = cli("verify", regd_registry.host, "--json")
+    assert r.code == 1
+    assert [e["digest"] for e in json.loads(r.out)["corrupt"]] == [str(loose)]
+    r = cli("verify", regd_registry.host, "--repair")
+    assert r.code == 0, r.err
+    assert not blob_exists(regd_registry, "app", loose)

@@ -1,0 +1,39 @@
+"""Looking straight at a registry's storage root (regd's data directory or Distribution's
+root), below the HTTP API: what is really on disk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def blob_files(root: Path) -> list[Path]:
+    """Every `blobs/<alg>/<xx>/<hex>/data` below `root`, wherever the layout starts."""
+    return sorted(p for p in root.rglob("data") if p.parent.parent.parent.parent.name == "blobs")
+
+
+def check_blob_store(root: Path) -> int:
+    """Fail if any stored blob's bytes do not hash to the digest it is stored under; return
+    how many blobs were checked."""
+    files = blob_files(root)
+    for path in files:
+        algorithm = path.parent.parent.parent.name
+        expected = path.parent.name
+        h = hashlib.new(algorithm)
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        assert h.hexdigest() == expected, f"{path} does not hash to the digest it is stored under"
+    return len(files)
+
+
+def copies_of(root: Path, data: bytes) -> list[Path]:
+    """Files anywhere under `root` holding exactly `data` (the blob, leftover uploads, ...)."""
+    digest = hashlib.sha256(data).digest()
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.stat().st_size == len(data)
+        and hashlib.sha256(path.read_bytes()).digest() == digest
+    )
