@@ -103,3 +103,9 @@ class AdminClient:
     async def verify(self, *, repair: bool) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("POST", "/verify", body={"repair": repair})
         return result
+
+    async def import_registry2(self, root: str, *, dry_run: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "POST", "/import-registry2", body={"root": root, "dry_run": dry_run}
+        )
+        return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -301,9 +302,57 @@ def verify(
         raise typer.Exit(1)
 
 
+def import_registry2(
+    ctx: typer.Context,
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="A Distribution 2.x storage root (it holds docker/registry/v2/) on the regd host",
+            show_default=False,
+        ),
+    ],
+    registry: RegistryArg = None,
+    dry_run: DryRun = False,
+    token: Token = None,
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Adopt a registry:2 store: index its repositories, tags and manifests into regd.
+
+    When ROOT is regd's own storage root no blob is copied; otherwise blobs are streamed
+    in and verified."""
+    host = _host(registry)
+    absolute = str(root.expanduser().resolve())
+
+    async def work(client: RegistryClient) -> dict[str, Any]:
+        return await AdminClient(client, host, token).import_registry2(absolute, dry_run=dry_run)
+
+    report = run_client(ctx, work)
+    if as_json:
+        output.emit_json(report)
+        return
+    if quiet:
+        return
+    console = output.stdout()
+    for entry in report["skipped"]:
+        what = entry.get("digest") or entry.get("tag")
+        console.print(f"skipped {entry['repository']} {what}: {entry['reason']}")
+    how = (
+        f"copied {output.human_size(report['bytes_copied'])}"
+        if report["copied_bytes"]
+        else ("in place, nothing copied")
+    )
+    verb = "would import" if dry_run else "imported"
+    console.print(
+        f"{verb} {len(report['repositories'])} repositories, {report['manifests']} manifests, "
+        f"{report['tags']} tags, {report['blobs']} blob links ({how}; {report['seconds']:.2f} s)"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command()(gc)
     app.command()(du)
     app.command()(prune)
     app.command("rm-repo")(rm_repo)
     app.command()(verify)
+    app.command("import-registry2")(import_registry2)

@@ -124,3 +124,13 @@ async def verify() -> Response:
         grace_seconds=_number(doc, "grace_seconds", defaults.grace_seconds) or 0.0,
     )
     return json_response(report.to_json())
+
+
+@bp.route("/import-registry2", methods=["POST"])
+async def import_registry2() -> Response:
+    doc = await _body()
+    root = doc.get("root")
+    if not isinstance(root, str) or not root:
+        raise BadRequest("root must be the path of a Distribution storage root on this host")
+    report = await registry().adoption.import_root(root, dry_run=_flag(doc, "dry_run"))
+    return json_response(report.to_json())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regd.metadata import MetadataStore
+from regd.registry.adoption import Adoption
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
 from regd.registry.integrity import Integrity
 from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
@@ -26,19 +27,22 @@ class Registry:
     lifecycle: Lifecycle
     repositories: Repositories
     integrity: Integrity
+    adoption: Adoption
 
     @classmethod
     def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
+        manifests = Manifests(metadata)
         return cls(
             storage=storage,
             metadata=metadata,
             blobs=Blobs(storage, metadata),
             uploads=Uploads(storage, metadata),
-            manifests=Manifests(metadata),
+            manifests=manifests,
             listings=Listings(metadata),
             lifecycle=Lifecycle(storage, metadata),
             repositories=Repositories(metadata),
             integrity=Integrity(storage, metadata),
+            adoption=Adoption(storage, metadata, manifests),
         )
 
     async def aclose(self) -> None:
@@ -47,6 +51,7 @@ class Registry:
 
 __all__ = [
     "MAX_MANIFEST_SIZE",
+    "Adoption",
     "BlobStat",
     "BlobStream",
     "Blobs",
