@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable
@@ -16,7 +17,8 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 from regd import api
 from regd.api import errors
 from regd.config import Config
-from regd.registry import Policy, Registry, SweepInProgress
+from regd.errors import Conflict
+from regd.registry import Policy, Registry, RetentionPolicy
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 # How much of a request body may wait in memory for the handler to consume it.
@@ -118,7 +120,7 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
             )
         return response
 
-    if config.gc_interval or config.upload_purge_interval:
+    if config.gc_interval or config.upload_purge_interval or config.retention:
 
         @app.before_serving
         async def _start_housekeeping() -> None:
@@ -134,47 +136,68 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
 
 
 async def housekeeping(registry: Registry, config: Config) -> None:
-    """Periodic garbage collection and upload purging, in every worker.
+    """Periodic garbage collection, upload purging and retention, in every worker.
 
-    Workers sharing a database take turns through the sweep lease; the start is spread
-    randomly so replicas started together do not all try at once.
+    Workers sharing a database take turns through leases; first runs are spread randomly
+    so replicas started together do not all try at once.
     """
+    jobs: dict[str, tuple[float, Callable[[], Awaitable[None]]]] = {}
+    if config.gc_interval:
+        jobs["gc"] = (config.gc_interval, lambda: _collect(registry, config))
+    if config.upload_purge_interval:
+        jobs["uploads"] = (
+            config.upload_purge_interval,
+            lambda: _purge(registry, config),
+        )
+    if config.retention and config.retention_interval:
+        jobs["retention"] = (config.retention_interval, lambda: _retain(registry, config))
+    now = trio.current_time()
+    due = {name: now + every * random.uniform(0.1, 1.0) for name, (every, _) in jobs.items()}
+    while due:
+        name = min(due, key=due.__getitem__)
+        await trio.sleep_until(due[name])
+        every, job = jobs[name]
+        due[name] = trio.current_time() + every
+        try:
+            await job()
+        except Conflict:
+            log.info("%s skipped: another process is at it", name)
+        except Exception:
+            # Housekeeping must outlive a failing database or disk; the next round retries.
+            log.exception("%s failed", name)
+
+
+async def _collect(registry: Registry, config: Config) -> None:
     policy = Policy(
         grace_seconds=config.gc_grace,
         delete_untagged=config.gc_delete_untagged,
         upload_max_age=config.upload_max_age,
     )
-    now = trio.current_time()
-    next_gc = now + config.gc_interval * random.uniform(0.5, 1.0) if config.gc_interval else None
-    next_purge = (
-        now + config.upload_purge_interval * random.uniform(0.1, 1.0)
-        if config.upload_purge_interval
-        else None
+    plan = await registry.lifecycle.collect(policy, dry_run=False)
+    totals = plan.to_json()["totals"]
+    log.info(
+        "gc manifests=%d blobs=%d uploads=%d bytes_freed=%d seconds=%.2f",
+        totals["manifests"],
+        totals["blobs"],
+        totals["uploads"],
+        totals["bytes_freed"],
+        plan.seconds,
     )
-    while next_gc is not None or next_purge is not None:
-        wake = min(t for t in (next_gc, next_purge) if t is not None)
-        await trio.sleep_until(wake)
-        now = trio.current_time()
-        try:
-            if next_gc is not None and now >= next_gc:
-                next_gc = now + config.gc_interval
-                plan = await registry.lifecycle.collect(policy, dry_run=False)
-                totals = plan.to_json()["totals"]
-                log.info(
-                    "gc manifests=%d blobs=%d uploads=%d bytes_freed=%d seconds=%.2f",
-                    totals["manifests"],
-                    totals["blobs"],
-                    totals["uploads"],
-                    totals["bytes_freed"],
-                    plan.seconds,
-                )
-            elif next_purge is not None and now >= next_purge:
-                next_purge = now + config.upload_purge_interval
-                purged = await registry.lifecycle.purge_uploads(config.upload_max_age)
-                if purged:
-                    log.info("purged stale uploads=%d", purged)
-        except SweepInProgress:
-            log.info("gc skipped: another process is collecting")
-        except Exception:
-            # Housekeeping must outlive a failing database or disk; the next round retries.
-            log.exception("housekeeping failed")
+
+
+async def _purge(registry: Registry, config: Config) -> None:
+    purged = await registry.lifecycle.purge_uploads(config.upload_max_age)
+    if purged:
+        log.info("purged stale uploads=%d", purged)
+
+
+async def _retain(registry: Registry, config: Config) -> None:
+    removed = await registry.repositories.apply_retention(
+        [
+            (rule.repositories, RetentionPolicy(rule.keep_last, rule.keep, rule.older_than))
+            for rule in config.retention
+        ],
+        lease_seconds=max(config.retention_interval, 60.0),
+    )
+    for repository, tags in removed.items():
+        log.info("retention repository=%s removed_tags=%d", repository, len(tags))

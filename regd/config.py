@@ -5,7 +5,9 @@ Precedence, lowest to highest: built-in defaults, the file, the environment, the
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -25,6 +27,81 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "regd"
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    match = _DURATION.match(str(value).strip().lower())
+    if not match:
+        raise ConfigError(f"{where}: invalid duration {value!r} (e.g. 3600, 90s, 12h, 30d)")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+@dataclass(frozen=True)
+class RetentionRule:
+    """Tags of repositories whose name matches `repositories` (a regular expression,
+    matched whole) are pruned by the policy."""
+
+    repositories: str
+    keep_last: int | None = None
+    keep: str | None = None
+    older_than: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repositories": self.repositories,
+            "keep_last": self.keep_last,
+            "keep": self.keep,
+            "older_than": self.older_than,
+        }
+
+
+def _retention(value: Any, where: str) -> tuple[RetentionRule, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: retention must be a JSON list: {exc}") from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: retention must be a list of tables")
+    rules = []
+    for i, entry in enumerate(value):
+        at = f"{where}: retention[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table")
+        unknown = set(entry) - {"repositories", "keep_last", "keep", "older_than"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown keys {sorted(unknown)}")
+        pattern = entry.get("repositories")
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{at}.repositories must be a regular expression string")
+        keep = entry.get("keep")
+        for text, key in ((pattern, "repositories"), (keep, "keep")):
+            if text is None:
+                continue
+            if not isinstance(text, str):
+                raise ConfigError(f"{at}.{key} must be a string")
+            try:
+                re.compile(text)
+            except re.error as exc:
+                raise ConfigError(f"{at}.{key} is not a valid regular expression: {exc}") from None
+        keep_last = entry.get("keep_last")
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0
+        ):
+            raise ConfigError(f"{at}.keep_last must be a non-negative integer")
+        older = entry.get("older_than")
+        older_than = parse_duration(older, f"{at}.older_than") if older is not None else None
+        if keep_last is None and keep is None and older_than is None:
+            raise ConfigError(f"{at} needs keep_last, keep or older_than")
+        rules.append(RetentionRule(pattern, keep_last, keep, older_than))
+    return tuple(rules)
+
+
 @dataclass(frozen=True)
 class Config:
     addr: str = "127.0.0.1:5000"
@@ -42,6 +119,8 @@ class Config:
     gc_delete_untagged: bool = False
     upload_max_age: float = 24 * 3600.0
     upload_purge_interval: float = 3600.0
+    retention: tuple[RetentionRule, ...] = ()
+    retention_interval: float = 3600.0
 
     @property
     def host(self) -> str:
@@ -66,7 +145,9 @@ class Config:
         out: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None:
+            if f.name == "retention":
+                out["REGD_RETENTION"] = json.dumps([rule.to_json() for rule in value])
+            elif value is not None:
                 out[f"REGD_{f.name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
                 )
@@ -74,7 +155,14 @@ class Config:
 
 
 _FLOATS = frozenset(
-    {"graceful_timeout", "gc_interval", "gc_grace", "upload_max_age", "upload_purge_interval"}
+    {
+        "graceful_timeout",
+        "gc_interval",
+        "gc_grace",
+        "upload_max_age",
+        "upload_purge_interval",
+        "retention_interval",
+    }
 )
 _BOOLS = frozenset({"access_log", "gc_delete_untagged"})
 
@@ -84,7 +172,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if key in ("workers",):
             result: Any = int(value)
         elif key in _FLOATS:
-            result = float(value)
+            result = parse_duration(value, source)
+        elif key == "retention":
+            result = _retention(value, source)
         elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value

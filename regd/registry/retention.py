@@ -7,15 +7,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from regd.errors import NameUnknown, RegistryError
+from regd.errors import Conflict, NameUnknown, RegistryError
 from regd.metadata import MetadataStore, TagInfo
 from regd.registry import validation
+from regd.registry.leases import Leases
 
 _SEMVER = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+.]?(.*))?$")
 
 
 class PolicyInvalid(RegistryError):
     code = "POLICY_INVALID"
+
+
+class RetentionInProgress(Conflict):
+    code = "RETENTION_IN_PROGRESS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,36 @@ def select_for_removal(tags: list[TagInfo], policy: RetentionPolicy, now: float)
 class Repositories:
     def __init__(self, metadata: MetadataStore) -> None:
         self._metadata = metadata
+        self._leases = Leases(metadata)
+
+    async def apply_retention(
+        self, rules: list[tuple[str, RetentionPolicy]], *, lease_seconds: float
+    ) -> dict[str, list[str]]:
+        """Prune every repository by the first rule whose pattern matches its whole name.
+
+        Raises RetentionInProgress while another process is applying them."""
+        holder = await self._leases.try_acquire("retention", ttl=lease_seconds)
+        if holder is None:
+            raise RetentionInProgress("another process is applying retention policies")
+        removed: dict[str, list[str]] = {}
+        try:
+            compiled = [(re.compile(pattern), policy) for pattern, policy in rules]
+            last: str | None = None
+            while True:
+                page = await self._metadata.list_repositories(last, 500)
+                for name in page.items:
+                    for pattern, policy in compiled:
+                        if pattern.fullmatch(name):
+                            result = await self.prune(name, policy, dry_run=False)
+                            if result["removed"]:
+                                removed[name] = [t["tag"] for t in result["removed"]]
+                            break
+                if not page.more or not page.items:
+                    break
+                last = page.items[-1]
+        finally:
+            await self._leases.release("retention", holder)
+        return removed
 
     async def delete(self, repository: str, *, dry_run: bool) -> dict[str, Any]:
         name = validation.repository_name(repository)

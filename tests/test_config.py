@@ -1,0 +1,100 @@
+"""Configuration: precedence (flags > environment > file > defaults) and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from regd.config import Config, RetentionRule, load
+from regd.errors import ConfigError
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load(env={"HOME": str(tmp_path)})
+    assert config.addr == "127.0.0.1:5000"
+    assert config.workers == 1
+    assert config.database is None
+    assert config.database_url.startswith("sqlite:///")
+    assert config.gc_interval == 0
+    assert config.retention == ()
+
+
+def test_precedence(tmp_path: Path) -> None:
+    file = tmp_path / "regd.toml"
+    file.write_text('addr = "127.0.0.1:7000"\nworkers = 3\nlog_level = "debug"\ngc_grace = "2h"\n')
+    env = {"REGD_WORKERS": "2", "REGD_LOG_LEVEL": "warning", "REGD_DATA_DIR": str(tmp_path)}
+    config = load(file=file, env=env, flags={"workers": 4, "addr": None})
+    assert config.addr == "127.0.0.1:7000"  # file
+    assert config.log_level == "warning"  # env beats file
+    assert config.workers == 4  # flag beats env
+    assert config.gc_grace == 7200
+    assert config.data_dir == tmp_path
+    # REGD_CONFIG names the file when no flag does.
+    assert load(env={"REGD_CONFIG": str(file)}).workers == 3
+
+
+def test_retention_rules(tmp_path: Path) -> None:
+    file = tmp_path / "regd.toml"
+    file.write_text(
+        "[[retention]]\n"
+        'repositories = "ci/.*"\nkeep_last = 10\nolder_than = "30d"\n'
+        "[[retention]]\n"
+        'repositories = ".*"\nkeep = "^(latest|v\\\\d+)$"\n'
+    )
+    config = load(file=file, env={})
+    assert config.retention == (
+        RetentionRule("ci/.*", keep_last=10, older_than=30 * 86400),
+        RetentionRule(".*", keep="^(latest|v\\d+)$"),
+    )
+    # Workers receive it through the environment.
+    again = load(env=config.to_env())
+    assert again.retention == config.retention
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('addr = "nope"', "addr"),
+        ("workers = 0", "workers"),
+        ('log_level = "loud"', "log_level"),
+        ('database = "mysql://x"', "database"),
+        ('storage = "tape"', "storage"),
+        ('gc_grace = "soon"', "duration"),
+        ("gc_interval = -1", "duration"),
+        ('admin_token = "short"', "admin_token"),
+        ("colour = 1", "unknown setting"),
+        ("[[retention]]\nkeep_last = 1", "repositories"),
+        ('[[retention]]\nrepositories = "("\nkeep_last = 1', "regular expression"),
+        ('[[retention]]\nrepositories = ".*"', "needs keep_last"),
+        ('[[retention]]\nrepositories = ".*"\nkeep_last = -2', "keep_last"),
+        ('[[retention]]\nrepositories = ".*"\nkeep_last = 1\nextra = 2', "unknown keys"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_invalid_settings(tmp_path: Path, toml: str, message: str) -> None:
+    file = tmp_path / "regd.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load(file=file, env={})
+
+
+def test_invalid_environment() -> None:
+    with pytest.raises(ConfigError, match="REGD_WORKERS"):
+        load(env={"REGD_WORKERS": "many"})
+    with pytest.raises(ConfigError, match="REGD_ACCESS_LOG"):
+        load(env={"REGD_ACCESS_LOG": "maybe"})
+    with pytest.raises(ConfigError, match="retention"):
+        load(env={"REGD_RETENTION": "{not json"})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(file=tmp_path / "absent.toml", env={})
+
+
+def test_memory_storage_needs_one_worker() -> None:
+    with pytest.raises(ConfigError, match="memory"):
+        load(env={"REGD_STORAGE": "memory", "REGD_WORKERS": "2"})
+    assert isinstance(load(env={"REGD_STORAGE": "memory"}), Config)
