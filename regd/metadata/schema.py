@@ -69,6 +69,8 @@ repository_blobs = Table(
     ),
     Column("digest", _name(150), ForeignKey("blobs.digest"), primary_key=True),
     Column("created_at", Float, nullable=False),
+    # Deleting a blob checks this foreign key; without the index that is a table scan.
+    Index("repository_blobs_digest", "digest"),
 )
 
 manifests = Table(
