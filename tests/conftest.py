@@ -16,7 +16,7 @@ PostgreSQL cases when no server is available (otherwise they fail).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from tests.helpers.pg import Databases, PostgresUnavailable
 from tests.helpers.servers import (
     DistributionServer,
+    RegdFactory,
     RegdServer,
     ServerProcess,
     ServerStartError,
@@ -78,9 +79,6 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("fresh_pg_url")
     return url
-
-
-RegdFactory = Callable[..., RegdServer]
 
 
 def _start_or_fail(server: ServerProcess) -> None:

@@ -39,6 +39,8 @@ def json_response(
 def empty(status: int, headers: dict[str, str]) -> Response:
     response = Response(b"", status=status, headers=headers)
     response.content_length = 0
+    # An answer without a body has no type (Quart would label it text/html).
+    del response.headers["Content-Type"]
     return response
 
 

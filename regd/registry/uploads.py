@@ -40,6 +40,9 @@ from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, lay
 # switches cost little, small enough to bound memory per request.
 WRITE_CHUNK = 1024 * 1024
 HASH_CHUNK = 4 * 1024 * 1024
+# A request appending to a session renews its lease every third of this; after a crash
+# the session is free again within this long.
+LEASE_SECONDS = 10.0
 # Chunks that may wait between the receiving, hashing and writing stages of one upload.
 PIPELINE_DEPTH = 2
 
@@ -80,7 +83,7 @@ class Uploads:
         storage: StorageDriver,
         metadata: MetadataStore,
         *,
-        lease_seconds: float = 15 * 60,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
@@ -145,22 +148,35 @@ class Uploads:
         return UploadStatus(held.id, held.repository, size)
 
     async def _acquire(self, info: UploadInfo, lease: str, start: int | None) -> UploadInfo:
-        held = await self._metadata.acquire_upload(
-            info.id, lease, expected_size=start, ttl=self._lease_seconds
-        )
-        if held is not None:
-            return held
-        current = await self._metadata.get_upload(info.id)
-        if current is None:
-            raise BlobUploadUnknown(f"upload {info.id} is no longer in progress")
-        if start is not None and start != current.size:
-            raise RangeInvalid(
-                f"chunk starts at byte {start} but the upload holds {current.size} bytes",
-                current.size,
+        """Take the session's write lease.
+
+        A lease held by another request is waited for: it is either released soon (that
+        request ends) or expires (its process died), in at most one lease period, since
+        live holders renew it. A chunk that does not continue the session fails at once.
+        """
+        delay = 0.05
+        deadline = trio.current_time() + self._lease_seconds + 1
+        while True:
+            held = await self._metadata.acquire_upload(
+                info.id, lease, expected_size=start, ttl=self._lease_seconds
             )
-        raise RangeInvalid(
-            f"upload {info.id} is being written by another request; retry later", current.size
-        )
+            if held is not None:
+                return held
+            current = await self._metadata.get_upload(info.id)
+            if current is None:
+                raise BlobUploadUnknown(f"upload {info.id} is no longer in progress")
+            if start is not None and start != current.size:
+                raise RangeInvalid(
+                    f"chunk starts at byte {start} but the upload holds {current.size} bytes",
+                    current.size,
+                )
+            if trio.current_time() >= deadline:
+                raise RangeInvalid(
+                    f"upload {info.id} is being written by another request; retry later",
+                    current.size,
+                )
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def _open_writer(self, info: UploadInfo) -> Writer:
         path = layout.upload_data(info.repository, info.id)

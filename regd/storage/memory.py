@@ -120,6 +120,8 @@ class MemoryDriver:
     async def move(self, source: str, destination: str) -> None:
         check_path(destination)
         data = self._get(source)
+        if source == destination:
+            return
         self._files[destination] = (data, time.time())
         del self._files[source]
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RegdFactory
 from tests.helpers.clients import Podman, Skopeo
 from tests.helpers.oci import LayoutImage, build_image, build_multiplatform, machine_files
 from tests.helpers.registry import Registry
-from tests.helpers.servers import ServerProcess
+from tests.helpers.servers import RegdFactory, ServerProcess
 
 REGISTRY_KINDS = ["regd-sqlite", "regd-postgresql", "distribution"]
 

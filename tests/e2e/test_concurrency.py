@@ -10,10 +10,9 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import RegdFactory
 from tests.helpers.oci import sha256
 from tests.helpers.registry import Registry, apush_blob, expect, location, with_digest
-from tests.helpers.servers import DistributionServer, RegdServer, ServerProcess
+from tests.helpers.servers import DistributionServer, RegdFactory, RegdServer, ServerProcess
 from tests.helpers.store import check_blob_store, copies_of
 
 pytestmark = pytest.mark.e2e

@@ -141,12 +141,6 @@ async def test_kill9_during_a_large_upload(
     assert Layout(tmp_path / "back").resolve("v1")["digest"] == oci_image.digest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regd bug: the killed request's 15-minute upload lease survives the restart, so "
-    "PATCH on the session answers 416 'being written by another request' although GET "
-    "reports it resumable",
-)
 async def test_interrupted_session_resumes_after_restart(regd_server: RegdServer) -> None:
     name = "e2e/resumed"
     digest = pattern_digest(PATTERN, BIG)

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from tests.conftest import RegdFactory
 from tests.helpers.registry import Registry
-from tests.helpers.servers import RegdServer
+from tests.helpers.servers import RegdFactory, RegdServer
 
 pytestmark = pytest.mark.e2e
 

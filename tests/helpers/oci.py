@@ -18,11 +18,7 @@ from typing import Any
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 EMPTY_JSON = b"{}"
@@ -34,10 +30,6 @@ def sha256(data: bytes) -> str:
 
 def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": sha256(data), "size": len(data), **extra}
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
 def run_tool(argv: Sequence[str], *, timeout: float = 120, **kwargs: Any) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from tests.helpers.oci import EMPTY_JSON, OCI_EMPTY, OCI_MANIFEST, artifact_manifest, sha256
+from tests.helpers.oci import EMPTY_JSON, OCI_MANIFEST, artifact_manifest, sha256
 
 MANIFEST_ACCEPT = ", ".join(
     [
@@ -207,10 +207,6 @@ def pattern_digest(pattern: bytes, total: int, chunk: int = 1 << 20) -> str:
     for position in range(0, total, chunk):
         h.update(_pattern_block(pattern, position, min(chunk, total - position)))
     return "sha256:" + h.hexdigest()
-
-
-def empty_descriptor() -> dict[str, Any]:
-    return {"mediaType": OCI_EMPTY, "digest": sha256(EMPTY_JSON), "size": len(EMPTY_JSON)}
 
 
 def manifests_in(index: bytes) -> Iterable[dict[str, Any]]:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -192,6 +192,10 @@ class RegdServer(ServerProcess):
         )
         self.data_dir = data_dir
         self.database_url = database_url
+
+
+# What the `regd_factory` fixture hands out: call it with RegdServer's keyword arguments.
+RegdFactory = Callable[..., RegdServer]
 
 
 DISTRIBUTION_CONFIG = """\

@@ -88,21 +88,36 @@ async def test_lease_is_renewed_while_a_slow_body_streams(
     uploads = Uploads(storage, metadata, lease_seconds=0.3)
     rival = Uploads(storage, metadata, lease_seconds=0.3)
     session = await uploads.start("repo")
-    results: list[int] = []
+    finished: list[tuple[str, int]] = []
 
     async def slow() -> None:
         status = await uploads.append("repo", session.id, chunks([b"a"] * 12, delay=0.1))
-        results.append(status.size)
+        finished.append(("slow", status.size))
+
+    async def second() -> None:
+        status = await rival.append("repo", session.id, chunks([b"b"]))
+        finished.append(("rival", status.size))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow)
-        # Well past the lease's lifetime, the first request still holds it.
-        await trio.sleep(0.8)
+        await trio.sleep(0.2)
+        # Well past the lease's lifetime the first request still holds it (renewed), so
+        # the second waits and then appends after it, never in between.
+        nursery.start_soon(second)
+    assert finished == [("slow", 12), ("rival", 13)]
+    data = await storage.get_content(layout.upload_data("repo", session.id))
+    assert data == b"a" * 12 + b"b"
+
+
+async def test_a_chunk_at_the_wrong_offset_fails_at_once(
+    storage: StorageDriver, metadata: MetadataStore
+) -> None:
+    uploads = Uploads(storage, metadata)
+    session = await uploads.start("repo")
+    await uploads.append("repo", session.id, chunks([b"abc"]))
+    with trio.fail_after(2):
         with pytest.raises(RangeInvalid):
-            await rival.append("repo", session.id, chunks([b"b"]))
-    assert results == [12]
-    status = await rival.append("repo", session.id, chunks([b"b"]), start=12)
-    assert status.size == 13
+            await uploads.append("repo", session.id, chunks([b"x"]), start=1)
 
 
 class FailingWrites:
