@@ -31,14 +31,25 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(value: Any, where: str) -> float:
-    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`."""
+def duration_seconds(value: Any) -> float:
+    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`.
+
+    Raises ValueError for anything else (negative numbers included)."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     match = _DURATION.match(str(value).strip().lower())
     if not match:
-        raise ConfigError(f"{where}: invalid duration {value!r} (e.g. 3600, 90s, 12h, 30d)")
+        raise ValueError(f"invalid duration {value!r}")
     return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_duration(value: Any, where: str) -> float:
+    try:
+        return duration_seconds(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: invalid duration {value!r} (e.g. 3600, 90s, 12h, 30d)"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from regctl import output
 from regctl.client import RegistryClient
 from regctl.client.admin import AdminClient
 from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
+from regd.config import duration_seconds
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
@@ -30,16 +31,14 @@ RegistryArg = Annotated[
     typer.Argument(help="HOST[:PORT] of a regd [default: the local one]", show_default=False),
 ]
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_duration(text: str) -> float:
-    """`90`, `90s`, `15m`, `12h`, `30d`, `2w` as seconds."""
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise UsageProblem(f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 30d or 2w")
-    return float(match[1]) * _UNITS[match[2]]
+    try:
+        return duration_seconds(text)
+    except ValueError:
+        raise UsageProblem(
+            f"invalid duration {text!r}: use e.g. 90s, 15m, 12h, 30d or 2w"
+        ) from None
 
 
 def _host(registry: str | None) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, and_, delete, exists, select, true
 
 from regd.metadata import schema as t
-from regd.metadata.store import MetadataStore, UploadInfo
+from regd.metadata.store import UPLOAD_COLUMNS, MetadataStore, UploadInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +111,7 @@ async def snapshot(store: MetadataStore) -> Snapshot:
             select(t.repository_blobs.c.repository_id, t.repository_blobs.c.digest)
         ):
             links[digest].append(rid)
-        uploads = [
-            UploadInfo(*row)
-            for row in conn.execute(
-                select(
-                    t.uploads.c.id,
-                    t.uploads.c.repository,
-                    t.uploads.c.size,
-                    t.uploads.c.started_at,
-                    t.uploads.c.updated_at,
-                )
-            )
-        ]
+        uploads = [UploadInfo(*row) for row in conn.execute(select(*UPLOAD_COLUMNS))]
         return Snapshot(graphs, blobs, dict(links), uploads)
 
     return await store.run_read(q)
@@ -246,18 +235,7 @@ async def purge_uploads(store: MetadataStore, idle_before: float) -> list[Upload
             t.uploads.c.updated_at < idle_before,
             (t.uploads.c.lease.is_(None)) | (t.uploads.c.lease_until < now),
         )
-        rows = [
-            UploadInfo(*row)
-            for row in conn.execute(
-                select(
-                    t.uploads.c.id,
-                    t.uploads.c.repository,
-                    t.uploads.c.size,
-                    t.uploads.c.started_at,
-                    t.uploads.c.updated_at,
-                ).where(cond)
-            )
-        ]
+        rows = [UploadInfo(*row) for row in conn.execute(select(*UPLOAD_COLUMNS).where(cond))]
         if rows:
             conn.execute(delete(t.uploads).where(t.uploads.c.id.in_([r.id for r in rows])))
         return rows

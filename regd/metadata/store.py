@@ -103,6 +103,16 @@ class Page:
     more: bool = False
 
 
+# The columns an UploadInfo is built from, in its field order.
+UPLOAD_COLUMNS = (
+    t.uploads.c.id,
+    t.uploads.c.repository,
+    t.uploads.c.size,
+    t.uploads.c.started_at,
+    t.uploads.c.updated_at,
+)
+
+
 def normalize_url(url: str) -> str:
     """Accept the URLs operators write and pick the drivers regd ships with."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -427,15 +437,7 @@ class MetadataStore:
 
     async def get_upload(self, upload_id: str) -> UploadInfo | None:
         def q(conn: Connection) -> UploadInfo | None:
-            row = conn.execute(
-                select(
-                    t.uploads.c.id,
-                    t.uploads.c.repository,
-                    t.uploads.c.size,
-                    t.uploads.c.started_at,
-                    t.uploads.c.updated_at,
-                ).where(t.uploads.c.id == upload_id)
-            ).first()
+            row = conn.execute(select(*UPLOAD_COLUMNS).where(t.uploads.c.id == upload_id)).first()
             return UploadInfo(*row) if row else None
 
         return await self.run_read(q)
@@ -458,15 +460,7 @@ class MetadataStore:
             )
             if result.rowcount == 0:
                 return None
-            row = conn.execute(
-                select(
-                    t.uploads.c.id,
-                    t.uploads.c.repository,
-                    t.uploads.c.size,
-                    t.uploads.c.started_at,
-                    t.uploads.c.updated_at,
-                ).where(t.uploads.c.id == upload_id)
-            ).one()
+            row = conn.execute(select(*UPLOAD_COLUMNS).where(t.uploads.c.id == upload_id)).one()
             return UploadInfo(*row)
 
         return await self.run_write(w)
