@@ -149,6 +149,15 @@ def _need_digest(ref: Reference) -> Digest:
     return ref.digest
 
 
+def canonical_scope(scope: Scope) -> Scope:
+    """`repository:a:push,pull` and `repository:a:pull,push` are one scope (one token)."""
+    kind, sep, rest = scope.partition(":")
+    name, sep2, actions = rest.rpartition(":")
+    if not (sep and sep2 and name):
+        return scope
+    return f"{kind}:{name}:{','.join(sorted(set(actions.split(','))))}"
+
+
 def _pull(repository: str) -> Scope:
     return f"repository:{repository}:pull"
 
@@ -275,21 +284,47 @@ class RegistryClient:
         return "Bearer " + token
 
     async def _fetch_token(self, host: str, state: _HostAuth, scopes: tuple[Scope, ...]) -> str:
-        params: list[tuple[str, str]] = []
-        if state.service:
-            params.append(("service", state.service))
-        params.extend(("scope", s) for s in scopes)
         creds = self._creds(host)
-        headers: dict[str, str] = {}
-        if creds is not None and creds.username:
-            pair = f"{creds.username}:{creds.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
         try:
-            response = await self._http.get(state.realm, params=tuple(params), headers=headers)
+            if creds is not None and creds.identity_token:
+                # What `docker login` stores for a token server: an OAuth2 refresh token,
+                # exchanged by POST (the token spec's OAuth2 flow), not a password.
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": state.service,
+                    "scope": " ".join(scopes),
+                    "client_id": "regctl",
+                }
+                method = "POST"
+                response = await self._http.post(state.realm, data=form)
+            else:
+                params: list[tuple[str, str]] = []
+                if state.service:
+                    params.append(("service", state.service))
+                params.extend(("scope", s) for s in scopes)
+                headers: dict[str, str] = {}
+                if creds is not None and creds.username:
+                    pair = f"{creds.username}:{creds.password}".encode()
+                    headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+                method = "GET"
+                response = await self._http.get(state.realm, params=tuple(params), headers=headers)
         except httpx.TransportError as exc:
             raise ConnectError(state.realm, _reason(exc)) from exc
         if response.status_code != 200:
-            raise _error_from(response, "GET", state.realm)
+            refused = _error_from(response, method, state.realm)
+            if isinstance(refused, AuthError):
+                # Credentials are kept per registry, so name the registry, and say where
+                # the refusal came from.
+                raise AuthError(
+                    method,
+                    self.base_url(host),
+                    refused.status,
+                    refused.code,
+                    f"the token server {_without_query(state.realm)} refused the credentials"
+                    + (f": {refused.detail}" if refused.detail else ""),
+                )
+            raise refused
         try:
             doc = response.json()
             token = doc.get("token") or doc.get("access_token")
@@ -297,7 +332,7 @@ class RegistryClient:
         except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
             token = None
         if not isinstance(token, str) or not token:
-            raise ProtocolError(f"GET {state.realm}: token server answered without a token")
+            raise ProtocolError(f"{method} {state.realm}: token server answered without a token")
         # A margin so a token is never sent in the second it expires.
         self._tokens[(host, scopes)] = (token, time.monotonic() + max(lifetime - 10.0, 1.0))
         return token
@@ -313,7 +348,7 @@ class RegistryClient:
                     "bearer", challenge.params["realm"], challenge.params.get("service", "")
                 )
                 scope = challenge.params.get("scope", "")
-                return state, tuple(scope.split()) if scope else ()
+                return state, tuple(canonical_scope(s) for s in scope.split()) if scope else ()
         for challenge in challenges:
             if challenge.scheme == "basic":
                 return _HostAuth("basic"), ()
