@@ -59,8 +59,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "regd", "serve", "--addr", f"127.0.0.1:{port}",
-             "--data-dir", data_dir, "--log-level", "warning", "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "regd",
+                "serve",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                data_dir,
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -109,7 +120,8 @@ def main() -> None:
                         pulled.update(chunk)
                         n += len(chunk)
                 pull_s = time.perf_counter() - start
-                assert n == size and "sha256:" + pulled.hexdigest() == digest
+                if n != size or "sha256:" + pulled.hexdigest() != digest:
+                    raise SystemExit("the pulled blob differs from the pushed one")
             stop.set()
             sampler.join()
             result = {

@@ -1,0 +1,1 @@
+"""Benchmark of regd against the reference registry (Distribution); run `python bench/run.py`."""

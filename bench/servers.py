@@ -1,0 +1,207 @@
+"""Starting the two registries on temporary storage and free ports, and watching their processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.httpc import Connection
+
+HOST = "127.0.0.1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants that are alive now."""
+    children = _children_map()
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of one process, including its reaped children."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime, stime, cutime, cstime are fields 14..17 of stat(5); index 11..14 here.
+    return sum(int(v) for v in fields[11:15]) / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Server:
+    """A running registry process and where to reach it."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    description: str
+    log_path: Path
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return HOST
+
+    def connect(self, timeout: float = 120.0) -> Connection:
+        return Connection(HOST, self.port, timeout)
+
+    def cpu(self) -> float:
+        """CPU seconds of the server and every process under it so far."""
+        return sum(cpu_seconds(pid) for pid in process_tree(self.proc.pid))
+
+    def memory(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of each process of the tree, in MiB."""
+        tree = process_tree(self.proc.pid)
+        peaks = {pid: status_kib(pid, "VmHWM") / 1024 for pid in tree}
+        # With several workers the parent only supervises; the workers do the serving.
+        workers = [v for pid, v in peaks.items() if pid != self.proc.pid] or list(peaks.values())
+        return {
+            "processes": len(tree),
+            "peak_rss_max_process_mib": round(max(peaks.values()), 1),
+            "peak_rss_max_worker_mib": round(max(workers), 1),
+            "peak_rss_sum_mib": round(sum(peaks.values()), 1),
+            "rss_now_sum_mib": round(sum(status_kib(p, "VmRSS") for p in tree) / 1024, 1),
+        }
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
+            try:
+                with self.connect(timeout=2) as conn:
+                    if conn.request("GET", "/v2/").status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer /v2/ within {timeout} s")
+
+    def stop(self, keep: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if not keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn(
+    cmd: list[str], workdir: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = workdir / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env, start_new_session=True
+        )
+    return proc, log_path
+
+
+def start_regd(workers: int, database: str | None = None, tmp_root: str | None = None) -> Server:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-regd-", dir=tmp_root))
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "regd", "serve",
+        "--addr", f"{HOST}:{port}",
+        "--data-dir", str(workdir / "data"),
+        "--workers", str(workers),
+        "--log-level", "warning",
+        "--no-access-log",
+    ]  # fmt: skip
+    if database:
+        cmd += ["--database", database]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc, log_path = _spawn(cmd, workdir, env)
+    server = Server("regd", port, proc, workdir, f"regd --workers {workers}", log_path)
+    server.wait_ready()
+    return server
+
+
+REFERENCE_CONFIG = """\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: {host}:{port}
+log:
+  level: warn
+  accesslog:
+    disabled: true
+"""
+
+
+def reference_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    return (out.stdout or out.stderr).strip()
+
+
+def start_reference(binary: str = "docker-registry", tmp_root: str | None = None) -> Server:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ref-", dir=tmp_root))
+    port = free_port()
+    config = workdir / "config.yml"
+    root = workdir / "root"
+    root.mkdir()
+    config.write_text(REFERENCE_CONFIG.format(root=root, host=HOST, port=port))
+    proc, log_path = _spawn([binary, "serve", str(config)], workdir)
+    server = Server("reference", port, proc, workdir, reference_version(binary), log_path)
+    server.wait_ready()
+    return server

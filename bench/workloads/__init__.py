@@ -1,0 +1,1 @@
+"""The workloads of the benchmark, one module per family."""
