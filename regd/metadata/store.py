@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from regd.errors import RegdError
 from regd.metadata import schema as t
+from regd.metadata.batching import Retry, WriteBatcher
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,10 +41,6 @@ R = TypeVar("R")
 
 class MetadataError(RegdError):
     """The database failed or its content is not what regd expects."""
-
-
-class _Retry(Exception):
-    """Raised inside a write transaction to run it again from the start."""
 
 
 class MissingReferences(MetadataError):
@@ -169,6 +166,13 @@ class MetadataStore:
                 self.url, pool_size=max_threads, max_overflow=max_threads, pool_pre_ping=True
             )
         self._limiter = trio.CapacityLimiter(max_threads)
+        # SQLite writes go through one thread with group commit; PostgreSQL takes
+        # concurrent writers itself.
+        self._batcher = (
+            WriteBatcher(self.engine, _as_metadata_error, _retryable)
+            if self.dialect == "sqlite"
+            else None
+        )
 
     # -- plumbing ------------------------------------------------------------------------
     # run_read/run_write run a function on a pooled connection inside one transaction, in
@@ -194,6 +198,10 @@ class MetadataStore:
     async def run_write(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
+        if self._batcher is not None:
+            result: R = await self._batcher.run(lambda conn: fn(conn, *args, **kwargs))
+            return result
+
         def run() -> R:
             for attempt in range(1, 6):
                 try:
@@ -201,7 +209,7 @@ class MetadataStore:
                         conn.execution_options(regd_write=True)
                         with conn.begin():
                             return fn(conn, *args, **kwargs)
-                except _Retry:
+                except Retry:
                     time.sleep(0.005 * attempt)
                     continue
                 except MetadataError:
@@ -222,8 +230,8 @@ class MetadataStore:
         # A write that has begun must finish or roll back by itself; cancelling the
         # waiting task must not leave the caller unsure whether it happened.
         with trio.CancelScope(shield=True):
-            result = await trio.to_thread.run_sync(run, limiter=self._limiter)
-        return result
+            outcome = await trio.to_thread.run_sync(run, limiter=self._limiter)
+        return outcome
 
     def create_schema(self) -> None:
         """Create missing tables (idempotent); run once before serving."""
@@ -244,6 +252,8 @@ class MetadataStore:
                     )
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await trio.to_thread.run_sync(self._batcher.close)
         await trio.to_thread.run_sync(self.engine.dispose)
 
     # -- repositories --------------------------------------------------------------------
@@ -610,7 +620,7 @@ class MetadataStore:
             ).scalar()
             if manifest_id is None:
                 # A sweep deleted the existing copy between our insert and this read.
-                raise _Retry()
+                raise Retry()
             for table, digests in (
                 (t.manifest_blobs, new.blobs),
                 (t.manifest_children, new.children),
@@ -799,6 +809,19 @@ def _page(conn: Connection, stmt: Any, limit: int | None) -> Page:
     if limit is not None and len(names) > limit:
         return Page(names[:limit], more=True)
     return Page(names, more=False)
+
+
+def _as_metadata_error(exc: BaseException) -> BaseException:
+    """What a write's caller sees: MetadataError for any database failure."""
+    if isinstance(exc, MetadataError):
+        return exc
+    if isinstance(exc, IntegrityError):
+        return MetadataError(f"database constraint failed: {exc}")
+    if isinstance(exc, SQLAlchemyError):
+        return MetadataError(f"database error: {exc}")
+    if isinstance(exc, RuntimeError):
+        return MetadataError(str(exc))
+    return exc
 
 
 def _retryable(exc: DBAPIError) -> bool:

@@ -1,0 +1,154 @@
+"""Group commit for SQLite: one writer thread, several write transactions per commit.
+
+SQLite admits one writer at a time and each commit is an fsync. Under concurrent pushes
+every request's small transaction queued for the lock and paid its own fsync. Here the
+process's writes go to one thread that takes everything queued, runs each function in a
+savepoint of one transaction (so a failing one rolls back alone) and commits once. Callers
+are answered only after that commit: a success still means the rows are on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+MAX_BATCH = 64
+MAX_ATTEMPTS = 5
+
+
+class Retry(Exception):
+    """Raised by a write function to be run again, in a later transaction."""
+
+
+@dataclass(eq=False)
+class WriteOp:
+    fn: Callable[[Connection], Any]
+    token: trio.lowlevel.TrioToken
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+
+
+class WriteBatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        wrap_error: Callable[[BaseException], BaseException],
+        retryable: Callable[[DBAPIError], bool],
+    ) -> None:
+        self._engine = engine
+        self._wrap = wrap_error
+        self._retryable = retryable
+        self._queue: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def run(self, fn: Callable[[Connection], Any]) -> Any:
+        op = WriteOp(fn, trio.lowlevel.current_trio_token())
+        self._ensure_thread()
+        self._queue.put(op)
+        # The write happens whether or not the caller is still waiting.
+        with trio.CancelScope(shield=True):
+            await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def close(self) -> None:
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="regd-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            for op in self._execute(batch):
+                self._queue.put(op)
+
+    def _execute(self, batch: list[WriteOp]) -> list[WriteOp]:
+        """Run a batch in one transaction; returns the operations to run again."""
+        again: list[WriteOp] = []
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            pending = [op for op in batch if op.error is None]
+            again = []
+            try:
+                with self._engine.connect() as conn:
+                    conn.execution_options(regd_write=True)
+                    with conn.begin():
+                        for op in pending:
+                            savepoint = conn.begin_nested()
+                            try:
+                                op.result = op.fn(conn)
+                                savepoint.commit()
+                            except Retry:
+                                savepoint.rollback()
+                                again.append(op)
+                            except BaseException as exc:
+                                savepoint.rollback()
+                                op.error = self._wrap(exc)
+                break
+            except DBAPIError as exc:
+                # The transaction as a whole failed (busy, or at commit): nothing of it
+                # happened, so every operation may run again.
+                for op in pending:
+                    op.error, op.result = None, None
+                if self._retryable(exc) and attempt < MAX_ATTEMPTS:
+                    time.sleep(0.01 * attempt)
+                    continue
+                for op in pending:
+                    op.error = self._wrap(exc)
+                again = []
+            except SQLAlchemyError as exc:
+                for op in pending:
+                    op.error = self._wrap(exc)
+                again = []
+                break
+        retry_now = []
+        for op in batch:
+            if op in again:
+                op.attempts += 1
+                if op.attempts < MAX_ATTEMPTS:
+                    retry_now.append(op)
+                    continue
+                op.error = self._wrap(RuntimeError("gave up after repeated conflicts"))
+            self._answer(op)
+        return retry_now
+
+    @staticmethod
+    def _answer(op: WriteOp) -> None:
+        # When the caller's event loop is gone, nobody is waiting for the answer.
+        with contextlib.suppress(trio.RunFinishedError):
+            op.token.run_sync_soon(op.done.set)
