@@ -10,11 +10,14 @@ are answered only after that commit: a success still means the rows are on disk.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -45,8 +48,10 @@ class WriteBatcher:
         engine: Engine,
         wrap_error: Callable[[BaseException], BaseException],
         retryable: Callable[[DBAPIError], bool],
+        lock_path: Path | None = None,
     ) -> None:
         self._engine = engine
+        self._lock_path = lock_path
         self._wrap = wrap_error
         self._retryable = retryable
         self._queue: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
@@ -98,8 +103,30 @@ class WriteBatcher:
             for op in self._execute(batch):
                 self._queue.put(op)
 
+    @contextlib.contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        """Take turns with the other processes on this database.
+
+        SQLite's own lock makes a waiting process sleep and poll (up to 100 ms a time),
+        which starved writers when several workers share a database; a blocking flock
+        hands the turn over as soon as the holder lets go.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _execute(self, batch: list[WriteOp]) -> list[WriteOp]:
         """Run a batch in one transaction; returns the operations to run again."""
+        with self._process_lock():
+            return self._execute_locked(batch)
+
+    def _execute_locked(self, batch: list[WriteOp]) -> list[WriteOp]:
         again: list[WriteOp] = []
         for attempt in range(1, MAX_ATTEMPTS + 1):
             pending = [op for op in batch if op.error is None]

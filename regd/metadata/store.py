@@ -144,10 +144,13 @@ def _sqlite_engine(url: str, pool_size: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get("regd_single_read"):
+            # One statement is atomic by itself; a BEGIN would cost as much as the query.
+            return
         # A deferred transaction that later writes can fail at once with SQLITE_BUSY
         # without waiting; writers take the write lock up front instead.
-        immediate = conn.get_execution_options().get("regd_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("regd_write") else "BEGIN")
 
     return engine
 
@@ -168,11 +171,11 @@ class MetadataStore:
         self._limiter = trio.CapacityLimiter(max_threads)
         # SQLite writes go through one thread with group commit; PostgreSQL takes
         # concurrent writers itself.
-        self._batcher = (
-            WriteBatcher(self.engine, _as_metadata_error, _retryable)
-            if self.dialect == "sqlite"
-            else None
-        )
+        self._batcher = None
+        if self.dialect == "sqlite":
+            file_db = parsed.database not in (None, "", ":memory:")
+            lock = Path(f"{parsed.database}.writelock") if file_db else None
+            self._batcher = WriteBatcher(self.engine, _as_metadata_error, _retryable, lock)
 
     # -- plumbing ------------------------------------------------------------------------
     # run_read/run_write run a function on a pooled connection inside one transaction, in
@@ -184,12 +187,34 @@ class MetadataStore:
         return pg_dialect.insert(table)
 
     async def run_read(
+        self,
+        fn: Callable[Concatenate[Connection, P], R],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        """Run a read in one transaction, so its statements see one snapshot."""
+        return await self._read(fn, False, *args, **kwargs)
+
+    async def run_query(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Run a read of a single statement, which needs no transaction (hot paths)."""
+        return await self._read(fn, True, *args, **kwargs)
+
+    async def _read(
+        self,
+        fn: Callable[Concatenate[Connection, P], R],
+        single: bool,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> R:
         def run() -> R:
             try:
-                with self.engine.connect() as conn, conn.begin():
-                    return fn(conn, *args, **kwargs)
+                with self.engine.connect() as conn:
+                    if single:
+                        conn.execution_options(regd_single_read=True)
+                    with conn.begin():
+                        return fn(conn, *args, **kwargs)
             except SQLAlchemyError as exc:
                 raise MetadataError(f"database error: {exc}") from exc
 
@@ -304,13 +329,13 @@ class MetadataStore:
                 .where(t.repositories.c.name == repository, t.repository_blobs.c.digest == digest)
             ).scalar()
 
-        return await self.run_read(q)
+        return await self.run_query(q)
 
     async def global_blob_size(self, digest: str) -> int | None:
         def q(conn: Connection) -> int | None:
             return conn.execute(select(t.blobs.c.size).where(t.blobs.c.digest == digest)).scalar()
 
-        return await self.run_read(q)
+        return await self.run_query(q)
 
     async def link_blob(
         self,
@@ -450,12 +475,19 @@ class MetadataStore:
             row = conn.execute(select(*UPLOAD_COLUMNS).where(t.uploads.c.id == upload_id)).first()
             return UploadInfo(*row) if row else None
 
-        return await self.run_read(q)
+        return await self.run_query(q)
 
     async def acquire_upload(
-        self, upload_id: str, lease: str, *, expected_size: int | None, ttl: float
+        self,
+        upload_id: str,
+        lease: str,
+        *,
+        expected_size: int | None,
+        ttl: float,
+        repository: str | None = None,
     ) -> UploadInfo | None:
-        """Take the upload's write lease; None when it is held or the size moved on."""
+        """Take the upload's write lease; None when it is held, the size moved on, or the
+        session is unknown (in `repository`, when given)."""
 
         def w(conn: Connection) -> UploadInfo | None:
             now = time.time()
@@ -465,6 +497,8 @@ class MetadataStore:
             ]
             if expected_size is not None:
                 cond.append(t.uploads.c.size == expected_size)
+            if repository is not None:
+                cond.append(t.uploads.c.repository == repository)
             result = conn.execute(
                 update(t.uploads).where(and_(*cond)).values(lease=lease, lease_until=now + ttl)
             )
@@ -554,7 +588,7 @@ class MetadataStore:
                 return None
             return self._info(row, bytes(row[6]) if with_payload else None)
 
-        return await self.run_read(q)
+        return await self.run_query(q)
 
     async def put_manifest(self, repository: str, new: NewManifest, tags: Iterable[str]) -> None:
         """Store a manifest and point `tags` at it, all or nothing.

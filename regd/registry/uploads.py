@@ -135,9 +135,8 @@ class Uploads:
         length: int | None = None,
     ) -> UploadStatus:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
-        info = await self._session(repository, upload_id)
         lease = str(uuid.uuid4())
-        held = await self._acquire(info, lease, start)
+        held = await self._acquire(repository, upload_id, lease, start)
         try:
             size = await self._append_locked(held, lease, body, length)
         except BaseException:
@@ -147,24 +146,36 @@ class Uploads:
         await self._metadata.release_upload(held.id, lease, size)
         return UploadStatus(held.id, held.repository, size)
 
-    async def _acquire(self, info: UploadInfo, lease: str, start: int | None) -> UploadInfo:
+    async def _acquire(
+        self, repository: str, upload_id: str, lease: str, start: int | None
+    ) -> UploadInfo:
         """Take the session's write lease.
 
         A lease held by another request is waited for: it is either released soon (that
         request ends) or expires (its process died), in at most one lease period, since
         live holders renew it. A chunk that does not continue the session fails at once.
         """
+        name = validation.repository_name(repository)
+        if not _is_uuid(upload_id):
+            raise BlobUploadUnknown(
+                f"upload {upload_id[:64]} is not in progress for {name}",
+                {"upload": upload_id[:64]},
+            )
         delay = 0.05
         deadline = trio.current_time() + self._lease_seconds + 1
         while True:
+            # The common case is one statement: the session exists and is free.
             held = await self._metadata.acquire_upload(
-                info.id, lease, expected_size=start, ttl=self._lease_seconds
+                upload_id, lease, expected_size=start, ttl=self._lease_seconds, repository=name
             )
             if held is not None:
                 return held
-            current = await self._metadata.get_upload(info.id)
-            if current is None:
-                raise BlobUploadUnknown(f"upload {info.id} is no longer in progress")
+            current = await self._metadata.get_upload(upload_id)
+            if current is None or current.repository != name:
+                raise BlobUploadUnknown(
+                    f"upload {upload_id[:64]} is not in progress for {name}",
+                    {"upload": upload_id[:64]},
+                )
             if start is not None and start != current.size:
                 raise RangeInvalid(
                     f"chunk starts at byte {start} but the upload holds {current.size} bytes",
@@ -172,7 +183,7 @@ class Uploads:
                 )
             if trio.current_time() >= deadline:
                 raise RangeInvalid(
-                    f"upload {info.id} is being written by another request; retry later",
+                    f"upload {upload_id} is being written by another request; retry later",
                     current.size,
                 )
             await trio.sleep(delay)
@@ -236,12 +247,13 @@ class Uploads:
         length: int | None = None,
     ) -> BlobStat:
         """Append a final chunk (possibly empty), verify the digest and store the blob."""
-        info = await self._session(repository, upload_id)
         if digest is None:
+            # An unknown session is the more useful answer than a missing digest.
+            await self._session(repository, upload_id)
             raise DigestInvalid("completing an upload needs ?digest=")
         expected = validation.digest(digest)
         lease = str(uuid.uuid4())
-        held = await self._acquire(info, lease, start)
+        held = await self._acquire(repository, upload_id, lease, start)
         try:
             size = await self._append_locked(held, lease, body, length)
             actual = await self._digest_of(held, size, expected.algorithm)
@@ -349,6 +361,22 @@ async def _pump(
     chunk is hashed (one core) and written (the disk) while the next one arrives.
     Memory stays bounded by the channels' capacity times WRITE_CHUNK.
     """
+    if length is not None and length <= WRITE_CHUNK:
+        # A small body (a config, a small layer): one hash and one write, no stages.
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            size += len(chunk)
+            if size > length:
+                raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
+            parts.append(chunk)
+        data = b"".join(parts)
+        if data:
+            if hasher is not None:
+                hasher.update(data)
+            await writer.write(data)
+        return size
+
     received = 0
     to_writer, for_writer = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
     to_hasher, for_hasher = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
