@@ -28,12 +28,11 @@ from regd.errors import Conflict
 from regd.metadata import MetadataStore
 from regd.metadata import lifecycle as rows
 from regd.metadata.lifecycle import RepositoryGraph, Snapshot
-from regd.oci.digest import Digest, DigestError
+from regd.oci.digest import Digest
 from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
 
 GC_LEASE_SECONDS = 600.0
-FILE_DELETE_CONCURRENCY = 8
 
 
 class SweepInProgress(Conflict):
@@ -265,24 +264,14 @@ class Lifecycle:
             mine = [d for d in batch if f"blob:{d}" in taken]
             try:
                 deleted = await rows.delete_unreferenced_blobs(self._metadata, mine, cutoff)
-                limiter = trio.CapacityLimiter(FILE_DELETE_CONCURRENCY)
-                async with task_group() as nursery:
-                    for digest, _ in deleted:
-                        nursery.start_soon(self._delete_file, digest, limiter)
+                await self._storage.delete_many(
+                    [layout.blob_dir(Digest.parse(digest)) for digest, _ in deleted]
+                )
             finally:
                 with trio.CancelScope(shield=True):
                     await rows.release_locks(self._metadata, sorted(taken), holder)
             swept += [self._blob_entry(d, size, snap, names) for d, size in deleted]
         return swept
-
-    async def _delete_file(self, digest: str, limiter: trio.CapacityLimiter) -> None:
-        try:
-            parsed = Digest.parse(digest)
-        except DigestError:
-            return
-        async with limiter:
-            with contextlib.suppress(PathNotFound):
-                await self._storage.delete(layout.blob_dir(parsed))
 
     async def _purge_uploads(
         self, plan: Plan, idle_before: float, snap: Snapshot, *, dry_run: bool

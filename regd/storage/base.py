@@ -114,6 +114,11 @@ class StorageDriver(Protocol):
         """Delete a file or a whole directory tree; PathNotFound when absent."""
         ...
 
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        """Delete several files or trees at once; absent ones are ignored. (Object stores
+        delete up to a thousand keys per request; here it saves a call per blob.)"""
+        ...
+
     async def redirect_url(self, path: str) -> str | None:
         """A URL clients may fetch `path` from directly, or None to have regd serve it."""
         ...

@@ -6,11 +6,11 @@ every rename is followed by an fsync of the directory that holds the new name.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import io
 import os
-import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -42,6 +42,31 @@ def _makedirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     for created in reversed(missing):
         _fsync_dir(created.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file, or a directory and everything in it.
+
+    A blob is a directory holding one file; removing it with three system calls instead
+    of rmtree's descriptor-safe walk matters when a collection removes thousands.
+    """
+    try:
+        os.unlink(path)
+        return
+    except IsADirectoryError:
+        pass
+    except PermissionError:
+        # Linux reports unlink() of a directory as EISDIR, other systems as EPERM.
+        if not path.is_dir():
+            raise
+    with os.scandir(path) as entries:
+        children = list(entries)
+    for entry in children:
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(Path(entry.path))
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
 
 
 class _FileReader:
@@ -244,18 +269,23 @@ class FilesystemDriver:
 
         def rm() -> None:
             try:
-                if full.is_dir() and not full.is_symlink():
-                    shutil.rmtree(full)
-                else:
-                    full.unlink()
+                _remove_tree(full)
             except FileNotFoundError:
                 raise PathNotFound(path) from None
-            except OSError as exc:
-                if exc.errno == errno.ENOTDIR:
-                    raise PathNotFound(path) from None
-                raise
+            except NotADirectoryError:
+                raise PathNotFound(path) from None
 
         await trio.to_thread.run_sync(rm, limiter=self._limiter)
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        fulls = [self._full(p) for p in paths]
+
+        def rm_all() -> None:
+            for full in fulls:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    _remove_tree(full)
+
+        await trio.to_thread.run_sync(rm_all, limiter=self._limiter)
 
     async def redirect_url(self, path: str) -> str | None:
         return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Sequence
 
 from regd.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageError, check_path
 
@@ -133,6 +135,11 @@ class MemoryDriver:
             raise PathNotFound(path)
         for p in doomed:
             del self._files[p]
+
+    async def delete_many(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(PathNotFound):
+                await self.delete(path)
 
     async def redirect_url(self, path: str) -> str | None:
         return None

@@ -431,6 +431,24 @@ class StorageDriverSuite:
             await driver.delete("d/file/child")
         assert await driver.get_content("d/file") == b"x"
 
+    async def test_delete_many(self, driver: StorageDriver) -> None:
+        await driver.put_content("dm/a/data", b"a")
+        await driver.put_content("dm/b/data", b"b")
+        await driver.put_content("dm/c/data", b"c")
+        await driver.put_content("dm/c/more/deep", b"d")
+        await driver.put_content("dm/keep/data", b"k")
+        # Absent paths are no error: a batch is best effort by design.
+        await driver.delete_many(["dm/a", "dm/c", "dm/absent", "dm/b/data"])
+        for gone in ("dm/a/data", "dm/c/data", "dm/c/more/deep", "dm/b/data"):
+            with pytest.raises(PathNotFound):
+                await driver.stat(gone)
+        assert await driver.get_content("dm/keep/data") == b"k"
+        await driver.delete_many([])
+
+    async def test_delete_many_checks_paths(self, driver: StorageDriver) -> None:
+        with pytest.raises(InvalidPath):
+            await driver.delete_many(["ok/path", "../escape"])
+
     async def test_deleted_path_can_be_written_again(self, driver: StorageDriver) -> None:
         await driver.put_content("d/again/file", b"1")
         await driver.delete("d/again")
