@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 from quart import Blueprint, Response, request
 
 from regd.api.http import empty, read_limited, registry
@@ -18,6 +20,8 @@ async def get_manifest(name: str, reference: str) -> Response:
         "Docker-Content-Digest": info.digest,
         "Content-Type": info.media_type,
         "ETag": f'"{info.digest}"',
+        # When the tag (or, by digest, the manifest) was pushed: lets clients sort by time.
+        "Last-Modified": formatdate(info.created_at, usegmt=True),
     }
     response = Response(b"" if head else (info.payload or b""), status=200, headers=headers)
     response.content_length = info.size

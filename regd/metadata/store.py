@@ -7,6 +7,7 @@ thread, so the event loop never waits on the database.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -583,10 +584,15 @@ class MetadataStore:
             else:
                 join = join.join(t.tags, t.tags.c.manifest_id == t.manifests.c.id)
                 cond.append(t.tags.c.name == tag)
+                # By tag, "when" is when the tag was last pushed.
+                cols = (*cols, t.tags.c.updated_at)
             row = conn.execute(select(*cols).select_from(join).where(*cond)).first()
             if row is None:
                 return None
-            return self._info(row, bytes(row[6]) if with_payload else None)
+            info = self._info(row, bytes(row[6]) if with_payload else None)
+            if tag is not None:
+                info = dataclasses.replace(info, created_at=float(row[-1]))
+            return info
 
         return await self.run_query(q)
 

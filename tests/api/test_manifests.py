@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -111,6 +113,16 @@ async def test_multi_tag_push(client: httpx.AsyncClient) -> None:
     )
     assert r.status_code == 400
     assert "ok" not in (await client.get("/v2/app/tags/list")).json()["tags"]
+
+
+async def test_last_modified_is_the_push_time(client: httpx.AsyncClient) -> None:
+    before = int(time.time())
+    digest, _ = await push_image(client, "app", "v1")
+    for ref in ("v1", digest):
+        for method in ("GET", "HEAD"):
+            r = await client.request(method, f"/v2/app/manifests/{ref}")
+            pushed = parsedate_to_datetime(r.headers["Last-Modified"]).timestamp()
+            assert before <= pushed <= time.time() + 1
 
 
 async def test_tag_moves(client: httpx.AsyncClient) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 
 import pytest
@@ -168,3 +169,15 @@ def test_verify(regd_registry: RegdServer, cli: Cli) -> None:
     r = cli("verify", regd_registry.host, "--repair")
     assert r.code == 0, r.err
     assert not blob_exists(regd_registry, "app", loose)
+
+
+def test_ls_sorts_regd_tags_by_push_time(regd_registry: RegdServer, cli: Cli) -> None:
+    # Last-Modified has one-second resolution: space the pushes out by more than that.
+    for tag in ("b-old", "a-new"):
+        push(regd_registry, "timed", tag)
+        time.sleep(1.1)
+    r = cli("ls", f"{regd_registry.host}/timed", "--sort", "time", "--json")
+    assert r.code == 0, r.err
+    tags = r.json()["tags"]
+    assert [t["tag"] for t in tags] == ["a-new", "b-old"]
+    assert all(t["pushed"] for t in tags)
