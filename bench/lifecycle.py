@@ -18,9 +18,7 @@ import hashlib
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,10 @@ from regd.metadata import schema as t
 from regd.oci.digest import Digest
 from regd.registry import Policy, Registry
 from regd.storage import FilesystemDriver, layout
+
+# Run as a script, bench/ is not on the path as a package; its modules are shared.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.servers import start_regd
 
 
 def digest_of(i: int, kind: str) -> str:
@@ -139,12 +141,6 @@ async def timed_operations(data_dir: Path) -> dict[str, Any]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def push_latencies(base: str, seconds: float, clients: int = 8) -> list[float]:
     latencies: list[float] = []
     lock = threading.Lock()
@@ -207,30 +203,9 @@ def summary(latencies: list[float]) -> dict[str, float]:
 
 
 def latency_under_gc(data_dir: Path, seconds: float) -> dict[str, Any]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "regd",
-            "serve",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = start_regd(1, data_dir=data_dir)
+    base = f"http://{server.host}:{server.port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(base + "/v2/").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         quiet = summary(push_latencies(base, seconds))
         stop = threading.Event()
         runs = []
@@ -254,8 +229,7 @@ def latency_under_gc(data_dir: Path, seconds: float) -> dict[str, Any]:
             "p99_ratio": round(busy["p99_ms"] / quiet["p99_ms"], 2),
         }
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
 
 
 def main() -> None:

@@ -150,13 +150,19 @@ def _spawn(
     return proc, log_path
 
 
-def start_regd(workers: int, database: str | None = None, tmp_root: str | None = None) -> Server:
+def start_regd(
+    workers: int,
+    database: str | None = None,
+    tmp_root: str | None = None,
+    data_dir: Path | None = None,
+) -> Server:
+    """Start regd on a free port; on a fresh data dir unless `data_dir` names one."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-", dir=tmp_root))
     port = free_port()
     cmd = [
         sys.executable, "-m", "regd", "serve",
         "--addr", f"{HOST}:{port}",
-        "--data-dir", str(workdir / "data"),
+        "--data-dir", str(data_dir or workdir / "data"),
         "--workers", str(workers),
         "--log-level", "warning",
         "--no-access-log",

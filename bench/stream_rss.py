@@ -13,31 +13,19 @@ import argparse
 import hashlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
+# Run as a script, bench/ is not on the path as a package; its modules are shared.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.servers import start_regd, status_kib
+
 CHUNK = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def pattern(size: int) -> Iterator[bytes]:
@@ -56,89 +44,68 @@ def main() -> None:
     args = parser.parse_args()
     size = args.size_mib * CHUNK
 
-    with tempfile.TemporaryDirectory() as data_dir:
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "regd",
-                "serve",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--data-dir",
-                data_dir,
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(100):
-                try:
-                    if httpx.get(base + "/v2/").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            idle = rss_kib(proc.pid)
-            peak = [idle]
-            stop = threading.Event()
+    server = start_regd(1)
+    base = f"http://{server.host}:{server.port}"
+    # With one worker the server is one process; its memory is what is measured.
+    pid = server.proc.pid
+    try:
+        idle = status_kib(pid, "VmRSS")
+        peak = [idle]
+        stop = threading.Event()
 
-            def sample() -> None:
-                while not stop.is_set():
-                    peak[0] = max(peak[0], rss_kib(proc.pid))
-                    time.sleep(0.05)
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], status_kib(pid, "VmRSS"))
+                time.sleep(0.05)
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
 
-            hasher = hashlib.sha256()
+        hasher = hashlib.sha256()
 
-            def body() -> Iterator[bytes]:
-                for chunk in pattern(size):
-                    hasher.update(chunk)
-                    yield chunk
+        def body() -> Iterator[bytes]:
+            for chunk in pattern(size):
+                hasher.update(chunk)
+                yield chunk
 
-            with httpx.Client(base_url=base, timeout=600) as client:
-                start = time.perf_counter()
-                location = client.post("/v2/bench/big/blobs/uploads/").headers["Location"]
-                r = client.patch(location, content=body())
-                assert r.status_code == 202, r.text
-                digest = "sha256:" + hasher.hexdigest()
-                r = client.put(r.headers["Location"], params={"digest": digest})
-                assert r.status_code == 201, r.text
-                push_s = time.perf_counter() - start
-                push_peak = peak[0]
+        with httpx.Client(base_url=base, timeout=600) as client:
+            start = time.perf_counter()
+            location = client.post("/v2/bench/big/blobs/uploads/").headers["Location"]
+            r = client.patch(location, content=body())
+            assert r.status_code == 202, r.text
+            digest = "sha256:" + hasher.hexdigest()
+            r = client.put(r.headers["Location"], params={"digest": digest})
+            assert r.status_code == 201, r.text
+            push_s = time.perf_counter() - start
+            push_peak = peak[0]
 
-                start = time.perf_counter()
-                pulled = hashlib.sha256()
-                n = 0
-                with client.stream("GET", f"/v2/bench/big/blobs/{digest}") as resp:
-                    assert resp.status_code == 200
-                    for chunk in resp.iter_bytes(CHUNK):
-                        pulled.update(chunk)
-                        n += len(chunk)
-                pull_s = time.perf_counter() - start
-                if n != size or "sha256:" + pulled.hexdigest() != digest:
-                    raise SystemExit("the pulled blob differs from the pushed one")
-            stop.set()
-            sampler.join()
-            result = {
-                "size_mib": args.size_mib,
-                "rss_idle_mib": round(idle / 1024, 1),
-                "rss_peak_push_mib": round(push_peak / 1024, 1),
-                "rss_peak_total_mib": round(peak[0] / 1024, 1),
-                "vmhwm_mib": round(rss_kib(proc.pid, "VmHWM") / 1024, 1),
-                "rss_growth_mib": round((peak[0] - idle) / 1024, 1),
-                "push_mb_s": round(size / push_s / 1e6, 1),
-                "pull_mb_s": round(size / pull_s / 1e6, 1),
-                "bytes_verified": True,
-            }
-            print(json.dumps(result, indent=2))
-        finally:
-            proc.terminate()
-            proc.wait(30)
+            start = time.perf_counter()
+            pulled = hashlib.sha256()
+            n = 0
+            with client.stream("GET", f"/v2/bench/big/blobs/{digest}") as resp:
+                assert resp.status_code == 200
+                for chunk in resp.iter_bytes(CHUNK):
+                    pulled.update(chunk)
+                    n += len(chunk)
+            pull_s = time.perf_counter() - start
+            if n != size or "sha256:" + pulled.hexdigest() != digest:
+                raise SystemExit("the pulled blob differs from the pushed one")
+        stop.set()
+        sampler.join()
+        result = {
+            "size_mib": args.size_mib,
+            "rss_idle_mib": round(idle / 1024, 1),
+            "rss_peak_push_mib": round(push_peak / 1024, 1),
+            "rss_peak_total_mib": round(peak[0] / 1024, 1),
+            "vmhwm_mib": round(status_kib(pid, "VmHWM") / 1024, 1),
+            "rss_growth_mib": round((peak[0] - idle) / 1024, 1),
+            "push_mb_s": round(size / push_s / 1e6, 1),
+            "pull_mb_s": round(size / pull_s / 1e6, 1),
+            "bytes_verified": True,
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
