@@ -59,6 +59,34 @@ async def test_grace_period_protects_fresh_blobs(
     assert plan.blobs == []
 
 
+async def push_signature(
+    client: httpx.AsyncClient, repo: str, subject: str, subject_type: str, subject_size: int
+) -> str:
+    """An untagged signature artifact whose subject is `subject`; its digest."""
+    empty = await push_blob(client, repo, b"{}")
+    sig = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": {
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": empty,
+                "size": 2,
+            },
+            "layers": [],
+            "subject": {"mediaType": subject_type, "digest": subject, "size": subject_size},
+        }
+    ).encode()
+    r = await client.put(
+        f"/v2/{repo}/manifests/{digest_of(sig)}",
+        content=sig,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert r.status_code == 201, r.text
+    return digest_of(sig)
+
+
 async def test_delete_untagged_keeps_index_children_and_referrers(
     client: httpx.AsyncClient, registry: Registry
 ) -> None:
@@ -79,30 +107,13 @@ async def test_delete_untagged_keeps_index_children_and_referrers(
     )
     assert r.status_code == 201
     # A signature on the index, untagged but attached to a kept manifest.
-    empty = await push_blob(client, "multi", b"{}")
-    sig = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": "application/vnd.example.sig",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [],
-            "subject": {"mediaType": OCI_INDEX, "digest": digest_of(index), "size": len(index)},
-        }
-    ).encode()
-    await client.put(
-        f"/v2/multi/manifests/{digest_of(sig)}", content=sig, headers={"Content-Type": OCI_MANIFEST}
-    )
+    sig = await push_signature(client, "multi", digest_of(index), OCI_INDEX, len(index))
     orphan, _ = await push_image(client, "multi", None, seed="untagged and alone")
 
     policy = Policy(grace_seconds=0, delete_untagged=True)
     plan = await registry.lifecycle.collect(policy, dry_run=False)
     assert [m["digest"] for m in plan.manifests] == [orphan]
-    for digest in (amd, arm, digest_of(sig), digest_of(index)):
+    for digest in (amd, arm, sig, digest_of(index)):
         assert (await client.head(f"/v2/multi/manifests/{digest}")).status_code == 200
     assert (await client.head(f"/v2/multi/manifests/{orphan}")).status_code == 404
     # The orphan's own blobs went with it; shared ones stayed.
@@ -111,24 +122,7 @@ async def test_delete_untagged_keeps_index_children_and_referrers(
 
 async def test_orphan_referrers(client: httpx.AsyncClient, registry: Registry) -> None:
     subject, _ = await push_image(client, "app", "v1")
-    empty = await push_blob(client, "app", b"{}")
-    sig = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": "application/vnd.example.sig",
-            "config": {
-                "mediaType": "application/vnd.oci.empty.v1+json",
-                "digest": empty,
-                "size": 2,
-            },
-            "layers": [],
-            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
-        }
-    ).encode()
-    await client.put(
-        f"/v2/app/manifests/{digest_of(sig)}", content=sig, headers={"Content-Type": OCI_MANIFEST}
-    )
+    sig = await push_signature(client, "app", subject, OCI_MANIFEST, 1)
     plan = await registry.lifecycle.collect(
         Policy(grace_seconds=0, delete_orphan_referrers=True), dry_run=False
     )
@@ -137,7 +131,7 @@ async def test_orphan_referrers(client: httpx.AsyncClient, registry: Registry) -
     plan = await registry.lifecycle.collect(
         Policy(grace_seconds=0, delete_orphan_referrers=True), dry_run=False
     )
-    assert [m["digest"] for m in plan.manifests] == [digest_of(sig)]
+    assert [m["digest"] for m in plan.manifests] == [sig]
 
 
 async def test_stale_uploads_are_purged(client: httpx.AsyncClient, registry: Registry) -> None:
