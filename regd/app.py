@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
@@ -78,6 +78,18 @@ class BoundedHTTPConnection(TrioASGIHTTPConnection):
 class RegdApp(QuartTrio):
     asgi_http_class = BoundedHTTPConnection
     request_class = BoundedRequest
+    direct: api.Router | None = None
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if (
+            self.direct is not None
+            and scope["type"] == "http"
+            and await self.direct.handle(scope, receive, send)
+        ):
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
@@ -103,6 +115,7 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     for blueprint in api.BLUEPRINTS:
         app.register_blueprint(blueprint)
     errors.install(app)
+    app.direct = api.Router(api.DIRECT_ROUTES, registry, access_log=access_logging)
 
     @app.after_request
     async def _common_headers(response: Response) -> Response:

@@ -5,14 +5,22 @@ from __future__ import annotations
 from quart import Blueprint
 
 from regd.api import admin, base, blobs, listings, manifests, uploads
+from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     base.bp,
-    uploads.bp,
     blobs.bp,
     manifests.bp,
     listings.bp,
     admin.bp,
 )
 
-__all__ = ["BLUEPRINTS"]
+# Served below Quart (see regd.api.direct); matched before any blueprint.
+DIRECT_ROUTES: tuple[Route, ...] = (
+    uploads.start_upload,
+    uploads.upload_session,
+    manifests.get_manifest,
+    blobs.get_blob,
+)
+
+__all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "Router"]

@@ -2,52 +2,54 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+import re
 
-from regd.api.errors import error_response
+from quart import Blueprint, Response
+
+from regd.api import direct
+from regd.api.direct import Reply
+from regd.api.errors import error_body
 from regd.api.http import RangeNotSatisfiable, byte_range, empty, registry
+from regd.registry import Registry
 
 bp = Blueprint("blobs", __name__)
 
 
-@bp.route("/v2/<path:name>/blobs/<digest>", methods=["GET", "HEAD"])
-async def get_blob(name: str, digest: str) -> Response:
-    reg = registry()
-    blob = await reg.blobs.stat(name, digest)
+# A digest has no slash, which also keeps `.../blobs/uploads/<id>` out of this route.
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/blobs/([^/]+)$")
+async def get_blob(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+    blob = await reg.blobs.stat(match[1], match[2])
     headers = {
-        "Docker-Content-Digest": str(blob.digest),
-        "Content-Type": "application/octet-stream",
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{blob.digest}"',
-        "Cache-Control": "max-age=31536000",
+        "docker-content-digest": str(blob.digest),
+        "content-type": "application/octet-stream",
+        "accept-ranges": "bytes",
+        "etag": f'"{blob.digest}"',
+        "cache-control": "max-age=31536000",
     }
     try:
-        span = byte_range(blob.size)
+        span = byte_range(request.headers.get("range"), blob.size)
     except RangeNotSatisfiable:
-        return error_response(
+        return Reply(
             416,
-            "BLOB_UNKNOWN" if blob.size == 0 else "SIZE_INVALID",
-            f"requested range is outside the blob's {blob.size} bytes",
-            headers={"Content-Range": f"bytes */{blob.size}"},
+            {"content-type": "application/json", "content-range": f"bytes */{blob.size}"},
+            error_body(
+                "BLOB_UNKNOWN" if blob.size == 0 else "SIZE_INVALID",
+                f"requested range is outside the blob's {blob.size} bytes",
+            ),
         )
     start, end = span if span is not None else (0, blob.size - 1)
     length = end - start + 1 if blob.size else 0
     status = 206 if span is not None else 200
     if span is not None:
-        headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
-
-    if request.method == "HEAD":
-        response = Response(b"", status=status, headers=headers)
-        response.content_length = length
-        return response
+        headers["content-range"] = f"bytes {start}-{end}/{blob.size}"
+    if request.head:
+        return Reply(status, headers, length=length)
 
     url = await reg.blobs.redirect_url(blob)
     if url is not None:
-        return empty(307, {"Location": url, "Docker-Content-Digest": str(blob.digest)})
+        return Reply(307, {"location": url, "docker-content-digest": str(blob.digest)})
     stream = await reg.blobs.open(blob, start, length)
-    response = Response(stream, status=status, headers=headers)
-    response.content_length = length
-    return response
+    return Reply(status, headers, stream=stream, length=length)
 
 
 @bp.route("/v2/<path:name>/blobs/<digest>", methods=["DELETE"])

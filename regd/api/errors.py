@@ -72,13 +72,18 @@ async def on_http_exception(error: HTTPException) -> Response:
     return error_response(status, "UNSUPPORTED", error.description or error.name)
 
 
-async def on_backend_error(error: Exception) -> Response:
-    # Not the client's fault: log the cause, tell the client to retry.
+def backend_failure(error: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """Log a failure of storage or database; the (status, code, message, headers) to answer.
+
+    Not the client's fault: the cause goes to the log, the client is told to retry."""
     log.error("backend failure: %s", error, exc_info=error)
     kind = "storage" if isinstance(error, StorageError) else "database"
-    return error_response(
-        503, "UNAVAILABLE", f"the registry's {kind} failed; try again", headers={"Retry-After": "5"}
-    )
+    return 503, "UNAVAILABLE", f"the registry's {kind} failed; try again", {"Retry-After": "5"}
+
+
+async def on_backend_error(error: Exception) -> Response:
+    status, code, message, headers = backend_failure(error)
+    return error_response(status, code, message, headers=headers)
 
 
 def install(app: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -44,8 +43,8 @@ def empty(status: int, headers: dict[str, str]) -> Response:
     return response
 
 
-def content_length() -> int | None:
-    raw = request.headers.get("Content-Length")
+def content_length(raw: str | None) -> int | None:
+    """A Content-Length header's value, checked."""
     if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 19:
@@ -53,9 +52,8 @@ def content_length() -> int | None:
     return int(raw)
 
 
-def content_range() -> tuple[int, int] | None:
+def content_range(raw: str | None) -> tuple[int, int] | None:
     """The inclusive byte range a chunk claims, from its Content-Range header."""
-    raw = request.headers.get("Content-Range")
     if raw is None:
         return None
     match = _CONTENT_RANGE.match(raw.strip())
@@ -67,9 +65,9 @@ def content_range() -> tuple[int, int] | None:
     return start, end
 
 
-def byte_range(size: int) -> tuple[int, int] | None:
-    """The single range a GET asks for, as (start, end inclusive); None for the whole."""
-    raw = request.headers.get("Range")
+def byte_range(raw: str | None, size: int) -> tuple[int, int] | None:
+    """The single range a GET's Range header asks for, as (start, end inclusive); None for
+    the whole."""
     if raw is None:
         return None
     match = _RANGE.match(raw.strip())
@@ -88,14 +86,9 @@ def byte_range(size: int) -> tuple[int, int] | None:
     return start, min(end, size - 1)
 
 
-async def body_chunks() -> AsyncIterator[bytes]:
-    async for chunk in request.body:
-        yield chunk
-
-
 async def read_limited(limit: int) -> bytes:
     """A small body (a manifest) read whole, refusing anything over `limit`."""
-    length = content_length()
+    length = content_length(request.headers.get("Content-Length"))
     if length is not None and length > limit:
         raise ManifestTooLarge(f"manifest is {length} bytes; the limit is {limit}")
     parts: list[bytes] = []

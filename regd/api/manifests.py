@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import formatdate
 
 from quart import Blueprint, Response, request
 
+from regd.api import direct
+from regd.api.direct import Reply
 from regd.api.http import empty, read_limited, registry
-from regd.registry import MAX_MANIFEST_SIZE
+from regd.registry import MAX_MANIFEST_SIZE, Registry
 
 bp = Blueprint("manifests", __name__)
 
 
-@bp.route("/v2/<path:name>/manifests/<reference>", methods=["GET", "HEAD"])
-async def get_manifest(name: str, reference: str) -> Response:
-    head = request.method == "HEAD"
-    info = await registry().manifests.get(name, reference, with_payload=not head)
+# The reference is the last path component, so the repository name takes the rest.
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/manifests/([^/]+)$")
+async def get_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+    name, reference = match[1], match[2]
+    info = await reg.manifests.get(name, reference, with_payload=not request.head)
     headers = {
-        "Docker-Content-Digest": info.digest,
-        "Content-Type": info.media_type,
-        "ETag": f'"{info.digest}"',
+        "docker-content-digest": info.digest,
+        "content-type": info.media_type,
+        "etag": f'"{info.digest}"',
         # When the tag (or, by digest, the manifest) was pushed: lets clients sort by time.
-        "Last-Modified": formatdate(info.created_at, usegmt=True),
+        "last-modified": formatdate(info.created_at, usegmt=True),
     }
-    response = Response(b"" if head else (info.payload or b""), status=200, headers=headers)
-    response.content_length = info.size
-    return response
+    return Reply(200, headers, info.payload or b"", length=info.size)
 
 
 @bp.route("/v2/<path:name>/manifests/<reference>", methods=["PUT"])

@@ -1,59 +1,62 @@
-"""`/v2/<name>/blobs/uploads/`: pushing blobs, whole, streamed or in chunks."""
+"""`/v2/<name>/blobs/uploads/`: pushing blobs, whole, streamed or in chunks.
+
+These routes carry blob bodies, so they are served directly (regd.api.direct): the body
+comes from the server under its flow control, with no copy into a request object.
+"""
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, request
+import re
 
-from regd.api.errors import error_response
-from regd.api.http import body_chunks, content_length, content_range, empty, registry
+from regd.api import direct
+from regd.api.direct import Reply, Request
+from regd.api.errors import error_body
+from regd.api.http import content_length, content_range
 from regd.errors import RangeInvalid, SizeInvalid, Unsupported
 from regd.oci.digest import is_supported_algorithm
-from regd.registry import BlobStat, UploadStatus
-
-bp = Blueprint("uploads", __name__)
+from regd.registry import BlobStat, Registry, UploadStatus
 
 
 def _location(name: str, upload_id: str) -> str:
     return f"/v2/{name}/blobs/uploads/{upload_id}"
 
 
-def _in_progress(status: UploadStatus, code: int = 202) -> Response:
-    return empty(
+def _in_progress(status: UploadStatus, code: int = 202) -> Reply:
+    return Reply(
         code,
         {
-            "Location": _location(status.repository, status.id),
-            "Range": f"0-{max(status.size - 1, 0)}",
-            "Docker-Upload-UUID": status.id,
+            "location": _location(status.repository, status.id),
+            "range": f"0-{max(status.size - 1, 0)}",
+            "docker-upload-uuid": status.id,
         },
     )
 
 
-def _created(name: str, blob: BlobStat) -> Response:
-    return empty(
+def _created(name: str, blob: BlobStat) -> Reply:
+    return Reply(
         201,
-        {"Location": f"/v2/{name}/blobs/{blob.digest}", "Docker-Content-Digest": str(blob.digest)},
+        {"location": f"/v2/{name}/blobs/{blob.digest}", "docker-content-digest": str(blob.digest)},
     )
 
 
-def _range_error(name: str, upload_id: str, error: RangeInvalid) -> Response:
+def _range_error(name: str, upload_id: str, error: RangeInvalid) -> Reply:
     # The session stays usable: tell the client where it stands.
-    return error_response(
+    return Reply(
         416,
-        error.code,
-        error.message,
-        error.detail,
-        headers={
-            "Location": _location(name, upload_id),
-            "Range": f"0-{max(error.current_size - 1, 0)}",
-            "Docker-Upload-UUID": upload_id,
+        {
+            "content-type": "application/json",
+            "location": _location(name, upload_id),
+            "range": f"0-{max(error.current_size - 1, 0)}",
+            "docker-upload-uuid": upload_id,
         },
+        error_body(error.code, error.message, error.detail),
     )
 
 
-def _chunk_bounds() -> tuple[int | None, int | None]:
+def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
     """(start, length) a request claims for its body, checked for consistency."""
-    length = content_length()
-    span = content_range()
+    length = content_length(request.headers.get("content-length"))
+    span = content_range(request.headers.get("content-range"))
     if span is None:
         return None, length
     start, end = span
@@ -64,10 +67,10 @@ def _chunk_bounds() -> tuple[int | None, int | None]:
     return start, end - start + 1
 
 
-@bp.route("/v2/<path:name>/blobs/uploads/", methods=["POST"])
-async def start_upload(name: str) -> Response:
-    reg = registry()
-    args = request.args
+# Clients write the collection with its trailing slash; a few leave it out.
+@direct.route({"POST"}, r"^/v2/(.+)/blobs/uploads/?$", exclusive=True)
+async def start_upload(reg: Registry, request: Request, match: re.Match[str]) -> Reply:
+    name, args = match[1], request.args
     mount = args.get("mount")
     if mount is not None:
         blob = await reg.blobs.mount(name, mount, args.get("from"))
@@ -80,41 +83,32 @@ async def start_upload(name: str) -> Response:
         raise Unsupported(f"digest algorithm {algorithm[:40]!r} is not supported")
     digest = args.get("digest")
     if digest is not None:
-        blob = await reg.uploads.monolithic(name, digest, body_chunks(), content_length())
+        length = content_length(request.headers.get("content-length"))
+        blob = await reg.uploads.monolithic(name, digest, request.body(), length)
         return _created(name, blob)
     return _in_progress(await reg.uploads.start(name))
 
 
-@bp.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["GET"])
-async def upload_status(name: str, upload_id: str) -> Response:
-    return _in_progress(await registry().uploads.status(name, upload_id), 204)
-
-
-@bp.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PATCH"])
-async def append_chunk(name: str, upload_id: str) -> Response:
-    start, length = _chunk_bounds()
+@direct.route(
+    {"GET", "PATCH", "PUT", "DELETE"}, r"^/v2/(.+)/blobs/uploads/([^/]+)$", exclusive=True
+)
+async def upload_session(reg: Registry, request: Request, match: re.Match[str]) -> Reply:
+    name, upload_id = match[1], match[2]
+    if request.method == "GET":
+        return _in_progress(await reg.uploads.status(name, upload_id), 204)
+    if request.method == "DELETE":
+        await reg.uploads.cancel(name, upload_id)
+        return Reply(204)
+    start, length = _chunk_bounds(request)
     try:
-        status = await registry().uploads.append(
-            name, upload_id, body_chunks(), start=start, length=length
-        )
-    except RangeInvalid as exc:
-        return _range_error(name, upload_id, exc)
-    return _in_progress(status)
-
-
-@bp.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["PUT"])
-async def finish_upload(name: str, upload_id: str) -> Response:
-    start, length = _chunk_bounds()
-    try:
-        blob = await registry().uploads.finish(
-            name, upload_id, request.args.get("digest"), body_chunks(), start=start, length=length
+        if request.method == "PATCH":
+            status = await reg.uploads.append(
+                name, upload_id, request.body(), start=start, length=length
+            )
+            return _in_progress(status)
+        blob = await reg.uploads.finish(
+            name, upload_id, request.args.get("digest"), request.body(), start=start, length=length
         )
     except RangeInvalid as exc:
         return _range_error(name, upload_id, exc)
     return _created(name, blob)
-
-
-@bp.route("/v2/<path:name>/blobs/uploads/<upload_id>", methods=["DELETE"])
-async def cancel_upload(name: str, upload_id: str) -> Response:
-    await registry().uploads.cancel(name, upload_id)
-    return empty(204, {})

@@ -131,3 +131,42 @@ def test_body_shorter_than_content_range(regd_server: RegdServer) -> None:
     assert r.status_code == 400
     assert r.json()["errors"][0]["code"] == "SIZE_INVALID"
     assert httpx.get(base + location).headers["Range"] == "0-0"
+
+
+def _bytes_read(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as fh:
+        for line in fh:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/PID/io")
+
+
+def test_pull_abandoned_by_the_client_stops_reading_the_blob(regd_server: RegdServer) -> None:
+    # 128 MiB, sent as PATCHes of 8 MiB so the test process never holds it whole.
+    piece = hashlib.sha256(b"seed").digest() * (8 * 1024 * 1024 // 32)
+    pieces = 16
+    digest = "sha256:" + hashlib.sha256(piece * pieces).hexdigest()
+    base = regd_server.url
+    location = httpx.post(f"{base}/v2/abandon/blobs/uploads/").headers["Location"]
+    for i in range(pieces):
+        r = httpx.patch(
+            base + location,
+            content=piece,
+            headers={"Content-Range": f"{i * len(piece)}-{(i + 1) * len(piece) - 1}"},
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+    assert httpx.put(base + location, params={"digest": digest}, timeout=60).status_code == 201
+
+    pid = regd_server.process.pid
+    before = _bytes_read(pid)
+    host, port = regd_server.host.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"GET /v2/abandon/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    # The server notices the closed connection and stops; a server that kept reading
+    # the file for a gone client would read all 128 MiB.
+    time.sleep(2)
+    assert _bytes_read(pid) - before < 48 * 1024 * 1024
+    assert httpx.get(f"{base}/v2/").status_code == 200

@@ -1,0 +1,220 @@
+"""The hottest read routes, answered straight from ASGI events.
+
+Manifest and blob GET/HEAD are most of a registry's traffic, and for them Quart's request
+and response objects, context locals and dispatch cost as much as the rest of the request
+together. So the application matches these routes here first and answers them with plain
+ASGI messages; every other request goes on to Quart. The resource modules define the
+handlers; errors are answered from the same table as Quart's handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import trio
+
+from regd import errors as e
+from regd.api.errors import backend_failure, error_body, status_of
+from regd.metadata import MetadataError
+from regd.registry import Registry
+from regd.storage import StorageError
+
+access_log = logging.getLogger("regd.access")
+
+API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
+JSON = b"application/json"
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    # Lower-cased names; a repeated header keeps its last value.
+    headers: Mapping[str, str]
+    # The first value of each query parameter, as Quart's `request.args.get` gives it.
+    args: Mapping[str, str]
+    receive: Any
+
+    @property
+    def head(self) -> bool:
+        return self.method == "HEAD"
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as the server delivers it.
+
+        Reading straight from the server keeps its flow control: it buffers a few
+        messages per request and stops reading the socket while they wait, so a blob
+        arriving faster than the disk takes it stays out of memory.
+        """
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    # A streamed body of `length` bytes instead of `body`.
+    stream: AsyncIterable[bytes] | None = None
+    length: int | None = None
+
+
+Handler = Callable[[Registry, Request, "re.Match[str]"], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    methods: frozenset[str]
+    pattern: re.Pattern[str]
+    handler: Handler
+    # Whether every method of these paths is served here; otherwise other methods go on
+    # to Quart, which serves them or answers 405 itself.
+    exclusive: bool
+
+
+def route(
+    methods: set[str], pattern: str, *, exclusive: bool = False
+) -> Callable[[Handler], Route]:
+    def wrap(handler: Handler) -> Route:
+        return Route(frozenset(methods), re.compile(pattern), handler, exclusive)
+
+    return wrap
+
+
+def error_reply(error: e.RegistryError) -> Reply:
+    return Reply(
+        status_of(error),
+        {"content-type": "application/json"},
+        error_body(error.code, error.message, error.detail),
+    )
+
+
+class Router:
+    """Answers the requests its routes match; `handle` returns False for the rest."""
+
+    def __init__(self, routes: tuple[Route, ...], registry: Registry, *, access_log: bool):
+        self._routes = routes
+        self._registry = registry
+        self._access_log = access_log
+
+    async def handle(self, scope: Mapping[str, Any], receive: Any, send: Any) -> bool:
+        method, path = scope["method"], scope["path"]
+        refuse = False
+        for candidate in self._routes:
+            match = candidate.pattern.match(path)
+            if match is not None:
+                if method in candidate.methods:
+                    break
+                refuse = refuse or candidate.exclusive
+        else:
+            if not refuse:
+                return False
+            await self._send(
+                method,
+                Reply(
+                    405,
+                    {"content-type": "application/json"},
+                    error_body("UNSUPPORTED", "method not allowed on this endpoint"),
+                ),
+                send,
+            )
+            return True
+        started = time.perf_counter()
+        query = scope.get("query_string", b"")
+        request = Request(
+            method,
+            path,
+            {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            _first_values(query.decode("latin-1")) if query else {},
+            receive,
+        )
+        try:
+            reply = await candidate.handler(self._registry, request, match)
+        except ClientDisconnected:
+            # Nobody to answer; the handler has already rolled back what it began.
+            return True
+        except e.RegistryError as error:
+            reply = error_reply(error)
+        except (MetadataError, StorageError) as error:
+            status, code, message, headers = backend_failure(error)
+            reply = Reply(status, {**headers, "content-type": "application/json"})
+            reply.body = error_body(code, message)
+        if reply.stream is not None and not request.head:
+            await self._send(method, reply, send)
+            await _stream(reply.stream, receive, send)
+        else:
+            await self._send(method, reply, send)
+        if self._access_log and access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_log.info(
+                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
+                method,
+                path,
+                reply.status,
+                reply.length if reply.length is not None else len(reply.body),
+                (time.perf_counter() - started) * 1000,
+                client[0] if client else None,
+            )
+        return True
+
+    @staticmethod
+    async def _send(method: str, reply: Reply, send: Any) -> None:
+        """The status and headers, and the body unless it is streamed."""
+        length = reply.length if reply.length is not None else len(reply.body)
+        headers = [API_VERSION, (b"content-length", str(length).encode())]
+        headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        if reply.stream is None or method == "HEAD":
+            body = b"" if method == "HEAD" else reply.body
+            await send({"type": "http.response.body", "body": body})
+
+
+def _first_values(query: str) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        args.setdefault(key, value)
+    return args
+
+
+async def _stream(body: AsyncIterable[bytes], receive: Any, send: Any) -> None:
+    """Send a long body, stopping (and closing the source) when the client goes away.
+
+    The server drops what is sent after a disconnect; without watching for it, a gone
+    client's blob would still be read to the end.
+    """
+
+    async def watch(cancel: trio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        try:
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            close = getattr(body, "aclose", None)
+            if close is not None:
+                with trio.CancelScope(shield=True):
+                    await close()
+        nursery.cancel_scope.cancel()
