@@ -83,6 +83,8 @@ def hypercorn_config(config: cfg.Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("regd.hypercorn")
     hc.keep_alive_timeout = 75
+    # Saves a header on every response; clients identify registries by the API version.
+    hc.include_server_header = False
     return hc
 
 
