@@ -2,9 +2,11 @@
 
 SQLite admits one writer at a time and each commit is an fsync. Under concurrent pushes
 every request's small transaction queued for the lock and paid its own fsync. Here the
-process's writes go to one thread that takes everything queued, runs each function in a
-savepoint of one transaction (so a failing one rolls back alone) and commits once. Callers
-are answered only after that commit: a success still means the rows are on disk.
+process's writes go to one thread that takes everything queued, runs the functions in one
+transaction and commits once. Should one of them fail, the transaction is rolled back and
+the batch run again with each function in a savepoint, so the failing one rolls back
+alone. Callers are answered only after the commit: a success still means the rows are on
+disk.
 """
 
 from __future__ import annotations
@@ -32,6 +34,15 @@ class Retry(Exception):
     """Raised by a write function to be run again, in a later transaction."""
 
 
+class _OpFailed(Exception):
+    """An operation raised in a batch run without savepoints: the batch must roll back."""
+
+    def __init__(self, op: WriteOp, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.op = op
+        self.exc = exc
+
+
 @dataclass(eq=False)
 class WriteOp:
     fn: Callable[[Connection], Any]
@@ -57,6 +68,9 @@ class WriteBatcher:
         self._queue: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # The writer thread's own connection, kept from one batch to the next: checking
+        # one out of the pool and back cost as much as a small batch's statements.
+        self._conn: Connection | None = None
 
     async def run(self, fn: Callable[[Connection], Any]) -> Any:
         op = WriteOp(fn, trio.lowlevel.current_trio_token())
@@ -85,23 +99,41 @@ class WriteBatcher:
                 self._thread.start()
 
     def _loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            for op in self._execute(batch):
-                self._queue.put(op)
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stopping = True
+                        break
+                    batch.append(nxt)
+                for op in self._execute(batch):
+                    self._queue.put(op)
+        finally:
+            self._drop_connection()
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = self._engine.connect()
+            conn.execution_options(regd_write=True)
+            self._conn = conn
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        """Close the writer's connection, after a failure or on the way out."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # A connection that failed may fail to close as well; it is gone either way.
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
 
     @contextlib.contextmanager
     def _process_lock(self) -> Iterator[None]:
@@ -127,42 +159,41 @@ class WriteBatcher:
             return self._execute_locked(batch)
 
     def _execute_locked(self, batch: list[WriteOp]) -> list[WriteOp]:
-        again: list[WriteOp] = []
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            pending = [op for op in batch if op.error is None]
-            again = []
+        # Optimistic first: the whole batch in one transaction, no savepoints, since a
+        # savepoint per operation costs about as much as a small operation itself. Only
+        # when an operation raises is the batch run again with each one in a savepoint,
+        # so that the failing one still fails alone.
+        isolate = False
+        attempt = 1
+        while True:
+            for op in batch:
+                op.error, op.result = None, None
             try:
-                with self._engine.connect() as conn:
-                    conn.execution_options(regd_write=True)
-                    with conn.begin():
-                        for op in pending:
-                            savepoint = conn.begin_nested()
-                            try:
-                                op.result = op.fn(conn)
-                                savepoint.commit()
-                            except Retry:
-                                savepoint.rollback()
-                                again.append(op)
-                            except BaseException as exc:
-                                savepoint.rollback()
-                                op.error = self._wrap(exc)
-                break
+                again = self._transaction(batch, isolate=isolate)
+            except _OpFailed as failed:
+                if self._conn is not None and self._conn.invalidated:
+                    self._drop_connection()
+                if len(batch) > 1:
+                    isolate = True
+                    continue
+                # Alone in its transaction, the operation had it to itself: rolling the
+                # transaction back was rolling back just this operation.
+                again = self._settle(failed.op, failed.exc)
             except DBAPIError as exc:
                 # The transaction as a whole failed (busy, or at commit): nothing of it
-                # happened, so every operation may run again.
-                for op in pending:
-                    op.error, op.result = None, None
+                # happened, so every operation may run again, on a new connection.
+                self._drop_connection()
                 if self._retryable(exc) and attempt < MAX_ATTEMPTS:
                     time.sleep(0.01 * attempt)
+                    attempt += 1
                     continue
-                for op in pending:
-                    op.error = self._wrap(exc)
+                self._fail_all(batch, exc)
                 again = []
             except SQLAlchemyError as exc:
-                for op in pending:
-                    op.error = self._wrap(exc)
+                self._drop_connection()
+                self._fail_all(batch, exc)
                 again = []
-                break
+            break
         retry_now = []
         for op in batch:
             if op in again:
@@ -173,6 +204,43 @@ class WriteBatcher:
                 op.error = self._wrap(RuntimeError("gave up after repeated conflicts"))
             self._answer(op)
         return retry_now
+
+    def _transaction(self, batch: list[WriteOp], *, isolate: bool) -> list[WriteOp]:
+        """Run the batch in one transaction; returns the operations that asked to retry.
+
+        Without `isolate`, the first operation to raise aborts the whole transaction
+        (as _OpFailed); with it, each runs in a savepoint and fails alone.
+        """
+        again: list[WriteOp] = []
+        conn = self._connection()
+        with conn.begin():
+            for op in batch:
+                if not isolate:
+                    try:
+                        op.result = op.fn(conn)
+                    except BaseException as exc:
+                        raise _OpFailed(op, exc) from exc
+                    continue
+                savepoint = conn.begin_nested()
+                try:
+                    op.result = op.fn(conn)
+                    savepoint.commit()
+                except BaseException as exc:
+                    savepoint.rollback()
+                    again += self._settle(op, exc)
+        return again
+
+    def _settle(self, op: WriteOp, exc: BaseException) -> list[WriteOp]:
+        """Record how an operation failed; [op] when it is to run again later."""
+        op.result = None
+        if isinstance(exc, Retry):
+            return [op]
+        op.error = self._wrap(exc)
+        return []
+
+    def _fail_all(self, batch: list[WriteOp], exc: BaseException) -> None:
+        for op in batch:
+            op.error, op.result = self._wrap(exc), None
 
     @staticmethod
     def _answer(op: WriteOp) -> None:
