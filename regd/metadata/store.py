@@ -19,11 +19,13 @@ import trio
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
+    bindparam,
     create_engine,
     delete,
     event,
+    exists,
     func,
+    or_,
     select,
     update,
 )
@@ -156,6 +158,142 @@ def _sqlite_engine(url: str, pool_size: int) -> Engine:
     return engine
 
 
+class _Statements:
+    """The statements of the busy paths (pushes and mounts), built once per store.
+
+    SQLAlchemy caches the SQL it compiles, but building a statement and its cache key on
+    every call cost more than SQLite took to run it. These take every value as a bound
+    parameter: a column's value under the column's name, the others as commented. Those
+    others must never be named like a column: an UPDATE takes such a parameter as one
+    more column to set.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        insert = sqlite_dialect.insert if dialect == "sqlite" else pg_dialect.insert
+
+        def share(stmt: Any, table: Any) -> Any:
+            return stmt.with_for_update(read=True, of=table) if dialect == "postgresql" else stmt
+
+        repos, blobs, links, uploads, locks = (
+            t.repositories,
+            t.blobs,
+            t.repository_blobs,
+            t.uploads,
+            t.locks,
+        )
+        # :name
+        self.repo_id = select(repos.c.id).where(repos.c.name == bindparam("name"))
+        self.add_repo = (
+            insert(repos).on_conflict_do_nothing(index_elements=["name"]).returning(repos.c.id)
+        )
+
+        # Uploaded again, a blob's row only has its linked_at moved forward.
+        blob = insert(blobs)
+        self.add_blob = blob.on_conflict_do_update(
+            index_elements=["digest"], set_={"linked_at": blob.excluded.linked_at}
+        )
+        self.link_blob = insert(links).on_conflict_do_nothing(
+            index_elements=["repository_id", "digest"]
+        )
+        # :blob, :now, and for mount_from :source. The update locks the blob's row until
+        # commit (PostgreSQL), which is what holds it against a concurrent sweep.
+        self.mount_any = (
+            update(blobs)
+            .where(blobs.c.digest == bindparam("blob"))
+            .values(linked_at=bindparam("now"))
+            .returning(blobs.c.size)
+        )
+        self.mount_from = self.mount_any.where(
+            exists().where(
+                links.c.digest == blobs.c.digest,
+                links.c.repository_id == repos.c.id,
+                repos.c.name == bindparam("source"),
+            )
+        )
+
+        # :upload_id
+        self.add_upload = uploads.insert()
+        self.upload = select(*UPLOAD_COLUMNS).where(uploads.c.id == bindparam("upload_id"))
+        self.drop_upload = delete(uploads).where(uploads.c.id == bindparam("upload_id"))
+        # :upload_id, :now, :new_lease, :until, and as asked :expected_size, :in_repository.
+        self.take_upload = {
+            (by_size, by_repo): update(uploads)
+            .where(
+                uploads.c.id == bindparam("upload_id"),
+                or_(uploads.c.lease.is_(None), uploads.c.lease_until < bindparam("now")),
+                *([uploads.c.size == bindparam("expected_size")] if by_size else []),
+                *([uploads.c.repository == bindparam("in_repository")] if by_repo else []),
+            )
+            .values(lease=bindparam("new_lease"), lease_until=bindparam("until"))
+            for by_size in (False, True)
+            for by_repo in (False, True)
+        }
+        # :upload_id, :held, :new_size, :now
+        self.release_upload = (
+            update(uploads)
+            .where(uploads.c.id == bindparam("upload_id"), uploads.c.lease == bindparam("held"))
+            .values(
+                size=bindparam("new_size"),
+                updated_at=bindparam("now"),
+                lease=None,
+                lease_until=None,
+            )
+        )
+
+        # Takes the lease if it is free or expired; :now. RETURNING rather than rowcount:
+        # drivers disagree on an upsert's rowcount.
+        lock = insert(locks)
+        self.take_lock = lock.on_conflict_do_update(
+            index_elements=["name"],
+            set_={"holder": lock.excluded.holder, "until": lock.excluded.until},
+            where=locks.c.until < bindparam("now"),
+        ).returning(locks.c.holder)
+        self.drop_lock = delete(locks).where(
+            locks.c.name == bindparam("name"), locks.c.holder == bindparam("holder")
+        )
+
+        # :repo_id, :digests (a list)
+        self.blobs_present = share(
+            select(links.c.digest)
+            .select_from(links.join(blobs, blobs.c.digest == links.c.digest))
+            .where(
+                links.c.repository_id == bindparam("repo_id"),
+                links.c.digest.in_(bindparam("digests", expanding=True)),
+            ),
+            blobs,
+        )
+        self.children_present = share(
+            select(t.manifests.c.digest).where(
+                t.manifests.c.repository_id == bindparam("repo_id"),
+                t.manifests.c.digest.in_(bindparam("digests", expanding=True)),
+            ),
+            t.manifests,
+        )
+        # RETURNING gives the id only when the row is new.
+        self.add_manifest = (
+            insert(t.manifests)
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            .returning(t.manifests.c.id)
+        )
+        # :repo_id, :digest
+        self.manifest_id = share(
+            select(t.manifests.c.id).where(
+                t.manifests.c.repository_id == bindparam("repo_id"),
+                t.manifests.c.digest == bindparam("digest"),
+            ),
+            t.manifests,
+        )
+        self.add_references = {
+            table: insert(table).on_conflict_do_nothing(index_elements=["manifest_id", "digest"])
+            for table in (t.manifest_blobs, t.manifest_children)
+        }
+        tag = insert(t.tags)
+        self.set_tag = tag.on_conflict_do_update(
+            index_elements=["repository_id", "name"],
+            set_={"manifest_id": tag.excluded.manifest_id, "updated_at": tag.excluded.updated_at},
+        )
+
+
 class MetadataStore:
     def __init__(self, url: str, *, max_threads: int = 8) -> None:
         self.url = normalize_url(url)
@@ -170,6 +308,7 @@ class MetadataStore:
                 self.url, pool_size=max_threads, max_overflow=max_threads, pool_pre_ping=True
             )
         self._limiter = trio.CapacityLimiter(max_threads)
+        self._sql = _Statements(self.dialect)
         # SQLite writes go through one thread with group commit; PostgreSQL takes
         # concurrent writers itself.
         self._batcher = None
@@ -285,20 +424,18 @@ class MetadataStore:
     # -- repositories --------------------------------------------------------------------
 
     def _repo_id(self, conn: Connection, name: str) -> int | None:
-        return conn.execute(
-            select(t.repositories.c.id).where(t.repositories.c.name == name)
-        ).scalar()
+        repo_id: int | None = conn.execute(self._sql.repo_id, {"name": name}).scalar()
+        return repo_id
 
     def _ensure_repo(self, conn: Connection, name: str) -> int:
         repo_id = self._repo_id(conn, name)
-        if repo_id is not None:
-            return repo_id
-        conn.execute(
-            self.insert(t.repositories)
-            .values(name=name, created_at=time.time())
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
-        repo_id = self._repo_id(conn, name)
+        if repo_id is None:
+            repo_id = conn.execute(
+                self._sql.add_repo, {"name": name, "created_at": time.time()}
+            ).scalar()
+        if repo_id is None:
+            # Created by a concurrent transaction since we looked (PostgreSQL).
+            repo_id = self._repo_id(conn, name)
         assert repo_id is not None
         return repo_id
 
@@ -357,13 +494,12 @@ class MetadataStore:
             now = time.time()
             repo_id = self._ensure_repo(conn, repository)
             conn.execute(
-                self.insert(t.blobs)
-                .values(digest=digest, size=size, created_at=now, linked_at=now)
-                .on_conflict_do_update(index_elements=["digest"], set_={"linked_at": now})
+                self._sql.add_blob,
+                {"digest": digest, "size": size, "created_at": now, "linked_at": now},
             )
             self._link(conn, repo_id, digest, now)
             if upload_id is not None:
-                conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
+                conn.execute(self._sql.drop_upload, {"upload_id": upload_id})
             if release_lock is not None:
                 self._release(conn, f"blob:{digest}", release_lock)
 
@@ -371,34 +507,29 @@ class MetadataStore:
 
     def _link(self, conn: Connection, repo_id: int, digest: str, now: float) -> None:
         conn.execute(
-            self.insert(t.repository_blobs)
-            .values(repository_id=repo_id, digest=digest, created_at=now)
-            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            self._sql.link_blob, {"repository_id": repo_id, "digest": digest, "created_at": now}
         )
 
     async def mount_blob(self, repository: str, digest: str, source: str | None) -> int | None:
         """Link a blob the registry already stores into `repository`; its size, or None.
 
         With `source`, only a blob linked in that repository qualifies. The blob's row is
-        locked for the transaction so a concurrent sweep either sees the new link or has
-        already removed the blob (and the mount then reports nothing to mount).
+        locked for the transaction (by the update of its linked_at) so a concurrent sweep
+        either sees the new link or has already removed the blob (and the mount then
+        reports nothing to mount).
         """
 
         def w(conn: Connection) -> int | None:
-            stmt = select(t.blobs.c.size).where(t.blobs.c.digest == digest)
-            if source is not None:
-                stmt = stmt.select_from(
-                    t.blobs.join(
-                        t.repository_blobs, t.repository_blobs.c.digest == t.blobs.c.digest
-                    ).join(
-                        t.repositories, t.repositories.c.id == t.repository_blobs.c.repository_id
-                    )
-                ).where(t.repositories.c.name == source)
-            size = conn.execute(self.share(stmt, t.blobs)).scalar()
+            now = time.time()
+            if source is None:
+                found = conn.execute(self._sql.mount_any, {"blob": digest, "now": now})
+            else:
+                found = conn.execute(
+                    self._sql.mount_from, {"blob": digest, "now": now, "source": source}
+                )
+            size = found.scalar()
             if size is None:
                 return None
-            now = time.time()
-            conn.execute(update(t.blobs).where(t.blobs.c.digest == digest).values(linked_at=now))
             self._link(conn, self._ensure_repo(conn, repository), digest, now)
             return int(size)
 
@@ -422,26 +553,20 @@ class MetadataStore:
     async def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
         """Take the named lease if it is free or expired."""
 
-        def w(conn: Connection) -> bool:
-            now = time.time()
-            ins = self.insert(t.locks).values(name=name, holder=holder, until=now + ttl)
-            # RETURNING rather than rowcount: drivers disagree on an upsert's rowcount.
-            taken = conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["name"],
-                    set_={"holder": holder, "until": now + ttl},
-                    where=t.locks.c.until < now,
-                ).returning(t.locks.c.holder)
-            ).scalar()
-            return taken == holder
+        return await self.run_write(self._take_lock, name, holder, ttl)
 
-        return await self.run_write(w)
+    def _take_lock(self, conn: Connection, name: str, holder: str, ttl: float) -> bool:
+        now = time.time()
+        taken = conn.execute(
+            self._sql.take_lock, {"name": name, "holder": holder, "until": now + ttl, "now": now}
+        ).scalar()
+        return bool(taken == holder)
 
     async def release_lock(self, name: str, holder: str) -> None:
-        await self.run_write(lambda conn: self._release(conn, name, holder))
+        await self.run_write(self._release, name, holder)
 
     def _release(self, conn: Connection, name: str, holder: str) -> None:
-        conn.execute(delete(t.locks).where(t.locks.c.name == name, t.locks.c.holder == holder))
+        conn.execute(self._sql.drop_lock, {"name": name, "holder": holder})
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         def w(conn: Connection) -> bool:
@@ -464,19 +589,24 @@ class MetadataStore:
         def w(conn: Connection) -> None:
             now = time.time()
             conn.execute(
-                t.uploads.insert().values(
-                    id=upload_id, repository=repository, size=0, started_at=now, updated_at=now
-                )
+                self._sql.add_upload,
+                {
+                    "id": upload_id,
+                    "repository": repository,
+                    "size": 0,
+                    "started_at": now,
+                    "updated_at": now,
+                },
             )
 
         await self.run_write(w)
 
     async def get_upload(self, upload_id: str) -> UploadInfo | None:
-        def q(conn: Connection) -> UploadInfo | None:
-            row = conn.execute(select(*UPLOAD_COLUMNS).where(t.uploads.c.id == upload_id)).first()
-            return UploadInfo(*row) if row else None
+        return await self.run_query(self._upload, upload_id)
 
-        return await self.run_query(q)
+    def _upload(self, conn: Connection, upload_id: str) -> UploadInfo | None:
+        row = conn.execute(self._sql.upload, {"upload_id": upload_id}).first()
+        return UploadInfo(*row) if row else None
 
     async def acquire_upload(
         self,
@@ -489,26 +619,59 @@ class MetadataStore:
     ) -> UploadInfo | None:
         """Take the upload's write lease; None when it is held, the size moved on, or the
         session is unknown (in `repository`, when given)."""
+        return await self.run_write(
+            self._take_upload, upload_id, lease, expected_size, ttl, repository
+        )
 
-        def w(conn: Connection) -> UploadInfo | None:
-            now = time.time()
-            cond = [
-                t.uploads.c.id == upload_id,
-                (t.uploads.c.lease.is_(None)) | (t.uploads.c.lease_until < now),
-            ]
-            if expected_size is not None:
-                cond.append(t.uploads.c.size == expected_size)
-            if repository is not None:
-                cond.append(t.uploads.c.repository == repository)
-            result = conn.execute(
-                update(t.uploads).where(and_(*cond)).values(lease=lease, lease_until=now + ttl)
-            )
-            if result.rowcount == 0:
-                return None
-            row = conn.execute(select(*UPLOAD_COLUMNS).where(t.uploads.c.id == upload_id)).one()
-            return UploadInfo(*row)
+    async def acquire_upload_and_lock(
+        self,
+        upload_id: str,
+        lease: str,
+        *,
+        expected_size: int | None,
+        ttl: float,
+        repository: str,
+        lock: str,
+        holder: str,
+        lock_ttl: float,
+        if_size_at_most: int,
+    ) -> tuple[UploadInfo | None, bool]:
+        """acquire_upload, and in the same transaction the named lease `lock` for `holder`
+        when the session holds at most `if_size_at_most` bytes; whether that was taken.
+
+        A busy named lease is not waited for: the upload's lease is taken all the same,
+        and the caller takes the other one later, the slow way."""
+
+        def w(conn: Connection) -> tuple[UploadInfo | None, bool]:
+            info = self._take_upload(conn, upload_id, lease, expected_size, ttl, repository)
+            if info is None or info.size > if_size_at_most:
+                return info, False
+            return info, self._take_lock(conn, lock, holder, lock_ttl)
 
         return await self.run_write(w)
+
+    def _take_upload(
+        self,
+        conn: Connection,
+        upload_id: str,
+        lease: str,
+        expected_size: int | None,
+        ttl: float,
+        repository: str | None,
+    ) -> UploadInfo | None:
+        now = time.time()
+        stmt = self._sql.take_upload[expected_size is not None, repository is not None]
+        params = {
+            "upload_id": upload_id,
+            "now": now,
+            "new_lease": lease,
+            "until": now + ttl,
+            "expected_size": expected_size,
+            "in_repository": repository,
+        }
+        if conn.execute(stmt, params).rowcount == 0:
+            return None
+        return self._upload(conn, upload_id)
 
     async def renew_upload(self, upload_id: str, lease: str, ttl: float) -> bool:
         """Extend a held lease; False when it was lost (expired and taken over)."""
@@ -523,20 +686,30 @@ class MetadataStore:
 
         return await self.run_write(w)
 
-    async def release_upload(self, upload_id: str, lease: str, size: int) -> bool:
+    async def release_upload(
+        self,
+        upload_id: str,
+        lease: str,
+        size: int,
+        *,
+        release_lock: tuple[str, str] | None = None,
+    ) -> bool:
+        """Give back the upload's write lease, the session now holding `size` bytes; False
+        when the lease was not held. Also releases the named lease `release_lock` (name,
+        holder), in the same transaction."""
+
         def w(conn: Connection) -> bool:
-            result = conn.execute(
-                update(t.uploads)
-                .where(t.uploads.c.id == upload_id, t.uploads.c.lease == lease)
-                .values(size=size, updated_at=time.time(), lease=None, lease_until=None)
-            )
-            return result.rowcount > 0
+            params = {"upload_id": upload_id, "held": lease, "new_size": size, "now": time.time()}
+            released = conn.execute(self._sql.release_upload, params).rowcount > 0
+            if release_lock is not None:
+                self._release(conn, *release_lock)
+            return released
 
         return await self.run_write(w)
 
     async def delete_upload(self, upload_id: str) -> bool:
         def w(conn: Connection) -> bool:
-            return conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id)).rowcount > 0
+            return conn.execute(self._sql.drop_upload, {"upload_id": upload_id}).rowcount > 0
 
         return await self.run_write(w)
 
@@ -601,86 +774,58 @@ class MetadataStore:
 
         Raises MissingReferences when the repository lacks a blob or child manifest.
         """
-        tag_list = list(tags)
+        tag_list = list(dict.fromkeys(tags))
+        blobs = list(dict.fromkeys(new.blobs))
+        children = list(dict.fromkeys(new.children))
 
         def w(conn: Connection) -> None:
             now = time.time()
             repo_id = self._ensure_repo(conn, repository)
-            missing_blobs: list[str] = []
-            if new.blobs:
-                stmt = (
-                    select(t.repository_blobs.c.digest)
-                    .select_from(
-                        t.repository_blobs.join(
-                            t.blobs, t.blobs.c.digest == t.repository_blobs.c.digest
-                        )
-                    )
-                    .where(
-                        t.repository_blobs.c.repository_id == repo_id,
-                        t.repository_blobs.c.digest.in_(set(new.blobs)),
-                    )
-                )
-                # Holds the blobs against a concurrent sweep until we commit.
-                present = set(conn.execute(self.share(stmt, t.blobs)).scalars())
-                missing_blobs = [d for d in dict.fromkeys(new.blobs) if d not in present]
-            missing_children: list[str] = []
-            if new.children:
-                stmt = select(t.manifests.c.digest).where(
-                    t.manifests.c.repository_id == repo_id,
-                    t.manifests.c.digest.in_(set(new.children)),
-                )
-                present = set(conn.execute(self.share(stmt, t.manifests)).scalars())
-                missing_children = [d for d in dict.fromkeys(new.children) if d not in present]
+            missing_blobs = _missing(conn, self._sql.blobs_present, repo_id, blobs)
+            missing_children = _missing(conn, self._sql.children_present, repo_id, children)
             if missing_blobs or missing_children:
                 raise MissingReferences(missing_blobs, missing_children)
 
-            conn.execute(
-                self.insert(t.manifests)
-                .values(
-                    repository_id=repo_id,
-                    digest=new.digest,
-                    media_type=new.media_type,
-                    artifact_type=new.artifact_type,
-                    size=new.size,
-                    payload=new.payload,
-                    subject=new.subject,
-                    annotations=json.dumps(new.annotations) if new.annotations else None,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-            )
             manifest_id = conn.execute(
-                self.share(
-                    select(t.manifests.c.id).where(
-                        t.manifests.c.repository_id == repo_id,
-                        t.manifests.c.digest == new.digest,
-                    ),
-                    t.manifests,
-                )
+                self._sql.add_manifest,
+                {
+                    "repository_id": repo_id,
+                    "digest": new.digest,
+                    "media_type": new.media_type,
+                    "artifact_type": new.artifact_type,
+                    "size": new.size,
+                    "payload": new.payload,
+                    "subject": new.subject,
+                    "annotations": json.dumps(new.annotations) if new.annotations else None,
+                    "created_at": now,
+                },
             ).scalar()
+            if manifest_id is None:
+                # Pushed before: use (and lock) the stored copy.
+                manifest_id = conn.execute(
+                    self._sql.manifest_id, {"repo_id": repo_id, "digest": new.digest}
+                ).scalar()
             if manifest_id is None:
                 # A sweep deleted the existing copy between our insert and this read.
                 raise Retry()
-            for table, digests in (
-                (t.manifest_blobs, new.blobs),
-                (t.manifest_children, new.children),
-            ):
-                unique = list(dict.fromkeys(digests))
-                if unique:
+            for table, digests in ((t.manifest_blobs, blobs), (t.manifest_children, children)):
+                if digests:
                     conn.execute(
-                        self.insert(table)
-                        .values([{"manifest_id": manifest_id, "digest": d} for d in unique])
-                        .on_conflict_do_nothing(index_elements=["manifest_id", "digest"])
+                        self._sql.add_references[table],
+                        [{"manifest_id": manifest_id, "digest": d} for d in digests],
                     )
-            for tag in tag_list:
-                ins = self.insert(t.tags).values(
-                    repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=now
-                )
+            if tag_list:
                 conn.execute(
-                    ins.on_conflict_do_update(
-                        index_elements=["repository_id", "name"],
-                        set_={"manifest_id": manifest_id, "updated_at": now},
-                    )
+                    self._sql.set_tag,
+                    [
+                        {
+                            "repository_id": repo_id,
+                            "name": tag,
+                            "manifest_id": manifest_id,
+                            "updated_at": now,
+                        }
+                        for tag in tag_list
+                    ],
                 )
 
         await self.run_write(w)
@@ -840,6 +985,15 @@ class MetadataStore:
             return [self._info(row) for row in rows]
 
         return await self.run_read(q)
+
+
+def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> list[str]:
+    """Those of `digests` that the repository lacks, by `stmt`, which locks the rows of
+    the others until commit (PostgreSQL): they are held against a concurrent sweep."""
+    if not digests:
+        return []
+    present = set(conn.execute(stmt, {"repo_id": repo_id, "digests": digests}).scalars())
+    return [d for d in digests if d not in present]
 
 
 def _page(conn: Connection, stmt: Any, limit: int | None) -> Page:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 import trio
 
@@ -11,6 +12,24 @@ from regd.metadata import MetadataError, MetadataStore
 # Placing or removing one blob file takes milliseconds; a lease outliving this was
 # abandoned by a crashed process and may be taken over.
 BLOB_LEASE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A lease taken for `ttl` seconds by a request that started at `asked_at` (trio clock).
+
+    The metadata counts the lifetime from a moment after `asked_at`, so judging by it errs
+    on the safe side.
+    """
+
+    name: str
+    holder: str
+    ttl: float
+    asked_at: float
+
+    def fresh(self) -> bool:
+        """Whether at least half the lifetime is left: ample for a step of milliseconds."""
+        return trio.current_time() - self.asked_at < self.ttl / 2
 
 
 class Leases:

@@ -32,7 +32,7 @@ from regd.metadata import MetadataStore, UploadInfo
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
 from regd.registry.blobs import BlobStat
-from regd.registry.leases import Leases
+from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
 
@@ -84,10 +84,12 @@ class Uploads:
         metadata: MetadataStore,
         *,
         lease_seconds: float = LEASE_SECONDS,
+        blob_lease_seconds: float = BLOB_LEASE_SECONDS,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
         self._lease_seconds = lease_seconds
+        self._blob_lease_seconds = blob_lease_seconds
         self._hashes = _HashStates()
         self._locks = Leases(metadata)
 
@@ -136,7 +138,7 @@ class Uploads:
     ) -> UploadStatus:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
         lease = str(uuid.uuid4())
-        held = await self._acquire(repository, upload_id, lease, start)
+        held, _ = await self._acquire(repository, upload_id, lease, start)
         try:
             size = await self._append_locked(held, lease, body, length)
         except BaseException:
@@ -147,13 +149,22 @@ class Uploads:
         return UploadStatus(held.id, held.repository, size)
 
     async def _acquire(
-        self, repository: str, upload_id: str, lease: str, start: int | None
-    ) -> UploadInfo:
-        """Take the session's write lease.
+        self,
+        repository: str,
+        upload_id: str,
+        lease: str,
+        start: int | None,
+        *,
+        blob: str | None = None,
+        room: int = 0,
+    ) -> tuple[UploadInfo, HeldLease | None]:
+        """Take the session's write lease, and the lease named `blob` along with it when
+        that is free and the session holds at most `room` bytes.
 
         A lease held by another request is waited for: it is either released soon (that
         request ends) or expires (its process died), in at most one lease period, since
         live holders renew it. A chunk that does not continue the session fails at once.
+        A busy `blob` lease is not waited for here.
         """
         name = validation.repository_name(repository)
         if not _is_uuid(upload_id):
@@ -164,12 +175,30 @@ class Uploads:
         delay = 0.05
         deadline = trio.current_time() + self._lease_seconds + 1
         while True:
-            # The common case is one statement: the session exists and is free.
-            held = await self._metadata.acquire_upload(
-                upload_id, lease, expected_size=start, ttl=self._lease_seconds, repository=name
-            )
+            # The common case is one transaction: the session exists and is free.
+            blob_lease = None
+            if blob is None:
+                held = await self._metadata.acquire_upload(
+                    upload_id, lease, expected_size=start, ttl=self._lease_seconds, repository=name
+                )
+            else:
+                wanted = HeldLease(
+                    blob, str(uuid.uuid4()), self._blob_lease_seconds, trio.current_time()
+                )
+                held, taken = await self._metadata.acquire_upload_and_lock(
+                    upload_id,
+                    lease,
+                    expected_size=start,
+                    ttl=self._lease_seconds,
+                    repository=name,
+                    lock=wanted.name,
+                    holder=wanted.holder,
+                    lock_ttl=wanted.ttl,
+                    if_size_at_most=room,
+                )
+                blob_lease = wanted if taken else None
             if held is not None:
-                return held
+                return held, blob_lease
             current = await self._metadata.get_upload(upload_id)
             if current is None or current.repository != name:
                 raise BlobUploadUnknown(
@@ -253,7 +282,21 @@ class Uploads:
             raise DigestInvalid("completing an upload needs ?digest=")
         expected = validation.digest(digest)
         lease = str(uuid.uuid4())
-        held = await self._acquire(repository, upload_id, lease, start)
+        if length is not None and length <= WRITE_CHUNK:
+            # A small session with a small last chunk is received, hashed and stored in
+            # moments: the blob's lease is taken in the transaction that takes the
+            # session's, rather than in one of its own before the file is moved. A long
+            # body must not hold the blob's lease while it streams.
+            held, blob_lease = await self._acquire(
+                repository,
+                upload_id,
+                lease,
+                start,
+                blob=_lease_name(expected),
+                room=WRITE_CHUNK - length,
+            )
+        else:
+            held, blob_lease = await self._acquire(repository, upload_id, lease, start)
         try:
             size = await self._append_locked(held, lease, body, length)
             actual = await self._digest_of(held, size, expected.algorithm)
@@ -263,11 +306,21 @@ class Uploads:
                     f"content hashes to {actual}, not {expected}; the upload was discarded",
                     {"expected": str(expected), "actual": str(actual)},
                 )
-            await self._store(held.repository, held.id, expected, size, upload_row=True)
+            # From here on the blob's lease is _store's to release.
+            handed, blob_lease = blob_lease, None
+            await self._store(
+                held.repository, held.id, expected, size, upload_row=True, lease=handed
+            )
         except BaseException:
             with trio.CancelScope(shield=True):
-                # Whatever stayed in the session (it may already be gone) is released.
-                await self._metadata.release_upload(held.id, lease, held.size)
+                # Whatever stayed in the session (it may already be gone) is released,
+                # with the blob's lease if it is still ours to give back.
+                await self._metadata.release_upload(
+                    held.id,
+                    lease,
+                    held.size,
+                    release_lock=(blob_lease.name, blob_lease.holder) if blob_lease else None,
+                )
             raise
         return BlobStat(expected, size)
 
@@ -319,16 +372,33 @@ class Uploads:
         return hasher.digest()
 
     async def _store(
-        self, repository: str, upload_id: str, digest: Digest, size: int, *, upload_row: bool
+        self,
+        repository: str,
+        upload_id: str,
+        digest: Digest,
+        size: int,
+        *,
+        upload_row: bool,
+        lease: HeldLease | None = None,
     ) -> None:
+        """Move the data into place and link it, under the blob's lease: `lease` when the
+        caller holds it (this then releases it), else one taken here."""
         source = layout.upload_data(repository, upload_id)
-        if size == 0:
-            # An empty session may have no data file at all.
-            writer = await self._storage.writer(source)
-            await writer.commit()
-        # While the file is put in place and linked, no sweep may remove this blob.
-        holder = await self._locks.acquire(f"blob:{digest}")
+        name = _lease_name(digest)
+        holder = lease.holder if lease is not None else None
         try:
+            if size == 0:
+                # An empty session may have no data file at all.
+                writer = await self._storage.writer(source)
+                await writer.commit()
+            if lease is not None and not lease.fresh():
+                # Held since before the body arrived (a slow client), it might expire
+                # during the move: give it back and take a new one like anybody else.
+                await self._metadata.release_lock(name, lease.holder)
+                holder = None
+            # While the file is put in place and linked, no sweep may remove this blob.
+            if holder is None:
+                holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
             # Content-addressed: replacing an existing copy with identical bytes is
             # harmless, and the rename is atomic, so readers never see a partial blob.
             await self._storage.move(source, layout.blob_data(digest))
@@ -340,8 +410,9 @@ class Uploads:
                 release_lock=holder,
             )
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._metadata.release_lock(f"blob:{digest}", holder)
+            if holder is not None:
+                with trio.CancelScope(shield=True):
+                    await self._metadata.release_lock(name, holder)
             raise
         self._hashes.drop(upload_id)
         await self._remove_files(repository, upload_id)
@@ -423,6 +494,11 @@ async def _pump(
                 if hasher is not None:
                     await to_hasher.send(data)
     return received
+
+
+def _lease_name(digest: Digest) -> str:
+    """The lease held while a blob's file is placed or removed (see registry.lifecycle)."""
+    return f"blob:{digest}"
 
 
 def _is_uuid(text: str) -> bool:

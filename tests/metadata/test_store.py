@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from regd.metadata import MetadataError, MetadataStore, MissingReferences, NewManifest, sqlite_url
+from regd.metadata import (
+    MetadataError,
+    MetadataStore,
+    MissingReferences,
+    NewManifest,
+    lifecycle,
+    sqlite_url,
+)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -171,3 +178,59 @@ async def test_concurrent_writers(store: MetadataStore) -> None:
 def test_bad_urls() -> None:
     with pytest.raises(MetadataError):
         MetadataStore("mysql://x")
+
+
+async def test_an_upload_taken_with_a_lease(store: MetadataStore) -> None:
+    uid = "00000000-0000-4000-8000-000000000003"
+    await store.create_upload(uid, "r")
+
+    async def take(lease: str, holder: str, size: int, room: int) -> tuple[bool, bool]:
+        info, taken = await store.acquire_upload_and_lock(
+            uid,
+            lease,
+            expected_size=size,
+            ttl=60,
+            repository="r",
+            lock="blob:x",
+            holder=holder,
+            lock_ttl=60,
+            if_size_at_most=room,
+        )
+        return info is not None, taken
+
+    assert await take("lease-1", "h1", 0, 10) == (True, True)
+    assert not await store.acquire_lock("blob:x", "other", 60)
+    # A held session: neither lease is taken.
+    assert await take("lease-2", "h2", 0, 10) == (False, False)
+    # Both given back in one go.
+    assert await store.release_upload(uid, "lease-1", 20, release_lock=("blob:x", "h1"))
+    # A session holding more than `room` bytes gets only its own lease.
+    assert await take("lease-3", "h3", 20, 10) == (True, False)
+    assert await store.acquire_lock("blob:x", "other", 60)
+    assert await store.release_upload(uid, "lease-3", 20)
+    # A busy named lease is not waited for: the session's lease is taken all the same.
+    assert await take("lease-4", "h4", 20, 100) == (True, False)
+    assert await take("lease-5", "h5", 20, 100) == (False, False)
+
+
+async def test_mounts(store: MetadataStore) -> None:
+    async def linked_at() -> float:
+        return (await lifecycle.snapshot(store)).blobs[D1][1]
+
+    await store.link_blob("src", D1, 5)
+    before = await linked_at()
+    await trio.sleep(0.01)
+    # Not in the named repository, or not stored at all: nothing happens.
+    assert await store.mount_blob("dst", D1, "other") is None
+    assert await store.mount_blob("dst", D1, "dst") is None
+    assert await store.mount_blob("dst", D2, None) is None
+    assert await store.mount_blob("dst", D2, "src") is None
+    assert await linked_at() == before
+    assert not await store.repository_exists("dst")
+    assert await store.mount_blob("dst", D1, "src") == 5
+    assert await store.blob_size("dst", D1) == 5
+    assert await linked_at() > before
+    # Automatic mounts take a blob from anywhere; mounting twice is harmless.
+    assert await store.mount_blob("auto", D1, None) == 5
+    assert await store.mount_blob("auto", D1, None) == 5
+    assert await store.blob_size("auto", D1) == 5

@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,6 +18,7 @@ import trio
 from regd.errors import BlobUploadInvalid, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.metadata import MetadataStore, sqlite_url
 from regd.registry import Uploads
+from regd.registry.uploads import WRITE_CHUNK
 from regd.storage import FilesystemDriver, StorageDriver, StorageError, layout
 
 
@@ -182,3 +184,171 @@ async def test_upload_whose_data_vanished(
     await storage.delete(layout.upload_dir("repo", session.id))
     with pytest.raises(BlobUploadInvalid):
         await uploads.append("repo", session.id, chunks([b"y"]))
+
+
+# -- the blob's lease ------------------------------------------------------------------
+
+
+class Spy:
+    """Counts the store's write transactions and notes when the blob's lease came along
+    with the session's."""
+
+    def __init__(self, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.writes = 0
+        self.folded: list[bool] = []
+        run_write = metadata.run_write
+        acquire = metadata.acquire_upload_and_lock
+
+        async def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            self.writes += 1
+            return await run_write(fn, *args, **kwargs)
+
+        async def noting(*args: Any, **kwargs: Any) -> Any:
+            info, taken = await acquire(*args, **kwargs)
+            self.folded.append(taken)
+            return info, taken
+
+        monkeypatch.setattr(metadata, "run_write", counting)
+        monkeypatch.setattr(metadata, "acquire_upload_and_lock", noting)
+
+
+async def test_a_small_put_takes_both_leases_at_once(
+    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = Uploads(storage, metadata)
+    session = await uploads.start("repo")
+    spy = Spy(metadata, monkeypatch)
+    await uploads.finish("repo", session.id, sha256(b"small"), chunks([b"small"]), length=5)
+    # One transaction takes both leases, one links the blob and releases them.
+    assert spy.writes == 2
+    assert spy.folded == [True]
+    assert await metadata.blob_size("repo", sha256(b"small")) == 5
+    assert await metadata.acquire_lock(f"blob:{sha256(b'small')}", "probe", 60)
+
+
+async def test_a_wrong_digest_releases_both_leases(
+    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = Uploads(storage, metadata)
+    session = await uploads.start("repo")
+    spy = Spy(metadata, monkeypatch)
+    claimed = sha256(b"other")
+    with pytest.raises(DigestInvalid):
+        await uploads.finish("repo", session.id, claimed, chunks([b"content"]), length=7)
+    assert spy.folded == [True]
+    assert await metadata.acquire_lock(f"blob:{claimed}", "probe", 60)
+    assert await metadata.get_upload(session.id) is None
+    assert await metadata.global_blob_size(claimed) is None
+
+
+async def test_a_failing_disk_releases_both_leases(
+    storage: FilesystemDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = Uploads(storage, metadata)
+    bad = Uploads(FailingWrites(storage, budget=0), metadata)  # type: ignore[arg-type]
+    session = await good.start("repo")
+    spy = Spy(metadata, monkeypatch)
+    with pytest.raises(StorageError):
+        await bad.finish("repo", session.id, sha256(b"data"), chunks([b"data"]), length=4)
+    assert spy.folded == [True]
+    assert await metadata.acquire_lock(f"blob:{sha256(b'data')}", "probe", 60)
+    await metadata.release_lock(f"blob:{sha256(b'data')}", "probe")
+    # The session is free and as it was: it can still be completed.
+    with trio.fail_after(2):
+        await good.finish("repo", session.id, sha256(b"data"), chunks([b"data"]), length=4)
+    assert await metadata.blob_size("repo", sha256(b"data")) == 4
+
+
+async def test_a_put_waits_for_a_busy_blob_lease(
+    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = Uploads(storage, metadata)
+    digest = sha256(b"payload")
+    # As a sweep holds it while it removes the blob.
+    assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
+    session = await uploads.start("repo")
+    spy = Spy(metadata, monkeypatch)
+    done = trio.Event()
+
+    async def put() -> None:
+        await uploads.finish("repo", session.id, digest, chunks([b"payload"]), length=7)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        await trio.sleep(0.5)
+        assert not done.is_set()
+        assert await metadata.blob_size("repo", digest) is None
+        await metadata.release_lock(f"blob:{digest}", "sweeper")
+        with trio.fail_after(5):
+            await done.wait()
+    assert spy.folded == [False]
+    assert await metadata.blob_size("repo", digest) == 7
+
+
+async def test_a_blob_lease_held_too_long_is_taken_again(
+    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = Uploads(storage, metadata, blob_lease_seconds=0.5)
+    digest = sha256(b"trickle")
+    session = await uploads.start("repo")
+    spy = Spy(metadata, monkeypatch)
+    done = trio.Event()
+
+    async def put() -> None:
+        body = chunks([b"trickle"], delay=1.0)
+        await uploads.finish("repo", session.id, digest, body, length=7)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        await trio.sleep(0.75)
+        # The slow body outlived the blob's lease: someone else may take it over, and
+        # the upload must not place its file while they hold it.
+        assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
+        await trio.sleep(0.75)
+        assert not done.is_set()
+        assert await metadata.blob_size("repo", digest) is None
+        await metadata.release_lock(f"blob:{digest}", "sweeper")
+        with trio.fail_after(5):
+            await done.wait()
+    assert spy.folded == [True]
+    assert await metadata.blob_size("repo", digest) == 7
+
+
+async def test_a_large_body_streams_without_the_blob_lease(
+    storage: StorageDriver, metadata: MetadataStore
+) -> None:
+    uploads = Uploads(storage, metadata)
+    data = os.urandom(WRITE_CHUNK + 1)
+    digest = sha256(data)
+    session = await uploads.start("repo")
+    done = trio.Event()
+
+    async def put() -> None:
+        body = chunks([data[:1000], data[1000:]], delay=0.5)
+        await uploads.finish("repo", session.id, digest, body, length=len(data))
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        await trio.sleep(0.75)
+        assert await metadata.acquire_lock(f"blob:{digest}", "probe", 60)
+        await metadata.release_lock(f"blob:{digest}", "probe")
+        with trio.fail_after(5):
+            await done.wait()
+    assert await metadata.blob_size("repo", digest) == len(data)
+
+
+async def test_a_large_session_finishes_without_the_blob_lease_up_front(
+    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = Uploads(storage, metadata)
+    data = os.urandom(WRITE_CHUNK + 1)
+    session = await uploads.start("repo")
+    await uploads.append("repo", session.id, chunks([data]))
+    spy = Spy(metadata, monkeypatch)
+    # A small last chunk, but re-hashing the session could take long: not the fast way.
+    await uploads.finish("repo", session.id, sha256(data), chunks([]), length=0)
+    assert spy.folded == [False]
+    assert await metadata.blob_size("repo", sha256(data)) == len(data)
