@@ -7,8 +7,10 @@ thread, so the event loop never waits on the database.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +46,15 @@ R = TypeVar("R")
 
 class MetadataError(RegdError):
     """The database failed or its content is not what regd expects."""
+
+
+class _Busy(Exception):
+    """A read on the event loop's thread would have had to wait for the database."""
+
+
+# How long a read on the event loop's thread may wait for SQLite before it moves to a
+# worker thread instead (milliseconds).
+INLINE_BUSY_MS = 20
 
 
 class MissingReferences(MetadataError):
@@ -110,6 +121,17 @@ UPLOAD_COLUMNS = (
     t.uploads.c.size,
     t.uploads.c.started_at,
     t.uploads.c.updated_at,
+)
+
+
+# The columns a ManifestInfo is built from, in its field order (payload aside).
+MANIFEST_INFO_COLUMNS = (
+    t.manifests.c.digest,
+    t.manifests.c.media_type,
+    t.manifests.c.size,
+    t.manifests.c.artifact_type,
+    t.manifests.c.annotations,
+    t.manifests.c.created_at,
 )
 
 
@@ -211,6 +233,38 @@ class _Statements:
             )
         )
 
+        # :repository, :digest
+        self.blob_size = (
+            select(blobs.c.size)
+            .select_from(
+                links.join(repos, repos.c.id == links.c.repository_id).join(
+                    blobs, blobs.c.digest == links.c.digest
+                )
+            )
+            .where(repos.c.name == bindparam("repository"), links.c.digest == bindparam("digest"))
+        )
+        # :repository, and :digest or :tag. Keyed by (by tag, with payload); by tag, the
+        # last column is when the tag was pushed.
+        manifests = t.manifests
+        info = (*MANIFEST_INFO_COLUMNS,)
+        in_repo = manifests.join(repos, repos.c.id == manifests.c.repository_id)
+        self.manifest: dict[tuple[bool, bool], Any] = {}
+        for with_payload in (False, True):
+            cols = (*info, manifests.c.payload) if with_payload else info
+            self.manifest[False, with_payload] = (
+                select(*cols)
+                .select_from(in_repo)
+                .where(
+                    repos.c.name == bindparam("repository"),
+                    manifests.c.digest == bindparam("digest"),
+                )
+            )
+            self.manifest[True, with_payload] = (
+                select(*cols, t.tags.c.updated_at)
+                .select_from(in_repo.join(t.tags, t.tags.c.manifest_id == manifests.c.id))
+                .where(repos.c.name == bindparam("repository"), t.tags.c.name == bindparam("tag"))
+            )
+
         # :upload_id
         self.add_upload = uploads.insert()
         self.upload = select(*UPLOAD_COLUMNS).where(uploads.c.id == bindparam("upload_id"))
@@ -309,6 +363,9 @@ class MetadataStore:
             )
         self._limiter = trio.CapacityLimiter(max_threads)
         self._sql = _Statements(self.dialect)
+        # SQLite connections for reads on the calling thread (run_query), one per thread
+        # that runs an event loop, kept for the store's life.
+        self._here: dict[int, Connection] = {}
         # SQLite writes go through one thread with group commit; PostgreSQL takes
         # concurrent writers itself.
         self._batcher = None
@@ -338,8 +395,46 @@ class MetadataStore:
     async def run_query(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """Run a read of a single statement, which needs no transaction (hot paths)."""
+        """Run a read of a single statement, which needs no transaction (hot paths).
+
+        On SQLite it runs right here, on the event loop's thread: an indexed lookup takes
+        microseconds, far less than handing it to a worker thread and back. WAL readers
+        wait for no writer; in the rare moments they would (recovery, for one), the short
+        busy timeout of this connection gives up and the read goes to a thread.
+        """
+        if self.dialect == "sqlite":
+            try:
+                return self._read_here(fn, *args, **kwargs)
+            except _Busy:
+                pass
         return await self._read(fn, True, *args, **kwargs)
+
+    def _read_here(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        here = threading.get_ident()
+        conn = self._here.get(here)
+        try:
+            if conn is None:
+                conn = self.engine.connect()
+                conn.execution_options(regd_single_read=True)
+                with conn.begin():
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={INLINE_BUSY_MS}")
+                self._here[here] = conn
+            with conn.begin():
+                return fn(conn, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            # Whatever state the connection is in, the next read starts on a fresh one.
+            self._drop_here(here)
+            if isinstance(exc, DBAPIError) and _retryable(exc):
+                raise _Busy() from exc
+            raise MetadataError(f"database error: {exc}") from exc
+
+    def _drop_here(self, thread: int) -> None:
+        conn = self._here.pop(thread, None)
+        if conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
 
     async def _read(
         self,
@@ -417,6 +512,8 @@ class MetadataStore:
                     )
 
     async def aclose(self) -> None:
+        for thread in list(self._here):
+            self._drop_here(thread)
         if self._batcher is not None:
             await trio.to_thread.run_sync(self._batcher.close)
         await trio.to_thread.run_sync(self.engine.dispose)
@@ -457,15 +554,10 @@ class MetadataStore:
         """The size of a blob that `repository` may serve, or None."""
 
         def q(conn: Connection) -> int | None:
-            return conn.execute(
-                select(t.blobs.c.size)
-                .select_from(
-                    t.repository_blobs.join(
-                        t.repositories, t.repositories.c.id == t.repository_blobs.c.repository_id
-                    ).join(t.blobs, t.blobs.c.digest == t.repository_blobs.c.digest)
-                )
-                .where(t.repositories.c.name == repository, t.repository_blobs.c.digest == digest)
+            size: int | None = conn.execute(
+                self._sql.blob_size, {"repository": repository, "digest": digest}
             ).scalar()
+            return size
 
         return await self.run_query(q)
 
@@ -715,14 +807,7 @@ class MetadataStore:
 
     # -- manifests -----------------------------------------------------------------------
 
-    _info_columns = (
-        t.manifests.c.digest,
-        t.manifests.c.media_type,
-        t.manifests.c.size,
-        t.manifests.c.artifact_type,
-        t.manifests.c.annotations,
-        t.manifests.c.created_at,
-    )
+    _info_columns = MANIFEST_INFO_COLUMNS
 
     @staticmethod
     def _info(row: Sequence[Any], payload: bytes | None = None) -> ManifestInfo:
@@ -744,26 +829,23 @@ class MetadataStore:
         tag: str | None = None,
         with_payload: bool = True,
     ) -> ManifestInfo | None:
+        by_tag = digest is None
+        params = (
+            {"repository": repository, "tag": tag}
+            if by_tag
+            else {
+                "repository": repository,
+                "digest": digest,
+            }
+        )
+
         def q(conn: Connection) -> ManifestInfo | None:
-            cols = (
-                (*self._info_columns, t.manifests.c.payload) if with_payload else self._info_columns
-            )
-            join = t.manifests.join(
-                t.repositories, t.repositories.c.id == t.manifests.c.repository_id
-            )
-            cond = [t.repositories.c.name == repository]
-            if digest is not None:
-                cond.append(t.manifests.c.digest == digest)
-            else:
-                join = join.join(t.tags, t.tags.c.manifest_id == t.manifests.c.id)
-                cond.append(t.tags.c.name == tag)
-                # By tag, "when" is when the tag was last pushed.
-                cols = (*cols, t.tags.c.updated_at)
-            row = conn.execute(select(*cols).select_from(join).where(*cond)).first()
+            row = conn.execute(self._sql.manifest[by_tag, with_payload], params).first()
             if row is None:
                 return None
             info = self._info(row, bytes(row[6]) if with_payload else None)
-            if tag is not None:
+            if by_tag:
+                # By tag, "when" is when the tag was last pushed.
                 info = dataclasses.replace(info, created_at=float(row[-1]))
             return info
 

@@ -1,0 +1,84 @@
+"""SQLite point reads on the event loop's thread, and their way out when SQLite is busy."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
+
+from regd.metadata import MetadataError, MetadataStore, sqlite_url
+
+DIGEST = "sha256:" + "5" * 64
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
+    s = MetadataStore(sqlite_url(tmp_path / "m.db"))
+    s.create_schema()
+    await s.link_blob("repo", DIGEST, 123)
+    yield s
+    await s.aclose()
+
+
+async def test_point_reads_need_no_worker_thread(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_threads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a point read went to a worker thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trio.to_thread, "run_sync", no_threads)
+        assert await store.blob_size("repo", DIGEST) == 123
+        assert await store.blob_size("other", DIGEST) is None
+        assert await store.get_manifest("repo", tag="latest") is None
+
+
+class _BusyConnection:
+    """Stands in for the loop thread's connection while SQLite reports itself busy."""
+
+    closed = False
+
+    def begin(self) -> None:
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_busy_database_moves_the_read_to_a_thread(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = _BusyConnection()
+    store._here[threading.get_ident()] = busy  # type: ignore[assignment]
+    threads = 0
+    run_sync = trio.to_thread.run_sync
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal threads
+        threads += 1
+        return await run_sync(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trio.to_thread, "run_sync", counting)
+        assert await store.blob_size("repo", DIGEST) == 123
+        assert threads == 1
+        assert busy.closed
+        # The next read is on the loop again, on a fresh connection.
+        assert await store.blob_size("repo", DIGEST) == 123
+        assert threads == 1
+
+
+async def test_other_database_errors_are_metadata_errors(store: MetadataStore) -> None:
+    def broken(conn: Connection) -> None:
+        conn.exec_driver_sql("SELECT * FROM no_such_table")
+
+    with pytest.raises(MetadataError):
+        await store.run_query(broken)
+    assert await store.blob_size("repo", DIGEST) == 123
