@@ -366,6 +366,8 @@ class MetadataStore:
         # SQLite connections for reads on the calling thread (run_query), one per thread
         # that runs an event loop, kept for the store's life.
         self._here: dict[int, Connection] = {}
+        # Listing statements compiled for the driver, by shape (see _page).
+        self._listings: dict[tuple[str, bool, bool], Any] = {}
         # SQLite writes go through one thread with group commit; PostgreSQL takes
         # concurrent writers itself.
         self._batcher = None
@@ -543,10 +545,49 @@ class MetadataStore:
         def q(conn: Connection) -> Page:
             stmt = select(t.repositories.c.name).order_by(t.repositories.c.name)
             if last is not None:
-                stmt = stmt.where(t.repositories.c.name > last)
-            return _page(conn, stmt, limit)
+                stmt = stmt.where(t.repositories.c.name > bindparam("last"))
+            return self._page(conn, ("catalog", last is not None), stmt, {"last": last}, limit)
 
         return await self.run_read(q)
+
+    def _page(
+        self,
+        conn: Connection,
+        key: tuple[str, bool],
+        stmt: Any,
+        params: dict[str, Any],
+        limit: int | None,
+    ) -> Page:
+        """One page of a listing: the first column of `stmt`, at most `limit` rows.
+
+        Listings can be long (a whole tag list of thousands), and SQLAlchemy's result
+        rows cost twice what the query does; so the statement is compiled once per
+        shape (`key`) and its rows read from the driver's cursor directly.
+        """
+        if limit is not None:
+            stmt = stmt.limit(bindparam("limit"))
+            params = {**params, "limit": limit + 1}
+        shape = (*key, limit is not None)
+        compiled = self._listings.get(shape)
+        if compiled is None:
+            compiled = self._listings[shape] = stmt.compile(dialect=self.engine.dialect)
+        # With the statement's own parameters too (a dialect may add some, as an OFFSET).
+        values: Any = compiled.construct_params(params)
+        if compiled.positiontup is not None:
+            values = [values[name] for name in compiled.positiontup]
+        driver = conn.connection.dbapi_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.execute(compiled.string, values)
+            names = [row[0] for row in cursor.fetchall()]
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise MetadataError(f"database error: {exc}") from exc
+        finally:
+            cursor.close()
+        if limit is not None and len(names) > limit:
+            return Page(names[:limit], more=True)
+        return Page(names, more=False)
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -1015,12 +1056,13 @@ class MetadataStore:
                 return None
             stmt = (
                 select(t.tags.c.name)
-                .where(t.tags.c.repository_id == repo_id)
+                .where(t.tags.c.repository_id == bindparam("repo_id"))
                 .order_by(t.tags.c.name)
             )
             if last is not None:
-                stmt = stmt.where(t.tags.c.name > last)
-            return _page(conn, stmt, limit)
+                stmt = stmt.where(t.tags.c.name > bindparam("last"))
+            params = {"repo_id": repo_id, "last": last}
+            return self._page(conn, ("tags", last is not None), stmt, params, limit)
 
         return await self.run_read(q)
 
@@ -1076,15 +1118,6 @@ def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> l
         return []
     present = set(conn.execute(stmt, {"repo_id": repo_id, "digests": digests}).scalars())
     return [d for d in digests if d not in present]
-
-
-def _page(conn: Connection, stmt: Any, limit: int | None) -> Page:
-    if limit is not None:
-        stmt = stmt.limit(limit + 1)
-    names = list(conn.execute(stmt).scalars())
-    if limit is not None and len(names) > limit:
-        return Page(names[:limit], more=True)
-    return Page(names, more=False)
 
 
 def _as_metadata_error(exc: BaseException) -> BaseException:
