@@ -294,13 +294,13 @@ class _Statements:
             )
         )
 
-        # Takes the lease if it is free or expired; :now. RETURNING rather than rowcount:
-        # drivers disagree on an upsert's rowcount.
+        # Takes the lease if it is free or expired, or extends it for its holder; :now.
+        # RETURNING rather than rowcount: drivers disagree on an upsert's rowcount.
         lock = insert(locks)
         self.take_lock = lock.on_conflict_do_update(
             index_elements=["name"],
             set_={"holder": lock.excluded.holder, "until": lock.excluded.until},
-            where=locks.c.until < bindparam("now"),
+            where=or_(locks.c.until < bindparam("now"), locks.c.holder == lock.excluded.holder),
         ).returning(locks.c.holder)
         self.drop_lock = delete(locks).where(
             locks.c.name == bindparam("name"), locks.c.holder == bindparam("holder")
@@ -684,7 +684,8 @@ class MetadataStore:
     # -- leases --------------------------------------------------------------------------
 
     async def acquire_lock(self, name: str, holder: str, ttl: float) -> bool:
-        """Take the named lease if it is free or expired."""
+        """Take the named lease if it is free or expired; the holder it already belongs
+        to extends it (that is how long jobs keep theirs)."""
 
         return await self.run_write(self._take_lock, name, holder, ttl)
 

@@ -234,3 +234,18 @@ async def test_mounts(store: MetadataStore) -> None:
     assert await store.mount_blob("auto", D1, None) == 5
     assert await store.mount_blob("auto", D1, None) == 5
     assert await store.blob_size("auto", D1) == 5
+
+
+async def test_a_lease_is_extended_by_its_holder_only(store: MetadataStore) -> None:
+    assert await store.acquire_lock("gc", "sweeper", 0.3)
+    assert not await store.acquire_lock("gc", "intruder", 60)
+    # The holder renews before it runs out...
+    await trio.sleep(0.2)
+    assert await store.acquire_lock("gc", "sweeper", 0.3)
+    # ...so past the first lifetime it is still held.
+    await trio.sleep(0.2)
+    assert not await store.acquire_lock("gc", "intruder", 60)
+    # Not renewed, it lapses and anyone may take it.
+    await trio.sleep(0.35)
+    assert await store.acquire_lock("gc", "intruder", 60)
+    assert not await store.acquire_lock("gc", "sweeper", 60)
