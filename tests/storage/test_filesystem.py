@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from regd.storage import FilesystemDriver, InvalidPath, PathNotFound
+from regd.storage import FilesystemDriver, InvalidPath, PathNotFound, filesystem
 from tests.storage.conformance import StorageDriverSuite, pseudo_random, write_file
 
 
@@ -111,3 +112,34 @@ async def test_paths_stay_under_the_root(tmp_path: Path) -> None:
         "root/docker/registry/v2/blobs/sha256/cd/cdef/data",
     }
     assert os.listdir(root) == ["docker"]
+
+
+async def test_large_writes_are_handed_to_the_disk_as_they_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:
+        calls.append((offset, length))
+        return 0
+
+    monkeypatch.setattr(filesystem, "_sync_file_range", record)
+    driver = FilesystemDriver(tmp_path)
+    piece = 3 * 1024 * 1024
+    writer = await driver.writer("big")
+    for _ in range(6):
+        await writer.write(b"x" * piece)
+    await writer.commit()
+    # Contiguous ranges from the start, each at least WRITEBACK_CHUNK long.
+    assert calls[0][0] == 0
+    for (offset, length), (following, _) in itertools.pairwise(calls):
+        assert length >= filesystem.WRITEBACK_CHUNK
+        assert offset + length == following
+    assert calls == [(0, 9 * 1024 * 1024), (9 * 1024 * 1024, 9 * 1024 * 1024)]
+    # A writer continuing a file starts from where it opened it.
+    calls.clear()
+    writer = await driver.writer("big", offset=18 * 1024 * 1024)
+    for _ in range(3):
+        await writer.write(b"y" * piece)
+    await writer.cancel()
+    assert calls == [(18 * 1024 * 1024, 9 * 1024 * 1024)]
