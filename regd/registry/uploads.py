@@ -298,8 +298,16 @@ class Uploads:
         else:
             held, blob_lease = await self._acquire(repository, upload_id, lease, start)
         try:
-            size = await self._append_locked(held, lease, body, length)
-            actual = await self._digest_of(held, size, expected.algorithm)
+            whole = None
+            if held.size == 0 and length is not None and length <= WRITE_CHUNK:
+                # The whole blob is this small body: it is checked in memory and written
+                # to its place in one step, without passing through the session's file.
+                whole = await _receive_small(body, length)
+                size = len(whole)
+                actual = Digest.of(whole, expected.algorithm)
+            else:
+                size = await self._append_locked(held, lease, body, length)
+                actual = await self._digest_of(held, size, expected.algorithm)
             if actual != expected:
                 await self._abandon(held)
                 raise DigestInvalid(
@@ -309,7 +317,7 @@ class Uploads:
             # From here on the blob's lease is _store's to release.
             handed, blob_lease = blob_lease, None
             await self._store(
-                held.repository, held.id, expected, size, upload_row=True, lease=handed
+                held.repository, held.id, expected, size, upload_row=True, lease=handed, data=whole
             )
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -331,6 +339,16 @@ class Uploads:
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
         upload_id = str(uuid.uuid4())
+        if length is not None and length <= WRITE_CHUNK:
+            data = await _receive_small(body, length)
+            actual = Digest.of(data, expected.algorithm)
+            if actual != expected:
+                raise DigestInvalid(
+                    f"content hashes to {actual}, not {expected}; nothing was stored",
+                    {"expected": str(expected), "actual": str(actual)},
+                )
+            await self._store(name, upload_id, expected, len(data), upload_row=False, data=data)
+            return BlobStat(expected, len(data))
         hasher = Hasher(expected.algorithm)
         writer = await self._storage.writer(layout.upload_data(name, upload_id))
         try:
@@ -380,14 +398,17 @@ class Uploads:
         *,
         upload_row: bool,
         lease: HeldLease | None = None,
+        data: bytes | None = None,
     ) -> None:
-        """Move the data into place and link it, under the blob's lease: `lease` when the
-        caller holds it (this then releases it), else one taken here."""
+        """Put the blob in place and link it, under the blob's lease: `lease` when the
+        caller holds it (this then releases it), else one taken here.
+
+        The bytes are the session's file, moved, or `data` when given, written."""
         source = layout.upload_data(repository, upload_id)
         name = _lease_name(digest)
         holder = lease.holder if lease is not None else None
         try:
-            if size == 0:
+            if size == 0 and data is None:
                 # An empty session may have no data file at all.
                 writer = await self._storage.writer(source)
                 await writer.commit()
@@ -400,8 +421,11 @@ class Uploads:
             if holder is None:
                 holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
             # Content-addressed: replacing an existing copy with identical bytes is
-            # harmless, and the rename is atomic, so readers never see a partial blob.
-            await self._storage.move(source, layout.blob_data(digest))
+            # harmless, and both ways are atomic, so readers never see a partial blob.
+            if data is None:
+                await self._storage.move(source, layout.blob_data(digest))
+            else:
+                await self._storage.put_content(layout.blob_data(digest), data)
             await self._metadata.link_blob(
                 repository,
                 str(digest),
@@ -415,7 +439,9 @@ class Uploads:
                     await self._metadata.release_lock(name, holder)
             raise
         self._hashes.drop(upload_id)
-        await self._remove_files(repository, upload_id)
+        if data is None or upload_row:
+            # (A POST whose body was written straight to its place made no files.)
+            await self._remove_files(repository, upload_id)
 
     async def _abandon(self, info: UploadInfo) -> None:
         await self._metadata.delete_upload(info.id)
@@ -434,14 +460,8 @@ async def _pump(
     """
     if length is not None and length <= WRITE_CHUNK:
         # A small body (a config, a small layer): one hash and one write, no stages.
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in body:
-            size += len(chunk)
-            if size > length:
-                raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
-            parts.append(chunk)
-        data = b"".join(parts)
+        data = await _gather(body, length)
+        size = len(data)
         if data:
             if hasher is not None:
                 hasher.update(data)
@@ -494,6 +514,29 @@ async def _pump(
                 if hasher is not None:
                     await to_hasher.send(data)
     return received
+
+
+async def _gather(body: AsyncIterable[bytes], length: int) -> bytes:
+    """A body announced as `length` bytes (small), in one piece; more is refused."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > length:
+            raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _receive_small(body: AsyncIterable[bytes], length: int) -> bytes:
+    """A small body whole, exactly as long as announced."""
+    data = await _gather(body, length)
+    if len(data) != length:
+        raise SizeInvalid(
+            f"received {len(data)} bytes but the request announced {length}",
+            {"received": len(data), "expected": length},
+        )
+    return data
 
 
 def _lease_name(digest: Digest) -> str:

@@ -17,9 +17,10 @@ import trio
 
 from regd.errors import BlobUploadInvalid, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.metadata import MetadataStore, sqlite_url
+from regd.oci.digest import Digest
 from regd.registry import Uploads
 from regd.registry.uploads import WRITE_CHUNK
-from regd.storage import FilesystemDriver, StorageDriver, StorageError, layout
+from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
 
 
 @pytest.fixture
@@ -133,6 +134,11 @@ class FailingWrites:
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
 
+    async def put_content(self, path: str, data: bytes) -> None:
+        if len(data) > self._budget:
+            raise StorageError("No space left on device")
+        await self._inner.put_content(path, data)
+
     async def writer(self, path: str, *, offset: int = 0) -> object:
         inner = await self._inner.writer(path, offset=offset)
         budget = self._budget
@@ -170,6 +176,12 @@ async def test_a_failing_disk_leaves_the_session_as_it_was(
     assert stat.size == 1000
     with pytest.raises(StorageError):
         await bad.monolithic("repo", sha256(b"y" * 5000), chunks([b"y" * 5000]), 5000)
+    # Nor a small blob written in one piece, nor anything recorded of it.
+    with pytest.raises(StorageError):
+        await bad.monolithic("repo", sha256(b"y" * 5000), chunks([b"y" * 5000]), None)
+    assert await metadata.blob_size("repo", sha256(b"y" * 5000)) is None
+    with pytest.raises(PathNotFound):
+        await storage.stat(layout.blob_data(Digest.of(b"y" * 5000)))
     await good.append("repo", session.id, chunks([b"z"]), start=1000)
     blob = await good.finish("repo", session.id, sha256(b"x" * 1000 + b"z"), chunks([]))
     assert blob.size == 1001
@@ -352,3 +364,37 @@ async def test_a_large_session_finishes_without_the_blob_lease_up_front(
     await uploads.finish("repo", session.id, sha256(data), chunks([]), length=0)
     assert spy.folded == [False]
     assert await metadata.blob_size("repo", sha256(data)) == len(data)
+
+
+async def test_a_small_blob_goes_straight_to_its_place(
+    storage: FilesystemDriver, metadata: MetadataStore, tmp_path: Path
+) -> None:
+    uploads = Uploads(storage, metadata)
+    data = b"small layer" * 100
+    # Whole in the POST, and whole in the PUT of a fresh session.
+    await uploads.monolithic("repo", sha256(data), chunks([data[:7], data[7:]]), len(data))
+    session = await uploads.start("other")
+    await uploads.finish("other", session.id, sha256(data), chunks([data]), length=len(data))
+    for repo in ("repo", "other"):
+        assert await metadata.blob_size(repo, sha256(data)) == len(data)
+    reader = await storage.reader(layout.blob_data(Digest.of(data)))
+    assert await reader.read(len(data) + 1) == data
+    await reader.aclose()
+    # Neither went through a session file, and the session is over.
+    assert not list(tmp_path.rglob("_uploads/*"))
+    assert await metadata.get_upload(session.id) is None
+
+
+async def test_a_small_body_shorter_than_announced_keeps_the_session(
+    storage: FilesystemDriver, metadata: MetadataStore
+) -> None:
+    uploads = Uploads(storage, metadata)
+    session = await uploads.start("repo")
+    with pytest.raises(SizeInvalid):
+        await uploads.finish("repo", session.id, sha256(b"abc"), chunks([b"ab"]), length=3)
+    with pytest.raises(SizeInvalid):
+        await uploads.monolithic("repo", sha256(b"abc"), chunks([b"ab"]), 3)
+    assert await metadata.blob_size("repo", sha256(b"abc")) is None
+    assert (await uploads.status("repo", session.id)).size == 0
+    blob = await uploads.finish("repo", session.id, sha256(b"abc"), chunks([b"abc"]), length=3)
+    assert blob.size == 3
