@@ -9,8 +9,6 @@ from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     base.bp,
-    blobs.bp,
-    manifests.bp,
     listings.bp,
     admin.bp,
 )
@@ -20,7 +18,10 @@ DIRECT_ROUTES: tuple[Route, ...] = (
     uploads.start_upload,
     uploads.upload_session,
     manifests.get_manifest,
+    manifests.put_manifest,
+    manifests.delete_manifest,
     blobs.get_blob,
+    blobs.delete_blob,
 )
 
 __all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "Router"]

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import re
 
-from quart import Blueprint, Response
-
 from regd.api import direct
 from regd.api.direct import Reply
 from regd.api.errors import error_body
-from regd.api.http import RangeNotSatisfiable, byte_range, empty, registry
+from regd.api.http import RangeNotSatisfiable, byte_range
 from regd.registry import Registry
-
-bp = Blueprint("blobs", __name__)
 
 
 # A digest has no slash, which also keeps `.../blobs/uploads/<id>` out of this route.
-@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/blobs/([^/]+)$")
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/blobs/([^/]+)$", exclusive=True)
 async def get_blob(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
     blob = await reg.blobs.stat(match[1], match[2])
     headers = {
@@ -52,7 +48,7 @@ async def get_blob(reg: Registry, request: direct.Request, match: re.Match[str])
     return Reply(status, headers, stream=stream, length=length)
 
 
-@bp.route("/v2/<path:name>/blobs/<digest>", methods=["DELETE"])
-async def delete_blob(name: str, digest: str) -> Response:
-    await registry().blobs.delete(name, digest)
-    return empty(202, {"Docker-Content-Digest": digest})
+@direct.route({"DELETE"}, r"^/v2/(.+)/blobs/([^/]+)$", exclusive=True)
+async def delete_blob(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+    await reg.blobs.delete(match[1], match[2])
+    return Reply(202, {"docker-content-digest": match[2]})

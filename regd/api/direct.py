@@ -1,10 +1,13 @@
-"""The hottest read routes, answered straight from ASGI events.
+"""The data plane of the API, answered straight from ASGI events.
 
-Manifest and blob GET/HEAD are most of a registry's traffic, and for them Quart's request
-and response objects, context locals and dispatch cost as much as the rest of the request
-together. So the application matches these routes here first and answers them with plain
-ASGI messages; every other request goes on to Quart. The resource modules define the
-handlers; errors are answered from the same table as Quart's handlers.
+Blob and manifest requests are nearly all of a registry's traffic: reads by the
+thousand, and every byte pushed. For them Quart's request and response objects, context
+locals and dispatch cost as much as the rest of a request together, and its request body
+copies each chunk into a buffer of its own. So the application matches the routes under
+`/v2/<name>/blobs/` and `/v2/<name>/manifests/` here first and answers them with plain
+ASGI messages, reading bodies straight from the server; the version check, listings and
+the admin API go on to Quart. The resource modules define the handlers; errors are
+answered from the same table as Quart's handlers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import trio
 
 from regd import errors as e
 from regd.api.errors import backend_failure, error_body, status_of
+from regd.api.http import content_length
 from regd.metadata import MetadataError
 from regd.registry import Registry
 from regd.storage import StorageError
@@ -41,13 +45,34 @@ class Request:
     path: str
     # Lower-cased names; a repeated header keeps its last value.
     headers: Mapping[str, str]
-    # The first value of each query parameter, as Quart's `request.args.get` gives it.
-    args: Mapping[str, str]
+    # The query string's parameters, in order.
+    query: tuple[tuple[str, str], ...]
     receive: Any
 
     @property
     def head(self) -> bool:
         return self.method == "HEAD"
+
+    def arg(self, name: str) -> str | None:
+        """The first value of a query parameter."""
+        return next((value for key, value in self.query if key == name), None)
+
+    def arg_list(self, name: str) -> list[str]:
+        return [value for key, value in self.query if key == name]
+
+    async def read(self, limit: int, too_large: Callable[[str], Exception]) -> bytes:
+        """A small body whole; more than `limit` bytes raises `too_large(message)`."""
+        length = content_length(self.headers.get("content-length"))
+        if length is not None and length > limit:
+            raise too_large(f"the request body is {length} bytes; the limit is {limit}")
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in self.body():
+            total += len(chunk)
+            if total > limit:
+                raise too_large(f"the request body is over the {limit}-byte limit")
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def body(self) -> AsyncIterator[bytes]:
         """The request body as the server delivers it.
@@ -75,6 +100,8 @@ class Reply:
     # A streamed body of `length` bytes instead of `body`.
     stream: AsyncIterable[bytes] | None = None
     length: int | None = None
+    # Headers that may appear more than once, sent after `headers`.
+    repeated: list[tuple[str, str]] = field(default_factory=list)
 
 
 Handler = Callable[[Registry, Request, "re.Match[str]"], Awaitable[Reply]]
@@ -143,7 +170,7 @@ class Router:
             method,
             path,
             {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-            _first_values(query.decode("latin-1")) if query else {},
+            tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True)) if query else (),
             receive,
         )
         try:
@@ -181,17 +208,11 @@ class Router:
         length = reply.length if reply.length is not None else len(reply.body)
         headers = [API_VERSION, (b"content-length", str(length).encode())]
         headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())
+        headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.repeated)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         if reply.stream is None or method == "HEAD":
             body = b"" if method == "HEAD" else reply.body
             await send({"type": "http.response.body", "body": body})
-
-
-def _first_values(query: str) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        args.setdefault(key, value)
-    return args
 
 
 async def _stream(body: AsyncIterable[bytes], receive: Any, send: Any) -> None:

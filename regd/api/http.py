@@ -7,9 +7,9 @@ import re
 from typing import Any, cast
 from urllib.parse import quote
 
-from quart import Response, current_app, request
+from quart import Response, current_app
 
-from regd.errors import BlobUploadInvalid, ManifestTooLarge, SizeInvalid
+from regd.errors import BlobUploadInvalid, SizeInvalid
 from regd.registry import Registry
 
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
@@ -33,14 +33,6 @@ def json_response(
         content_type=content_type or "application/json",
         headers=headers,
     )
-
-
-def empty(status: int, headers: dict[str, str]) -> Response:
-    response = Response(b"", status=status, headers=headers)
-    response.content_length = 0
-    # An answer without a body has no type (Quart would label it text/html).
-    del response.headers["Content-Type"]
-    return response
 
 
 def content_length(raw: str | None) -> int | None:
@@ -84,21 +76,6 @@ def byte_range(raw: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or end < start:
         raise RangeNotSatisfiable()
     return start, min(end, size - 1)
-
-
-async def read_limited(limit: int) -> bytes:
-    """A small body (a manifest) read whole, refusing anything over `limit`."""
-    length = content_length(request.headers.get("Content-Length"))
-    if length is not None and length > limit:
-        raise ManifestTooLarge(f"manifest is {length} bytes; the limit is {limit}")
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in request.body:
-        total += len(chunk)
-        if total > limit:
-            raise ManifestTooLarge(f"manifest is over the {limit}-byte limit")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def next_link(path: str, n: int, last: str, **extra: str) -> str:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import re
 from email.utils import formatdate
 
-from quart import Blueprint, Response, request
-
 from regd.api import direct
 from regd.api.direct import Reply
-from regd.api.http import empty, read_limited, registry
+from regd.errors import ManifestTooLarge
 from regd.registry import MAX_MANIFEST_SIZE, Registry
-
-bp = Blueprint("manifests", __name__)
 
 
 # The reference is the last path component, so the repository name takes the rest.
-@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/manifests/([^/]+)$")
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
 async def get_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
     name, reference = match[1], match[2]
     info = await reg.manifests.get(name, reference, with_payload=not request.head)
@@ -30,31 +26,31 @@ async def get_manifest(reg: Registry, request: direct.Request, match: re.Match[s
     return Reply(200, headers, info.payload or b"", length=info.size)
 
 
-@bp.route("/v2/<path:name>/manifests/<reference>", methods=["PUT"])
-async def put_manifest(name: str, reference: str) -> Response:
-    payload = await read_limited(MAX_MANIFEST_SIZE)
-    pushed = await registry().manifests.put(
+@direct.route({"PUT"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
+async def put_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+    name, reference = match[1], match[2]
+    payload = await request.read(MAX_MANIFEST_SIZE, ManifestTooLarge)
+    pushed = await reg.manifests.put(
         name,
         reference,
         payload,
-        request.headers.get("Content-Type"),
-        tuple(request.args.getlist("tag")),
+        request.headers.get("content-type"),
+        tuple(request.arg_list("tag")),
     )
-    response = empty(
+    reply = Reply(
         201,
         {
-            "Location": f"/v2/{name}/manifests/{pushed.digest}",
-            "Docker-Content-Digest": str(pushed.digest),
+            "location": f"/v2/{name}/manifests/{pushed.digest}",
+            "docker-content-digest": str(pushed.digest),
         },
     )
     if pushed.subject is not None:
-        response.headers["OCI-Subject"] = str(pushed.subject)
-    for tag in pushed.tags:
-        response.headers.add("OCI-Tag", tag)
-    return response
+        reply.headers["oci-subject"] = str(pushed.subject)
+    reply.repeated = [("oci-tag", tag) for tag in pushed.tags]
+    return reply
 
 
-@bp.route("/v2/<path:name>/manifests/<reference>", methods=["DELETE"])
-async def delete_manifest(name: str, reference: str) -> Response:
-    await registry().manifests.delete(name, reference)
-    return empty(202, {})
+@direct.route({"DELETE"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
+async def delete_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+    await reg.manifests.delete(match[1], match[2])
+    return Reply(202)

@@ -70,18 +70,18 @@ def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
 # Clients write the collection with its trailing slash; a few leave it out.
 @direct.route({"POST"}, r"^/v2/(.+)/blobs/uploads/?$", exclusive=True)
 async def start_upload(reg: Registry, request: Request, match: re.Match[str]) -> Reply:
-    name, args = match[1], request.args
-    mount = args.get("mount")
+    name = match[1]
+    mount = request.arg("mount")
     if mount is not None:
-        blob = await reg.blobs.mount(name, mount, args.get("from"))
+        blob = await reg.blobs.mount(name, mount, request.arg("from"))
         if blob is not None:
             return _created(name, blob)
         # Nothing to mount: fall back to an ordinary session, as the spec asks.
         return _in_progress(await reg.uploads.start(name))
-    algorithm = args.get("digest-algorithm")
+    algorithm = request.arg("digest-algorithm")
     if algorithm is not None and not is_supported_algorithm(algorithm):
         raise Unsupported(f"digest algorithm {algorithm[:40]!r} is not supported")
-    digest = args.get("digest")
+    digest = request.arg("digest")
     if digest is not None:
         length = content_length(request.headers.get("content-length"))
         blob = await reg.uploads.monolithic(name, digest, request.body(), length)
@@ -107,7 +107,7 @@ async def upload_session(reg: Registry, request: Request, match: re.Match[str]) 
             )
             return _in_progress(status)
         blob = await reg.uploads.finish(
-            name, upload_id, request.args.get("digest"), request.body(), start=start, length=length
+            name, upload_id, request.arg("digest"), request.body(), start=start, length=length
         )
     except RangeInvalid as exc:
         return _range_error(name, upload_id, exc)
