@@ -255,7 +255,8 @@ class Uploads:
         return writer.size
 
     async def _keep_lease(self, upload_id: str, lease: str) -> None:
-        """Renew the lease while a long body streams in, so no one else takes it over."""
+        """Renew the lease while this request needs it (a long body, a wait), so that no
+        one else takes it over."""
         while True:
             await trio.sleep(self._lease_seconds / 3)
             if not await self._metadata.renew_upload(upload_id, lease, self._lease_seconds):
@@ -317,7 +318,14 @@ class Uploads:
             # From here on the blob's lease is _store's to release.
             handed, blob_lease = blob_lease, None
             await self._store(
-                held.repository, held.id, expected, size, upload_row=True, lease=handed, data=whole
+                held.repository,
+                held.id,
+                expected,
+                size,
+                upload_row=True,
+                lease=handed,
+                data=whole,
+                session_lease=lease,
             )
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -399,6 +407,7 @@ class Uploads:
         upload_row: bool,
         lease: HeldLease | None = None,
         data: bytes | None = None,
+        session_lease: str | None = None,
     ) -> None:
         """Put the blob in place and link it, under the blob's lease: `lease` when the
         caller holds it (this then releases it), else one taken here.
@@ -419,7 +428,7 @@ class Uploads:
                 holder = None
             # While the file is put in place and linked, no sweep may remove this blob.
             if holder is None:
-                holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
+                holder = await self._wait_for_lease(name, upload_id, session_lease)
             # Content-addressed: replacing an existing copy with identical bytes is
             # harmless, and both ways are atomic, so readers never see a partial blob.
             if data is None:
@@ -442,6 +451,20 @@ class Uploads:
         if data is None or upload_row:
             # (A POST whose body was written straight to its place made no files.)
             await self._remove_files(repository, upload_id)
+
+    async def _wait_for_lease(self, name: str, upload_id: str, session_lease: str | None) -> str:
+        """Take the blob's lease, waiting for it if need be.
+
+        The wait can outlast the session's lease (a sweep removing this very blob holds
+        the blob's); the session's is renewed meanwhile, or another request could take
+        the session and write to the file about to become the blob."""
+        if session_lease is None:
+            return await self._locks.acquire(name, ttl=self._blob_lease_seconds)
+        async with task_group() as nursery:
+            nursery.start_soon(self._keep_lease, upload_id, session_lease)
+            holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
+            nursery.cancel_scope.cancel()
+        return holder
 
     async def _abandon(self, info: UploadInfo) -> None:
         await self._metadata.delete_upload(info.id)

@@ -398,3 +398,31 @@ async def test_a_small_body_shorter_than_announced_keeps_the_session(
     assert (await uploads.status("repo", session.id)).size == 0
     blob = await uploads.finish("repo", session.id, sha256(b"abc"), chunks([b"abc"]), length=3)
     assert blob.size == 3
+
+
+async def test_the_session_stays_held_while_a_put_waits_for_the_blob_lease(
+    storage: StorageDriver, metadata: MetadataStore
+) -> None:
+    uploads = Uploads(storage, metadata, lease_seconds=0.6)
+    digest = sha256(b"payload")
+    assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
+    session = await uploads.start("repo")
+    done = trio.Event()
+
+    async def put() -> None:
+        await uploads.finish("repo", session.id, digest, chunks([b"payload"]), length=7)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        # Well past the session lease's life, the waiting PUT still holds the session:
+        # no other request may take it and write to the file about to become the blob.
+        await trio.sleep(1.5)
+        assert not done.is_set()
+        assert (
+            await metadata.acquire_upload(session.id, "intruder", expected_size=None, ttl=5) is None
+        )
+        await metadata.release_lock(f"blob:{digest}", "sweeper")
+        with trio.fail_after(5):
+            await done.wait()
+    assert await metadata.blob_size("repo", digest) == 7
