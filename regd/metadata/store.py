@@ -180,6 +180,22 @@ def _sqlite_engine(url: str, pool_size: int) -> Engine:
     return engine
 
 
+def _insert(dialect: str, table: Any) -> sqlite_dialect.Insert | pg_dialect.Insert:
+    """An INSERT that knows its dialect's ON CONFLICT."""
+    if dialect == "sqlite":
+        return sqlite_dialect.insert(table)
+    return pg_dialect.insert(table)
+
+
+def _share(dialect: str, stmt: Any, table: Any) -> Any:
+    """Lock the rows of `table` a statement reads until commit (PostgreSQL only).
+
+    SQLite needs no row locks: its writers already run one at a time."""
+    if dialect == "postgresql":
+        return stmt.with_for_update(read=True, of=table)
+    return stmt
+
+
 class _Statements:
     """The statements of the busy paths (pushes and mounts), built once per store.
 
@@ -191,10 +207,11 @@ class _Statements:
     """
 
     def __init__(self, dialect: str) -> None:
-        insert = sqlite_dialect.insert if dialect == "sqlite" else pg_dialect.insert
+        def insert(table: Any) -> Any:
+            return _insert(dialect, table)
 
         def share(stmt: Any, table: Any) -> Any:
-            return stmt.with_for_update(read=True, of=table) if dialect == "postgresql" else stmt
+            return _share(dialect, stmt, table)
 
         repos, blobs, links, uploads, locks = (
             t.repositories,
@@ -381,9 +398,7 @@ class MetadataStore:
     # a worker thread; they are for this package's modules, not for callers above it.
 
     def insert(self, table: Any) -> sqlite_dialect.Insert | pg_dialect.Insert:
-        if self.dialect == "sqlite":
-            return sqlite_dialect.insert(table)
-        return pg_dialect.insert(table)
+        return _insert(self.dialect, table)
 
     async def run_read(
         self,
@@ -669,12 +684,7 @@ class MetadataStore:
         return await self.run_write(w)
 
     def share(self, stmt: Any, table: Any) -> Any:
-        """Lock the rows of `table` a statement reads until commit (PostgreSQL only).
-
-        SQLite needs no row locks: its writers already run one at a time."""
-        if self.dialect == "postgresql":
-            return stmt.with_for_update(read=True, of=table)
-        return stmt
+        return _share(self.dialect, stmt, table)
 
     def exclusive(self, stmt: Any, table: Any) -> Any:
         if self.dialect == "postgresql":
