@@ -2,8 +2,9 @@
 
     RegdError
     ├── ConfigError                 bad configuration, found at start-up
-    ├── StorageError                (regd.storage) a driver failed; PathNotFound, InvalidPath, ...
-    ├── MetadataError               (regd.metadata) the database failed or refused
+    ├── BackendError                storage or database failed: not the client's fault (503)
+    │   ├── StorageError            (regd.storage) a driver failed; PathNotFound, InvalidPath, ...
+    │   └── MetadataError           (regd.metadata) the database failed or refused
     └── RegistryError               a request the registry refuses, with its OCI error code
         ├── BlobUnknown, BlobUploadUnknown, ManifestUnknown, NameUnknown      (not found)
         ├── DigestInvalid, NameInvalid, ManifestInvalid, ManifestBlobUnknown,
@@ -27,6 +28,18 @@ class RegdError(Exception):
 
 class ConfigError(RegdError):
     pass
+
+
+class BackendError(RegdError):
+    """Storage or the database failed; the client is told to try again.
+
+    Both lower layers raise subclasses of this, so the API answers every backend failure
+    the same way without knowing which layer it came from. `kind` names the part that
+    failed in the answer's message; `retry_after` is the seconds a client should wait.
+    """
+
+    kind: ClassVar[str] = "backend"
+    retry_after: ClassVar[int] = 5
 
 
 class RegistryError(RegdError):

@@ -25,9 +25,7 @@ import trio
 from regd import errors as e
 from regd.api.errors import backend_failure, error_body, status_of
 from regd.api.http import content_length
-from regd.metadata import MetadataError
 from regd.registry import Registry
-from regd.storage import StorageError
 
 access_log = logging.getLogger("regd.access")
 
@@ -180,7 +178,7 @@ class Router:
             return True
         except e.RegistryError as error:
             reply = error_reply(error)
-        except (MetadataError, StorageError) as error:
+        except e.BackendError as error:
             status, code, message, headers = backend_failure(error)
             reply = Reply(status, {**headers, "content-type": "application/json"})
             reply.body = error_body(code, message)

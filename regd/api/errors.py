@@ -10,8 +10,6 @@ from quart import Response
 from werkzeug.exceptions import HTTPException
 
 from regd import errors as e
-from regd.metadata import MetadataError
-from regd.storage import StorageError
 
 log = logging.getLogger("regd.api")
 
@@ -72,16 +70,20 @@ async def on_http_exception(error: HTTPException) -> Response:
     return error_response(status, "UNSUPPORTED", error.description or error.name)
 
 
-def backend_failure(error: Exception) -> tuple[int, str, str, dict[str, str]]:
+def backend_failure(error: e.BackendError) -> tuple[int, str, str, dict[str, str]]:
     """Log a failure of storage or database; the (status, code, message, headers) to answer.
 
     Not the client's fault: the cause goes to the log, the client is told to retry."""
     log.error("backend failure: %s", error, exc_info=error)
-    kind = "storage" if isinstance(error, StorageError) else "database"
-    return 503, "UNAVAILABLE", f"the registry's {kind} failed; try again", {"Retry-After": "5"}
+    return (
+        503,
+        "UNAVAILABLE",
+        f"the registry's {error.kind} failed; try again",
+        {"Retry-After": str(error.retry_after)},
+    )
 
 
-async def on_backend_error(error: Exception) -> Response:
+async def on_backend_error(error: e.BackendError) -> Response:
     status, code, message, headers = backend_failure(error)
     return error_response(status, code, message, headers=headers)
 
@@ -89,5 +91,4 @@ async def on_backend_error(error: Exception) -> Response:
 def install(app: Any) -> None:
     app.register_error_handler(e.RegistryError, on_registry_error)
     app.register_error_handler(HTTPException, on_http_exception)
-    app.register_error_handler(MetadataError, on_backend_error)
-    app.register_error_handler(StorageError, on_backend_error)
+    app.register_error_handler(e.BackendError, on_backend_error)

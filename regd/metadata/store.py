@@ -36,7 +36,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from regd.errors import RegdError
+from regd.errors import BackendError
 from regd.metadata import schema as t
 from regd.metadata.batching import Retry, WriteBatcher
 
@@ -44,8 +44,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class MetadataError(RegdError):
+class MetadataError(BackendError):
     """The database failed or its content is not what regd expects."""
+
+    kind = "database"
 
 
 class _Busy(Exception):

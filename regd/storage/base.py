@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from regd.errors import RegdError
+from regd.errors import BackendError
 
 
-class StorageError(RegdError):
+class StorageError(BackendError):
     """Base of every storage-driver failure."""
+
+    kind = "storage"
 
 
 class PathNotFound(StorageError):
