@@ -132,6 +132,19 @@ class Config:
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
+    # Limits a client can run into; see the README's "Limits and timeouts".
+    max_connections: int = 4096
+    max_connections_per_client: int = 512
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 30.0
+    max_header_size: int = 16 * 1024
+
+    @property
+    def bind(self) -> str:
+        """The address to listen on; `:PORT` (an empty host) means every IPv4 interface."""
+        host, _, port = self.addr.rpartition(":")
+        return f"0.0.0.0:{port}" if host == "" else self.addr
 
     @property
     def host(self) -> str:
@@ -173,14 +186,20 @@ _FLOATS = frozenset(
         "upload_max_age",
         "upload_purge_interval",
         "retention_interval",
+        "header_timeout",
+        "body_timeout",
+        "keep_alive_timeout",
     }
 )
+_INTS = frozenset({"workers", "max_connections", "max_connections_per_client", "max_header_size"})
 _BOOLS = frozenset({"access_log", "gc_delete_untagged"})
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     try:
-        if key in ("workers",):
+        if key in _INTS:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
             result: Any = int(value)
         elif key in _FLOATS:
             result = parse_duration(value, source)
@@ -243,8 +262,12 @@ def load(
 
 def validate(config: Config) -> None:
     host, sep, port = config.addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"addr must be HOST:PORT, not {config.addr!r}")
+    if not sep or not port:
+        raise ConfigError(f"addr must be HOST:PORT or :PORT, not {config.addr!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"addr {config.addr!r} has an invalid port {port!r} (0 to 65535)")
+    if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
+        raise ConfigError(f"addr {config.addr!r} has an invalid host {host!r}")
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f"workers must be between 1 and 64, not {config.workers}")
     if config.log_level not in LOG_LEVELS:
@@ -262,5 +285,13 @@ def validate(config: Config) -> None:
     for name in sorted(_FLOATS):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    for name in ("max_connections", "max_header_size"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if config.max_connections_per_client < 0:
+        raise ConfigError("max_connections_per_client must not be negative (0: no cap)")
+    for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"{name} must be more than 0 seconds")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")

@@ -30,6 +30,10 @@ class ConfigError(RegdError):
     pass
 
 
+class StartupError(RegdError):
+    """Serving cannot start: the address, the data directory or the database is unusable."""
+
+
 class BackendError(RegdError):
     """Storage or the database failed; the client is told to try again.
 

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import logging
-import os
+import multiprocessing
+import multiprocessing.connection
+import re
+import resource
 import signal
 import sys
+import tempfile
 import time
+from multiprocessing.synchronize import Event as EventType
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from sqlalchemy.exc import SQLAlchemyError
 
 from regd import config as cfg
-from regd.app import RegdApp, create_app
+from regd.app import create_app
+from regd.connections import Limits, connection_cap, install, raise_open_file_limit
+from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
 from regd.registry import Registry
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
-
-SOCKET_READ_SIZE = 1024 * 1024
 
 
 class _LineFormatter(logging.Formatter):
@@ -55,47 +63,92 @@ def build_registry(config: cfg.Config) -> Registry:
     return Registry.create(storage, MetadataStore(config.database_url))
 
 
+def _one_line(exc: BaseException) -> str:
+    """The cause of a start-up failure as one line: the driver's own words, not the SQL."""
+    cause = getattr(exc, "orig", None) or exc
+    if isinstance(cause, OSError) and cause.strerror:
+        where = f"{cause.filename}: " if cause.filename else ""
+        return f"{where}{cause.strerror}"
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
+
+
+def _shown_url(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
 def prepare(config: cfg.Config) -> None:
-    """Create the data directory and the schema once, before any worker serves."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    """Create the data directory and the schema once, before any worker serves.
+
+    Everyday problems (a read-only or missing directory, an unreachable database) raise
+    StartupError with one line naming the path or address and the cause."""
+    directories = [config.data_dir]
+    if config.storage == "filesystem" and config.blob_root != config.data_dir:
+        directories.append(config.blob_root)
+    if config.storage == "memory" and config.database:
+        directories = []
+    for directory in directories:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # Fails now on a read-only mount or a directory owned by someone else, rather
+            # than on the first push.
+            with tempfile.TemporaryFile(dir=directory, prefix=".regd-write-check-"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"cannot use data dir {directory}: {_one_line(exc)}") from None
     store = MetadataStore(config.database_url)
     try:
         store.create_schema()
+    except (BackendError, SQLAlchemyError, OSError) as exc:
+        raise StartupError(
+            f"cannot open database {_shown_url(config.database_url)}: {_one_line(exc)}"
+        ) from None
     finally:
         store.engine.dispose()
 
 
-def _tune_hypercorn() -> None:
-    # hypercorn reads sockets 64 KiB at a time; blob pushes are dominated by the per-read
-    # cost of the event loop, h11 and Quart, so fewer, larger reads raise throughput.
-    import hypercorn.trio.tcp_server as tcp_server
-
-    tcp_server.MAX_RECV = SOCKET_READ_SIZE
-
-
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
-    _tune_hypercorn()
     hc = HypercornConfig()
-    hc.bind = [config.addr]
+    hc.bind = [config.bind]
     hc.worker_class = "trio"
     hc.workers = config.workers
     hc.graceful_timeout = config.graceful_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("regd.hypercorn")
-    hc.keep_alive_timeout = 75
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.h11_max_incomplete_size = config.max_header_size
     # Saves a header on every response; clients identify registries by the API version.
     hc.include_server_header = False
     return hc
 
 
-def worker_app() -> RegdApp:
-    """The app of one worker process; its configuration arrives in the environment."""
-    config = cfg.load(env=os.environ)
-    setup_logging(config.log_level)
-    return create_app(build_registry(config), config)
+def bind(config: cfg.Config, hc: HypercornConfig) -> Sockets:
+    try:
+        sockets = hc.create_sockets()
+        for sock in sockets.insecure_sockets:
+            sock.listen(hc.backlog)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.addr}: {exc.strerror or exc}") from None
+    return sockets
 
 
-async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
+def limits_for(config: cfg.Config) -> Limits:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return Limits(
+        max_connections=connection_cap(config.max_connections, soft),
+        max_connections_per_client=config.max_connections_per_client,
+        header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+    )
+
+
+async def _serve_worker(
+    config: cfg.Config, sockets: Sockets, parent_stop: EventType | None = None
+) -> None:
+    """Serve on already bound sockets until SIGTERM or SIGINT (or the parent says stop),
+    letting requests in flight finish within graceful_timeout."""
+    hc = hypercorn_config(config)
+    install(limits_for(config))
     registry = build_registry(config)
     app = create_app(registry, config)
     stop = trio.Event()
@@ -107,31 +160,99 @@ async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
                 stop.set()
                 return
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals)
-        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)
-        nursery.cancel_scope.cancel()
-    await registry.aclose()
+    async def watch_parent(event: EventType) -> None:
+        # A thread blocks on the shared event; abandoning it on cancel costs nothing.
+        await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
+        stop.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals)
+            if parent_stop is not None:
+                nursery.start_soon(watch_parent, parent_stop)
+            await worker_serve(
+                wrap_app(app, hc.wsgi_max_body_size, None),
+                hc,
+                sockets=sockets,
+                shutdown_trigger=stop.wait,
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        await registry.aclose()
+
+
+def _worker_process(config: cfg.Config, sockets: Sockets, stop: EventType) -> None:
+    setup_logging(config.log_level)
+    trio.run(_serve_worker, config, sockets, stop)
+
+
+def _supervise(config: cfg.Config, sockets: Sockets) -> int:
+    """Run `config.workers` processes on the shared sockets.
+
+    A signal to this process, or any worker's exit, stops all of them gracefully: each
+    worker finishes its requests in flight (up to graceful_timeout) before it exits, and
+    this process waits for every one of them."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal=%s stopping workers gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    # Workers inherit "ignore" until their own handlers are installed, so a Ctrl-C that
+    # reaches the whole process group cannot kill one before it is ready.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    workers = [
+        ctx.Process(target=_worker_process, args=(config, sockets, stop))
+        for _ in range(config.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    while not stop.is_set():
+        finished = multiprocessing.connection.wait([w.sentinel for w in workers], timeout=0.5)
+        if finished and not stop.is_set():
+            exited = [w for w in workers if w.exitcode is not None]
+            code = next((w.exitcode for w in exited if w.exitcode), 0) or 1
+            log.error("a worker exited (status %s); stopping the others", exited[0].exitcode)
+            stop.set()
+    deadline = time.monotonic() + config.graceful_timeout + 10
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.is_alive():
+            log.error("worker pid=%s did not stop in time; killing it", worker.pid)
+            worker.kill()
+            worker.join()
+            code = code or 1
+    return code
 
 
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
+    open_files = raise_open_file_limit()
     prepare(config)
     hc = hypercorn_config(config)
+    sockets = bind(config, hc)
     log.info(
-        "serving addr=%s data_dir=%s database=%s workers=%d",
+        "serving addr=%s data_dir=%s database=%s workers=%d open_files=%d max_connections=%d",
         config.addr,
         config.data_dir,
         "postgresql" if config.database_url.startswith("postgres") else "sqlite",
         config.workers,
+        open_files,
+        connection_cap(config.max_connections, open_files),
     )
-    if config.workers == 1:
-        trio.run(_serve_one, config, hc)
-        return
-    from hypercorn.run import run
-
-    os.environ.update(config.to_env())
-    hc.application_path = "regd.server:worker_app()"
-    code = run(hc)
+    try:
+        if config.workers == 1:
+            trio.run(_serve_worker, config, sockets)
+            return
+        code = _supervise(config, sockets)
+    finally:
+        for sock in sockets.insecure_sockets:
+            sock.close()
     if code:
         raise SystemExit(code)
