@@ -17,39 +17,122 @@ app = typer.Typer(
     help="A container registry serving the OCI Distribution API.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+_DEFAULTS = cfg.Config()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Print regd's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """A container registry serving the OCI Distribution API (v1.1) and Docker's v2 API.
+
+    Settings come from a TOML file (--config or $REGD_CONFIG), REGD_* environment
+    variables and the flags below, in rising order of precedence."""
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 @app.command()
 def serve(
     addr: Annotated[
-        str | None, typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:5000]")
+        str | None,
+        typer.Option(
+            help="HOST:PORT to listen on; :PORT listens on every interface "
+            f"(default: {_DEFAULTS.addr}; env: REGD_ADDR)"
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where blobs and the SQLite database live [default: $REGD_DATA_DIR "
-            "or ~/.local/share/regd]"
+            help="Where blobs and the SQLite database live "
+            "(default: ~/.local/share/regd; env: REGD_DATA_DIR)"
         ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="A TOML configuration file")
+        Path | None,
+        typer.Option("--config", help="A TOML configuration file (env: REGD_CONFIG)"),
     ] = None,
     database: Annotated[
         str | None,
-        typer.Option(help="sqlite:///PATH or postgresql://... [default: SQLite in the data dir]"),
+        typer.Option(
+            help="sqlite:///PATH or postgresql://... "
+            "(default: SQLite in the data dir; env: REGD_DATABASE)"
+        ),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes sharing the data dir [default: 1]")
+        int | None,
+        typer.Option(
+            help="Worker processes sharing the data dir "
+            f"(default: {_DEFAULTS.workers}; env: REGD_WORKERS)"
+        ),
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error [default: info]")
+        str | None,
+        typer.Option(
+            help="debug, info, warning or error "
+            f"(default: {_DEFAULTS.log_level}; env: REGD_LOG_LEVEL)"
+        ),
     ] = None,
     access_log: Annotated[
-        bool | None, typer.Option("--access-log/--no-access-log", help="Log every request")
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Log every request (default: on; env: REGD_ACCESS_LOG)",
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Open connections per worker, at most half the open-file limit "
+            f"(default: {_DEFAULTS.max_connections}; env: REGD_MAX_CONNECTIONS)"
+        ),
+    ] = None,
+    max_connections_per_client: Annotated[
+        int | None,
+        typer.Option(
+            help="Open connections per worker from one client address, 0 for no cap "
+            f"(default: {_DEFAULTS.max_connections_per_client}; "
+            "env: REGD_MAX_CONNECTIONS_PER_CLIENT)"
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="Time a client has to send a request's head "
+            f"(default: {_seconds(_DEFAULTS.header_timeout)}; env: REGD_HEADER_TIMEOUT)"
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        str | None,
+        typer.Option(
+            help="Longest pause between two reads of a request body "
+            f"(default: {_seconds(_DEFAULTS.body_timeout)}; env: REGD_BODY_TIMEOUT)"
+        ),
     ] = None,
 ) -> None:
-    """Serve the registry API until SIGTERM or SIGINT."""
+    """Serve the registry API until SIGTERM or SIGINT.
+
+    Every setting can also be given as REGD_<KEY>; regd(8) and the README list them all."""
     from regd.server import serve as run_server
 
     try:
@@ -62,6 +145,10 @@ def serve(
                 "workers": workers,
                 "log_level": log_level,
                 "access_log": access_log,
+                "max_connections": max_connections,
+                "max_connections_per_client": max_connections_per_client,
+                "header_timeout": header_timeout,
+                "body_timeout": body_timeout,
             },
         )
         run_server(conf)
@@ -69,8 +156,11 @@ def serve(
         typer.echo(f"regd: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"regd: cannot serve: {exc.strerror or exc}", err=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"regd: cannot serve: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -90,12 +90,20 @@ def prepare(config: cfg.Config) -> None:
     for directory in directories:
         try:
             directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename not in (None, str(directory)) else ""
+            raise StartupError(
+                f"cannot create data dir {directory}: {exc.strerror or exc}{where}"
+            ) from None
+        try:
             # Fails now on a read-only mount or a directory owned by someone else, rather
             # than on the first push.
             with tempfile.TemporaryFile(dir=directory, prefix=".regd-write-check-"):
                 pass
         except OSError as exc:
-            raise StartupError(f"cannot use data dir {directory}: {_one_line(exc)}") from None
+            raise StartupError(
+                f"cannot write in data dir {directory}: {exc.strerror or exc}"
+            ) from None
     store = MetadataStore(config.database_url)
     try:
         store.create_schema()
