@@ -229,6 +229,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
+            # hypercorn's keep-alive timer would keep a connection the client already
+            # closed (and everything it holds) alive until the timer runs out.
+            await self.idle_task.stop()
             await self.protocol.handle(Closed())
 
         async def _answer_timeout(self) -> None:

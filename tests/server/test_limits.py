@@ -1,0 +1,155 @@
+"""Limits a client without credentials can run into, against a real regd process.
+
+Thousands of slow clients, heads and bodies that never finish, and more connections than
+the caps allow: a well-behaved client must keep working, every refusal must be a clear
+status, and the memory the slow clients cost must come back once they leave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import socket
+
+import httpx
+import pytest
+
+from tests.conftest import RegdFactory
+from tests.helpers.registry import Registry
+from tests.server.slow_clients import (
+    SlowClients,
+    connect,
+    open_file_limit,
+    open_sockets,
+    raise_own_open_file_limit,
+    rss_kib,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+SLOW_BODIES = 1500
+SLOW_HEADS = 500
+
+
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def status(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def good_client_round(url: str, n: int) -> None:
+    with Registry(url) as good:
+        payload = hashlib.sha256(str(n).encode()).digest() * 1000
+        digest, _ = good.push_tiny_image("good/app", f"v{n}", payload=payload)
+        manifest = good.get_manifest("good/app", f"v{n}").json()
+        assert good.get_blob("good/app", manifest["layers"][0]["digest"]) == payload
+        assert good.get_manifest("good/app", digest).status_code == 200
+
+
+def test_slow_clients_leave_room_and_memory(regd_factory: RegdFactory) -> None:
+    raise_own_open_file_limit(3 * (SLOW_BODIES + SLOW_HEADS))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 3 * (SLOW_BODIES + SLOW_HEADS):
+        pytest.skip(f"the hard open-file limit ({hard}) is too low for this test")
+    # Started with the common default soft limit; regd must raise it to the hard one.
+    with open_file_limit(1024):
+        server = regd_factory(
+            log_level="info", extra_args=["--header-timeout", "10m", "--body-timeout", "10m"]
+        )
+    assert server.process is not None
+    pid = server.process.pid
+    assert f"open_files={hard}" in server.output()
+
+    good_client_round(server.url, 0)
+    baseline = rss_kib(pid)
+    slow = SlowClients(server.url)
+    try:
+        slow.open(SLOW_BODIES, SLOW_HEADS)
+        assert slow.trickle() == SLOW_BODIES + SLOW_HEADS
+        wait_until(
+            lambda: open_sockets(pid) >= SLOW_BODIES + SLOW_HEADS,
+            60,
+            "the server holding every slow client",
+        )
+        held = open_sockets(pid)
+        good_client_round(server.url, 1)
+        assert slow.trickle() == SLOW_BODIES + SLOW_HEADS
+        good_client_round(server.url, 2)
+        peak = rss_kib(pid)
+    finally:
+        slow.close()
+    wait_until(lambda: open_sockets(pid) < 20, 60, "the slow connections closing")
+    good_client_round(server.url, 3)
+    wait_until(lambda: rss_kib(pid) <= baseline * 1.2, 60, "RSS back within 20 % of baseline")
+    final = rss_kib(pid)
+    print(f"\nslow clients: held={held} rss_kib baseline={baseline} peak={peak} final={final}")
+
+
+def test_slow_head_and_body_are_answered_408(regd_factory: RegdFactory) -> None:
+    server = regd_factory(extra_args=["--header-timeout", "1s", "--body-timeout", "1s"])
+    with Registry(server.url) as good:
+        url = httpx.URL(good.start_upload("timeout/app"))
+        location = url.raw_path.decode()
+    with connect("127.0.0.1", server.port, "127.0.0.2") as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Half: ")
+        reply = answer(sock)
+    assert status(reply) == 408, reply
+    with connect("127.0.0.1", server.port, "127.0.0.2") as sock:
+        sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode()
+            + b"0123456789"
+        )
+        reply = answer(sock)
+    assert status(reply) == 408, reply
+    # The session saw none of the cut-off body, and keeps working.
+    good_client_round(server.url, 0)
+
+
+def held_connection(port: int, source: str) -> socket.socket:
+    """A keep-alive connection the server has certainly accepted: it answered on it."""
+    sock = connect("127.0.0.1", port, source)
+    sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"{}"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert status(data) == 200, data
+    return sock
+
+
+def test_connection_caps_answer_429_and_503(regd_factory: RegdFactory) -> None:
+    server = regd_factory(
+        extra_args=["--max-connections", "12", "--max-connections-per-client", "4"]
+    )
+    held: list[socket.socket] = []
+    try:
+        held += [held_connection(server.port, "127.0.0.2") for _ in range(4)]
+        with connect("127.0.0.1", server.port, "127.0.0.2") as extra:
+            extra.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = answer(extra)
+        assert status(reply) == 429, reply
+        assert b"Retry-After: " in reply
+        assert b"TOOMANYREQUESTS" in reply
+        held += [held_connection(server.port, f"127.0.0.{3 + n % 2}") for n in range(8)]
+        with connect("127.0.0.1", server.port, "127.0.0.1") as extra:
+            extra.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = answer(extra)
+        assert status(reply) == 503, reply
+        assert b"Retry-After: " in reply
+    finally:
+        for sock in held:
+            sock.close()
+
+    def admitted() -> bool:
+        return httpx.get(f"{server.url}/v2/").status_code == 200
+
+    wait_until(admitted, 30, "room again once the held connections closed")
+    good_client_round(server.url, 0)
