@@ -88,7 +88,29 @@ REGCTL_EXTRA: list[tuple[str, str]] = [
     ("SEE ALSO", "regd(8), skopeo(1), docker-login(1)"),
 ]
 
+def readme_settings() -> str:
+    """The settings tables of the README (Configuration, Limits and timeouts) as
+    `key<TAB>text` rows, so regd(8) lists every key the README documents."""
+    rows = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5:
+            continue
+        key, flag, env, default, meaning = (c.replace("`", "") for c in cells)
+        where = ", ".join(part for part in (flag, env) if part)
+        rows.append(f"{key}\t{meaning} (default: {default}; {where})")
+    return "\n".join(rows)
+
+
 REGD_EXTRA: list[tuple[str, str]] = [
+    (
+        "CONFIGURATION",
+        "Settings come from a TOML file (--config FILE or $REGD_CONFIG), REGD_* environment "
+        "variables and flags; durations are seconds or a number with s, m, h, d or w.\n"
+        + readme_settings(),
+    ),
     (
         "ENVIRONMENT",
         "Every setting of the configuration file can also be given as a REGD_* variable "
@@ -96,7 +118,11 @@ REGD_EXTRA: list[tuple[str, str]] = [
         "REGD_CONFIG, ...). Precedence, lowest to highest: defaults, the file, the "
         "environment, the command line.",
     ),
-    ("SIGNALS", "SIGTERM and SIGINT stop regd gracefully."),
+    (
+        "SIGNALS",
+        "SIGTERM and SIGINT stop regd gracefully: requests in flight finish within "
+        "graceful_timeout in every worker, then every process exits.",
+    ),
     ("SEE ALSO", "regctl(1)"),
 ]
 

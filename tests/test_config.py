@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,43 @@ def test_memory_storage_needs_one_worker() -> None:
     with pytest.raises(ConfigError, match="memory"):
         load(env={"REGD_STORAGE": "memory", "REGD_WORKERS": "2"})
     assert isinstance(load(env={"REGD_STORAGE": "memory"}), Config)
+
+
+def test_limits_from_every_source(tmp_path: Path) -> None:
+    file = tmp_path / "regd.toml"
+    file.write_text('header_timeout = "5s"\nmax_connections = 100\n')
+    env = {"REGD_BODY_TIMEOUT": "2m", "REGD_MAX_CONNECTIONS_PER_CLIENT": "0"}
+    config = load(file=file, env=env, flags={"max_connections": 50})
+    assert config.header_timeout == 5
+    assert config.body_timeout == 120
+    assert config.max_connections == 50
+    assert config.max_connections_per_client == 0
+    assert load(env=config.to_env()) == config
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REGD_MAX_CONNECTIONS": "0"}, "max_connections must be at least 1"),
+        ({"REGD_MAX_CONNECTIONS_PER_CLIENT": "-1"}, "must not be negative"),
+        ({"REGD_HEADER_TIMEOUT": "0"}, "header_timeout must be more than 0"),
+        ({"REGD_MAX_CONNECTIONS": "many"}, "invalid value"),
+        ({"REGD_ADDR": "127.0.0.1:99999"}, "invalid port '99999'"),
+        ({"REGD_ADDR": "127.0.0.1"}, "HOST:PORT"),
+    ],
+)
+def test_limits_and_addr_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(env=env)
+
+
+def test_all_interfaces_spelling() -> None:
+    config = load(env={"REGD_ADDR": ":5000"})
+    assert config.bind == "0.0.0.0:5000"
+    assert load(env={"REGD_ADDR": "[::1]:5000"}).bind == "[::1]:5000"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [f.name for f in fields(Config) if f"| `{f.name}` |" not in readme]
+    assert missing == []
