@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import resource
 import socket
+import time
 
 import httpx
 import pytest
@@ -68,8 +69,28 @@ def test_slow_clients_leave_room_and_memory(regd_factory: RegdFactory) -> None:
     assert f"open_files={hard}" in server.output()
 
     good_client_round(server.url, 0)
-    baseline = rss_kib(pid)
-    slow = SlowClients(server.url)
+    cold = rss_kib(pid)
+    # A first wave sets the allocator's high-water mark: Python keeps the arenas a burst
+    # of connections fragmented (malloc_trim cannot return them). What matters is that
+    # the next waves cost nothing more once they leave.
+    warm_held, warm_peak = slow_wave(server.url, pid, 0)
+    baseline = settled_rss(pid)
+    held, peak = slow_wave(server.url, pid, 1)
+    final = settled_rss(pid)
+    per_client_kib = (max(peak, warm_peak) - cold) / (SLOW_BODIES + SLOW_HEADS)
+    print(
+        f"\nslow clients: held={warm_held},{held} rss_kib cold={cold} first_peak={warm_peak} "
+        f"baseline={baseline} peak={peak} final={final} per_client_kib={per_client_kib:.1f}"
+    )
+    assert final <= baseline * 1.2
+    # Each slow client pinned a 1 MiB read buffer before reads started at 64 KiB.
+    assert per_client_kib < 64
+
+
+def slow_wave(url: str, pid: int, n: int) -> tuple[int, int]:
+    """Hold every slow client while a good client pushes and pulls; return the number of
+    connections the server held and its peak RSS."""
+    slow = SlowClients(url)
     try:
         slow.open(SLOW_BODIES, SLOW_HEADS)
         assert slow.trickle() == SLOW_BODIES + SLOW_HEADS
@@ -79,17 +100,26 @@ def test_slow_clients_leave_room_and_memory(regd_factory: RegdFactory) -> None:
             "the server holding every slow client",
         )
         held = open_sockets(pid)
-        good_client_round(server.url, 1)
+        good_client_round(url, 10 * n + 1)
         assert slow.trickle() == SLOW_BODIES + SLOW_HEADS
-        good_client_round(server.url, 2)
+        good_client_round(url, 10 * n + 2)
         peak = rss_kib(pid)
     finally:
         slow.close()
     wait_until(lambda: open_sockets(pid) < 20, 60, "the slow connections closing")
-    good_client_round(server.url, 3)
-    wait_until(lambda: rss_kib(pid) <= baseline * 1.2, 60, "RSS back within 20 % of baseline")
-    final = rss_kib(pid)
-    print(f"\nslow clients: held={held} rss_kib baseline={baseline} peak={peak} final={final}")
+    good_client_round(url, 10 * n + 3)
+    return held, peak
+
+
+def settled_rss(pid: int) -> int:
+    """RSS once it stops falling (freed memory goes back over a few seconds)."""
+    last = rss_kib(pid)
+    while True:
+        time.sleep(1)
+        now = rss_kib(pid)
+        if now >= last * 0.99:
+            return now
+        last = now
 
 
 def test_slow_head_and_body_are_answered_408(regd_factory: RegdFactory) -> None:
