@@ -74,9 +74,7 @@ async def verify_password(password: str, hashed: str | None) -> bool:
         return False
     target = hashed.encode()
     # checkpw compares in constant time.
-    return await trio.to_thread.run_sync(
-        lambda: bcrypt.checkpw(raw, target), limiter=_limiter()
-    )
+    return await trio.to_thread.run_sync(lambda: bcrypt.checkpw(raw, target), limiter=_limiter())
 
 
 def load_htpasswd(path: Path) -> dict[str, str]:

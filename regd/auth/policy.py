@@ -159,9 +159,7 @@ class Policy:
             ):
                 actions |= rule.actions & REPOSITORY_ACTIONS
         if identity.limits is not None:
-            actions &= limit_actions(
-                identity.limits, "repository", repository, identity.name
-            )
+            actions &= limit_actions(identity.limits, "repository", repository, identity.name)
         return frozenset(actions)
 
     def has_right(self, identity: Identity, right: str) -> bool:
