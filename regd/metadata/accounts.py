@@ -163,8 +163,10 @@ async def add_account(
                 disabled=False,
             )
             .on_conflict_do_nothing(index_elements=["name"])
+            .returning(accounts.c.name)
         )
-        return conn.execute(stmt).rowcount == 1
+        # rowcount of a skipped conflicting insert is not portable; RETURNING is.
+        return conn.execute(stmt).first() is not None
 
     if not await store.run_write(w):
         raise AccountExists(f"account {name!r} already exists")

@@ -32,7 +32,8 @@ def independent_kid(cert: x509.Certificate) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     b32 = base64.b32encode(hashlib.sha256(spki).digest()[:30]).decode()
-    assert len(b32) == 48 and "=" not in b32
+    assert len(b32) == 48
+    assert "=" not in b32
     return ":".join(b32[i * 4 : i * 4 + 4] for i in range(12))
 
 
