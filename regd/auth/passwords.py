@@ -64,17 +64,20 @@ def is_bcrypt_hash(text: str) -> bool:
 async def verify_password(password: str, hashed: str | None) -> bool:
     """Check `password` against a bcrypt hash; with `hashed` None (no such account), spend
     the same time and answer False, so timing does not tell which accounts exist."""
-    global _DUMMY_HASH
     raw = password.encode()
     if hashed is None or not is_bcrypt_hash(hashed) or len(raw) > MAX_PASSWORD_BYTES:
-        if _DUMMY_HASH is None:
-            _DUMMY_HASH = bcrypt.hashpw(b"regd", bcrypt.gensalt(BCRYPT_ROUNDS))
-        dummy = _DUMMY_HASH
-        await trio.to_thread.run_sync(lambda: bcrypt.checkpw(b"x", dummy), limiter=_limiter())
+        await trio.to_thread.run_sync(_spend_like_a_check, limiter=_limiter())
         return False
     target = hashed.encode()
     # checkpw compares in constant time.
     return await trio.to_thread.run_sync(lambda: bcrypt.checkpw(raw, target), limiter=_limiter())
+
+
+def _spend_like_a_check() -> None:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = bcrypt.hashpw(b"regd", bcrypt.gensalt(BCRYPT_ROUNDS))
+    bcrypt.checkpw(b"x", _DUMMY_HASH)
 
 
 def load_htpasswd(path: Path) -> dict[str, str]:
