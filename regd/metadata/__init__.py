@@ -1,5 +1,7 @@
 """Registry metadata as SQL rows (SQLite or PostgreSQL)."""
 
+# accounts registers its tables on the schema's MetaData, so create_schema makes them too.
+from regd.metadata import accounts as accounts
 from regd.metadata.store import (
     ManifestInfo,
     MetadataError,
