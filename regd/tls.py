@@ -52,7 +52,9 @@ class TLSSettings:
     key: Path
     client_ca: Path | None = None
     client_auth: str = "require"
-    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    # HTTP/2 is not offered: measured against regd, hypercorn's HTTP/2 pulled blobs in
+    # parallel at a third of HTTP/1.1's rate and served fewer manifests per second.
+    alpn: tuple[str, ...] = ("http/1.1",)
     ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
@@ -85,7 +87,7 @@ def build_context(settings: TLSSettings) -> ssl.SSLContext:
     # system's CAs, which would let any publicly issued certificate in as a client.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # RFC 9113 section 9.2 forbids compression under HTTP/2.
+    # TLS compression lets an observer recover secrets from lengths (CRIME).
     context.options |= ssl.OP_NO_COMPRESSION
     context.set_ciphers(settings.ciphers)
     context.set_alpn_protocols(list(settings.alpn))
