@@ -18,6 +18,8 @@ import httpx
 import pytest
 import trustme
 
+from regd import config as cfg
+from regd.errors import ConfigError
 from tests.helpers.servers import RegdFactory, RegdServer, free_port
 
 pytestmark = pytest.mark.e2e
@@ -329,3 +331,19 @@ def test_bad_tls_files_stop_regd_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"regd: {expected}"), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REGD_TLS_CERT": "/c.pem"}, "tls_cert and tls_key must be given together"),
+        ({"REGD_TLS_CLIENT_CA": "/ca.pem"}, "tls_client_ca needs tls_cert and tls_key"),
+        (
+            {"REGD_TLS_CERT": "/c.pem", "REGD_TLS_KEY": "/k.pem", "REGD_TLS_CLIENT_AUTH": "maybe"},
+            "tls_client_auth must be require or optional",
+        ),
+    ],
+)
+def test_incomplete_tls_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cfg.load(env=env)
