@@ -68,6 +68,15 @@ def _root(
             help="Do not verify registries' TLS certificates.",
         ),
     ] = False,
+    ca_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-cert",
+            envvar="REGCTL_CA_CERT",
+            metavar="FILE",
+            help="Also trust the CA certificates in FILE (PEM) besides the system's.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -83,7 +92,7 @@ def _root(
     global _debug_requested, _subcommand
     _debug_requested = _debug_requested or debug
     _subcommand = ctx.invoked_subcommand
-    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure)
+    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure, ca_cert=ca_cert)
 
 
 # Daemon control, then reading, then writing, then storage lifecycle.

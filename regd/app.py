@@ -19,6 +19,7 @@ from regd.api import errors
 from regd.config import Config
 from regd.errors import Conflict
 from regd.registry import Policy, Registry, RetentionPolicy
+from regd.tls import client_cn
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 # How much of a request body may wait in memory for the handler to consume it.
@@ -123,13 +124,14 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
         if access_logging and access_log.isEnabledFor(logging.INFO):
             took = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
             access_log.info(
-                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
+                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s user=%s",
                 request.method,
                 request.path,
                 response.status_code,
                 response.content_length,
                 took,
                 request.remote_addr,
+                client_cn(request.scope) or "-",
             )
         return response
 

@@ -132,6 +132,10 @@ class Config:
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_auth: str = "require"
 
     @property
     def host(self) -> str:
@@ -195,7 +199,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 result = False
             else:
                 raise ValueError(value)
-        elif key in ("data_dir", "storage_root"):
+        elif key in ("data_dir", "storage_root", "tls_cert", "tls_key", "tls_client_ca"):
             result = Path(str(value)).expanduser()
         else:
             result = str(value)
@@ -264,3 +268,9 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must not be negative")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+    if config.tls_client_auth not in ("require", "optional"):
+        raise ConfigError("tls_client_auth must be require or optional")

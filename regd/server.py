@@ -13,6 +13,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from regd import config as cfg
+from regd import tls
 from regd.app import RegdApp, create_app
 from regd.metadata import MetadataStore
 from regd.registry import Registry
@@ -75,7 +76,7 @@ def _tune_hypercorn() -> None:
 
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
     _tune_hypercorn()
-    hc = HypercornConfig()
+    hc = tls.ServerConfig(tls.settings_from(config))
     hc.bind = [config.addr]
     hc.worker_class = "trio"
     hc.workers = config.workers
@@ -116,6 +117,7 @@ async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
 
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
+    tls.check(config)
     prepare(config)
     hc = hypercorn_config(config)
     log.info(
@@ -132,6 +134,7 @@ def serve(config: cfg.Config) -> None:
 
     os.environ.update(config.to_env())
     hc.application_path = "regd.server:worker_app()"
+    tls.forward_hangup_to_workers()
     code = run(hc)
     if code:
         raise SystemExit(code)

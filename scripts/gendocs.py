@@ -40,6 +40,7 @@ REGCTL_EXTRA: list[tuple[str, str]] = [
                 "REGCTL_REGISTRY\tregistry for references without a host",
                 "REGCTL_PLAIN_HTTP\tsame as --plain-http",
                 "REGCTL_INSECURE\tsame as --insecure",
+                "REGCTL_CA_CERT\tsame as --ca-cert",
                 "REGCTL_DEBUG\tsame as --debug",
                 "REGD_DATA_DIR\tregd's data directory (default ~/.local/share/regd)",
                 "DOCKER_CONFIG\tdirectory of config.json (default ~/.docker)",

@@ -66,6 +66,7 @@ def login(
             credentials=_Only(credentials),
             plain_http=options.plain_http,
             insecure=options.insecure,
+            ca_cert=options.ca_cert,
         ) as client:
             await client.ping(host)
 

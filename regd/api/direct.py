@@ -26,6 +26,7 @@ from regd import errors as e
 from regd.api.errors import backend_failure, error_body, status_of
 from regd.api.http import content_length
 from regd.registry import Registry
+from regd.tls import client_cn
 
 access_log = logging.getLogger("regd.access")
 
@@ -190,13 +191,14 @@ class Router:
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_log.info(
-                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
+                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s user=%s",
                 method,
                 path,
                 reply.status,
                 reply.length if reply.length is not None else len(reply.body),
                 (time.perf_counter() - started) * 1000,
                 client[0] if client else None,
+                client_cn(scope) or "-",
             )
         return True
 
