@@ -1,17 +1,16 @@
 """Registry metadata as SQL rows (SQLite or PostgreSQL)."""
 
-from regd.metadata.store import (
+from regd.metadata.engine import normalize_url, sqlite_url
+from regd.metadata.records import (
     ManifestInfo,
     MetadataError,
-    MetadataStore,
     MissingReferences,
     NewManifest,
     Page,
     TagInfo,
     UploadInfo,
-    normalize_url,
-    sqlite_url,
 )
+from regd.metadata.store import MetadataStore
 
 __all__ = [
     "ManifestInfo",
