@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import pytest
 import trio
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from regd.clock import ManualClock
 from regd.metadata import (
@@ -242,3 +244,43 @@ async def test_a_lease_is_extended_by_its_holder_only(
     clock.advance(35)
     assert await store.acquire_lock("gc", "intruder", 60)
     assert not await store.acquire_lock("gc", "sweeper", 60)
+
+
+async def test_an_upload_lease_lasts_as_long_as_it_is_renewed(
+    store: MetadataStore, clock: ManualClock
+) -> None:
+    uid = "00000000-0000-4000-8000-000000000004"
+    await store.create_upload(uid, "r")
+    assert await store.acquire_upload(uid, "lease-1", expected_size=0, ttl=10) is not None
+    clock.advance(8)
+    assert await store.renew_upload(uid, "lease-1", 10)
+    clock.advance(8)
+    assert await store.acquire_upload(uid, "lease-2", expected_size=None, ttl=10) is None
+    clock.advance(3)
+    assert await store.acquire_upload(uid, "lease-2", expected_size=None, ttl=10) is not None
+    # Taken over: the first holder's renewal fails.
+    assert not await store.renew_upload(uid, "lease-1", 10)
+
+
+async def test_close_lets_go_of_the_database(store: MetadataStore) -> None:
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    assert await store.acquire_lock("x", "me", 60)
+    store.close()
+    if store.dialect == "sqlite":
+        # The write-ahead log is folded in and removed when the last connection closes.
+        database = store.engine.url.database
+        assert database is not None
+        assert not await trio.Path(database + "-wal").exists()
+        return
+    others = create_engine(store.url, poolclass=NullPool)
+    try:
+        with others.connect() as conn:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        others.dispose()
+    assert count == 0
