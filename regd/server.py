@@ -63,7 +63,7 @@ def prepare(config: cfg.Config) -> None:
     try:
         store.create_schema()
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def _tune_hypercorn() -> None:

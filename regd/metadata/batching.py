@@ -201,7 +201,7 @@ class WriteBatcher:
                 if op.attempts < MAX_ATTEMPTS:
                     retry_now.append(op)
                     continue
-                op.error = self._wrap(RuntimeError("gave up after repeated conflicts"))
+                op.error = self._wrap(Retry("gave up after repeated conflicts"))
             self._answer(op)
         return retry_now
 

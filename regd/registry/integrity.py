@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from regd.metadata import MetadataStore
-from regd.metadata import lifecycle as rows
+from regd.metadata import collection as rows
 from regd.oci.digest import Digest, DigestError, Hasher, is_supported_algorithm
 from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout

@@ -26,8 +26,8 @@ import trio
 
 from regd.errors import Conflict
 from regd.metadata import MetadataStore
-from regd.metadata import lifecycle as rows
-from regd.metadata.lifecycle import RepositoryGraph, Snapshot
+from regd.metadata import collection as rows
+from regd.metadata.collection import RepositoryGraph, Snapshot
 from regd.oci.digest import Digest
 from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
