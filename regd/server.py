@@ -52,7 +52,8 @@ def build_registry(config: cfg.Config) -> Registry:
     storage: StorageDriver = (
         MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
     )
-    return Registry.create(storage, MetadataStore(config.database_url))
+    metadata = MetadataStore(config.database_url, write_timeout=config.database_write_timeout)
+    return Registry.create(storage, metadata)
 
 
 def prepare(config: cfg.Config) -> None:

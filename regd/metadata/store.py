@@ -38,7 +38,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from regd.errors import BackendError
 from regd.metadata import schema as t
-from regd.metadata.batching import Retry, WriteBatcher
+from regd.metadata.batching import WAIT_TIMEOUT, Retry, WriteBatcher
+from regd.metadata.dbfile import DatabaseFile
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -368,7 +369,9 @@ class _Statements:
 
 
 class MetadataStore:
-    def __init__(self, url: str, *, max_threads: int = 8) -> None:
+    def __init__(
+        self, url: str, *, max_threads: int = 8, write_timeout: float = WAIT_TIMEOUT
+    ) -> None:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
@@ -393,7 +396,15 @@ class MetadataStore:
         if self.dialect == "sqlite":
             file_db = parsed.database not in (None, "", ":memory:")
             lock = Path(f"{parsed.database}.writelock") if file_db else None
-            self._batcher = WriteBatcher(self.engine, _as_metadata_error, _retryable, lock)
+            database = DatabaseFile(Path(str(parsed.database))) if file_db else None
+            self._batcher = WriteBatcher(
+                self.engine,
+                _as_metadata_error,
+                _retryable,
+                lock,
+                database=database,
+                wait_timeout=write_timeout,
+            )
 
     # -- plumbing ------------------------------------------------------------------------
     # run_read/run_write run a function on a pooled connection inside one transaction, in
