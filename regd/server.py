@@ -16,6 +16,7 @@ from regd import config as cfg
 from regd.app import RegdApp, create_app
 from regd.metadata import MetadataStore
 from regd.registry import Registry
+from regd.startup_check import warn_if_metadata_lost
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
@@ -118,6 +119,7 @@ async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
     prepare(config)
+    warn_if_metadata_lost(config)
     hc = hypercorn_config(config)
     log.info(
         "serving addr=%s data_dir=%s database=%s workers=%d",

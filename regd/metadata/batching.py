@@ -138,8 +138,7 @@ class WriteBatcher:
             cause = "the writer is busy with earlier writes"
         outcome = " (the write had begun and may still be applied)" if begun else ""
         return WriterFault(
-            f"the database writer did not answer within {self._wait_timeout:g} s: "
-            f"{cause}{outcome}"
+            f"the database writer did not answer within {self._wait_timeout:g} s: {cause}{outcome}"
         )
 
     def close(self) -> None:
@@ -198,7 +197,6 @@ class WriteBatcher:
                             self._answer(op)
                     if not isinstance(exc, Exception):
                         raise
-                    log.error("%s", fault)
                     continue
                 for op in again:
                     with self._state_lock:
