@@ -21,17 +21,20 @@ class DatabaseFileGone(RuntimeError):
 
 
 class DatabaseFile:
-    """The identity (st_dev, st_ino) of the SQLite file, remembered at the first open."""
+    """The identity (st_dev, st_ino) of the SQLite file, remembered once and kept."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._identity: tuple[int, int] | None = None
         self._reported = False
+        # A worker process starts after the schema was created: the file is there already,
+        # and a removal before this process's first write is noticed too.
+        self.remember()
 
     def remember(self) -> None:
-        """Note the identity of the file just opened; kept for the life of the process.
+        """Note the identity of the file at the path; kept for the life of the process.
 
-        Only the first open counts: once the file is gone, a later connection would create
+        Only the first time counts: once the file is gone, a later connection would create
         a new, empty one at the path, and that one must not become the reference.
         """
         if self._identity is not None:
