@@ -124,6 +124,7 @@ class Config:
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
+    database_write_timeout: float = 30.0
     admin_token: str | None = None
     gc_interval: float = 0.0
     gc_grace: float = 3600.0
@@ -172,6 +173,7 @@ class Config:
 _FLOATS = frozenset(
     {
         "graceful_timeout",
+        "database_write_timeout",
         "gc_interval",
         "gc_grace",
         "upload_max_age",
@@ -266,6 +268,8 @@ def validate(config: Config) -> None:
     for name in sorted(_FLOATS):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    if config.database_write_timeout <= 0:
+        raise ConfigError("database_write_timeout must be positive")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")
     if (config.tls_cert is None) != (config.tls_key is None):

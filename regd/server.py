@@ -17,6 +17,7 @@ from regd import tls
 from regd.app import RegdApp, create_app
 from regd.metadata import MetadataStore
 from regd.registry import Registry
+from regd.startup_check import warn_if_metadata_lost
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
@@ -53,7 +54,8 @@ def build_registry(config: cfg.Config) -> Registry:
     storage: StorageDriver = (
         MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
     )
-    return Registry.create(storage, MetadataStore(config.database_url))
+    metadata = MetadataStore(config.database_url, write_timeout=config.database_write_timeout)
+    return Registry.create(storage, metadata)
 
 
 def prepare(config: cfg.Config) -> None:
@@ -119,6 +121,7 @@ def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
     tls.check(config)
     prepare(config)
+    warn_if_metadata_lost(config)
     hc = hypercorn_config(config)
     log.info(
         "serving addr=%s data_dir=%s database=%s workers=%d",

@@ -28,7 +28,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from regd.clock import SYSTEM_CLOCK, Clock
 from regd.metadata import schema as t
-from regd.metadata.batching import MAX_ATTEMPTS, Retry, WriteBatcher
+from regd.metadata.batching import MAX_ATTEMPTS, WAIT_TIMEOUT, Retry, WriteBatcher, WriterFault
+from regd.metadata.dbfile import DatabaseFile, DatabaseFileGone
 from regd.metadata.records import MetadataError
 
 P = ParamSpec("P")
@@ -140,7 +141,14 @@ class Database:
     parameter as one more column to set.
     """
 
-    def __init__(self, url: str, *, max_threads: int = 8, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_threads: int = 8,
+        clock: Clock = SYSTEM_CLOCK,
+        write_timeout: float = WAIT_TIMEOUT,
+    ) -> None:
         self.url = normalize_url(url)
         self.clock = clock
         parsed = make_url(self.url)
@@ -165,7 +173,15 @@ class Database:
         if self.dialect == "sqlite":
             file_db = parsed.database not in (None, "", ":memory:")
             lock = Path(f"{parsed.database}.writelock") if file_db else None
-            self._batcher = WriteBatcher(self.engine, self._as_metadata_error, retryable, lock)
+            database = DatabaseFile(Path(str(parsed.database))) if file_db else None
+            self._batcher = WriteBatcher(
+                self.engine,
+                self._as_metadata_error,
+                retryable,
+                lock,
+                database=database,
+                wait_timeout=write_timeout,
+            )
         self._prepare()
 
     def _prepare(self) -> None:
@@ -300,6 +316,9 @@ class Database:
             return exc
         if isinstance(exc, Retry):
             return MetadataError(f"database stayed busy; gave up after {MAX_ATTEMPTS} attempts")
+        if isinstance(exc, (WriterFault, DatabaseFileGone)):
+            # The writer thread's own failures: the lock file, the database file, the thread.
+            return MetadataError(str(exc))
         if isinstance(exc, IntegrityError):
             return MetadataError(f"database constraint failed: {exc}")
         if isinstance(exc, (SQLAlchemyError, self._dbapi_error)):
