@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.metadata import MetadataStore
 from regd.registry.adoption import Adoption
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
@@ -30,7 +31,11 @@ class Registry:
     adoption: Adoption
 
     @classmethod
-    def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
+    def create(
+        cls, storage: StorageDriver, metadata: MetadataStore, *, clock: Clock = SYSTEM_CLOCK
+    ) -> Registry:
+        """The registry over `storage` and `metadata`. Decisions that compare wall-clock
+        times (grace periods, retention ages) read `clock`; give the store the same one."""
         manifests = Manifests(metadata)
         return cls(
             storage=storage,
@@ -39,9 +44,9 @@ class Registry:
             uploads=Uploads(storage, metadata),
             manifests=manifests,
             listings=Listings(metadata),
-            lifecycle=Lifecycle(storage, metadata),
-            repositories=Repositories(metadata),
-            integrity=Integrity(storage, metadata),
+            lifecycle=Lifecycle(storage, metadata, clock),
+            repositories=Repositories(metadata, clock),
+            integrity=Integrity(storage, metadata, clock),
             adoption=Adoption(storage, metadata, manifests),
         )
 
