@@ -521,6 +521,9 @@ class MetadataStore:
                     # Several replicas may start at once.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7220411)")
                 t.metadata.create_all(conn, checkfirst=True)
+                # create_all skips existing tables, and with them indexes added later.
+                for index in (i for table in t.metadata.sorted_tables for i in table.indexes):
+                    index.create(conn, checkfirst=True)
                 version = conn.execute(select(func.max(t.schema_info.c.version))).scalar()
                 if version is None:
                     conn.execute(t.schema_info.insert().values(version=t.SCHEMA_VERSION))
@@ -1122,6 +1125,35 @@ class MetadataStore:
             return [self._info(row) for row in rows]
 
         return await self.run_read(q)
+
+    async def create_upload_within(self, upload_id: str, repository: str, limit: int) -> int:
+        """create_upload unless `repository` already has `limit` sessions; returns how many
+        it had before (below `limit`: the session was created). Counts at most `limit`
+        rows, by the index on the repository.
+
+        Count and insert share a transaction: exact on SQLite, whose writers take turns;
+        concurrent creations on PostgreSQL may overshoot the limit by a few."""
+
+        def w(conn: Connection) -> int:
+            upto = (
+                select(t.uploads.c.id).where(t.uploads.c.repository == repository).limit(limit)
+            ).subquery()
+            open_now = int(conn.execute(select(func.count()).select_from(upto)).scalar_one())
+            if open_now < limit:
+                now = time.time()
+                conn.execute(
+                    self._sql.add_upload,
+                    {
+                        "id": upload_id,
+                        "repository": repository,
+                        "size": 0,
+                        "started_at": now,
+                        "updated_at": now,
+                    },
+                )
+            return open_now
+
+        return await self.run_write(w)
 
 
 def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> list[str]:

@@ -25,9 +25,11 @@ import trio
 from regd.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
+    ConfigError,
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
+    TooManyRequests,
 )
 from regd.metadata import MetadataStore, UploadInfo
 from regd.metadata.rules import blob_lease
@@ -45,6 +47,9 @@ WRITE_CHUNK = 1024 * 1024
 # A request appending to a session renews its lease every third of this; after a crash
 # the session is free again within this long.
 LEASE_SECONDS = 10.0
+# Open sessions one repository may have: each is a row and possibly a file until it is
+# completed, cancelled or purged as stale, so a client must not open them without bound.
+MAX_UPLOADS_PER_REPOSITORY = 1000
 # Chunks that may wait between the receiving, hashing and writing stages of one upload.
 PIPELINE_DEPTH = 2
 
@@ -107,11 +112,17 @@ class Uploads:
         *,
         lease_seconds: float = LEASE_SECONDS,
         blob_lease_seconds: float = BLOB_LEASE_SECONDS,
+        max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
     ) -> None:
+        if max_uploads_per_repository < 1:
+            raise ConfigError(
+                f"max_uploads_per_repository must be at least 1, not {max_uploads_per_repository}"
+            )
         self._storage = storage
         self._metadata = metadata
         self._lease_seconds = lease_seconds
         self._blob_lease_seconds = blob_lease_seconds
+        self._max_uploads = max_uploads_per_repository
         self._hashes = _HashStates()
         self._locks = Leases(metadata)
 
@@ -120,7 +131,15 @@ class Uploads:
     async def start(self, repository: str) -> UploadStatus:
         name = validation.repository_name(repository)
         upload_id = str(uuid.uuid4())
-        await self._metadata.create_upload(upload_id, name)
+        limit = self._max_uploads
+        if await self._metadata.create_upload_within(upload_id, name, limit) >= limit:
+            # A soft cap: replicas creating sessions at the same moment may overshoot it
+            # by a few (see MetadataStore.create_upload_within).
+            raise TooManyRequests(
+                f"repository {name} has {limit} upload sessions open, the most allowed; "
+                "complete or cancel one, or retry later",
+                {"repository": name, "limit": limit},
+            )
         return UploadStatus(upload_id, name, 0)
 
     async def _session(self, repository: str, upload_id: str) -> UploadInfo:
