@@ -130,6 +130,7 @@ class Config:
     gc_grace: float = 3600.0
     gc_delete_untagged: bool = False
     upload_max_age: float = 24 * 3600.0
+    max_uploads_per_repository: int = 1000
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
@@ -186,7 +187,7 @@ _BOOLS = frozenset({"access_log", "gc_delete_untagged"})
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     try:
-        if key in ("workers",):
+        if key in ("workers", "max_uploads_per_repository"):
             result: Any = int(value)
         elif key in _FLOATS:
             result = parse_duration(value, source)
@@ -268,6 +269,8 @@ def validate(config: Config) -> None:
     for name in sorted(_FLOATS):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    if config.max_uploads_per_repository < 1:
+        raise ConfigError("max_uploads_per_repository must be at least 1")
     if config.database_write_timeout <= 0:
         raise ConfigError("database_write_timeout must be positive")
     if config.admin_token is not None and len(config.admin_token) < 16:

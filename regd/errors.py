@@ -11,6 +11,7 @@
         │   BlobUploadInvalid, SizeInvalid, TagInvalid, PaginationInvalid      (bad input)
         ├── RangeInvalid            a chunk that does not continue the upload (416)
         ├── ManifestTooLarge        (413)
+        ├── TooManyRequests         a bound on open upload sessions is reached (429)
         └── Unsupported             a feature the registry does not offer
 
 The API layer maps each RegistryError subclass to its HTTP status in one table
@@ -129,3 +130,10 @@ class Conflict(RegistryError):
     """The operation cannot run now because another one holds what it needs (409)."""
 
     code = "CONFLICT"
+
+
+class TooManyRequests(RegistryError):
+    """A bound on what clients may hold open (upload sessions) is reached; the API answers
+    429 with Retry-After."""
+
+    code = "TOOMANYREQUESTS"

@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from regd import config as cfg
 from regd import tls
 from regd.app import RegdApp, create_app
+from regd.clock import SYSTEM_CLOCK
 from regd.metadata import MetadataStore
 from regd.registry import Registry
 from regd.startup_check import warn_if_metadata_lost
@@ -54,8 +55,16 @@ def build_registry(config: cfg.Config) -> Registry:
     storage: StorageDriver = (
         MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
     )
-    metadata = MetadataStore(config.database_url, write_timeout=config.database_write_timeout)
-    return Registry.create(storage, metadata)
+    clock = SYSTEM_CLOCK
+    metadata = MetadataStore(
+        config.database_url, clock=clock, write_timeout=config.database_write_timeout
+    )
+    return Registry.create(
+        storage,
+        metadata,
+        clock=clock,
+        max_uploads_per_repository=config.max_uploads_per_repository,
+    )
 
 
 def prepare(config: cfg.Config) -> None:

@@ -334,6 +334,9 @@ class Database:
                     # Several replicas may start at once.
                     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7220411)")
                 t.metadata.create_all(conn, checkfirst=True)
+                # create_all skips existing tables, and with them indexes added later.
+                for index in (i for table in t.metadata.sorted_tables for i in table.indexes):
+                    index.create(conn, checkfirst=True)
                 version = conn.execute(select(func.max(t.schema_info.c.version))).scalar()
                 if version is None:
                     conn.execute(t.schema_info.insert().values(version=t.SCHEMA_VERSION))

@@ -3,7 +3,7 @@ by the request currently appending, so two writers never interleave."""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, update
 
 from regd.metadata import schema as t
 from regd.metadata.leases import Leases
@@ -69,6 +69,35 @@ class Uploads(Leases):
             )
 
         await self.run_write(w)
+
+    async def create_upload_within(self, upload_id: str, repository: str, limit: int) -> int:
+        """create_upload unless `repository` already has `limit` sessions; returns how many
+        it had before (below `limit`: the session was created). Counts at most `limit`
+        rows, by the index on the repository.
+
+        Count and insert share a transaction: exact on SQLite, whose writers take turns;
+        concurrent creations on PostgreSQL may overshoot the limit by a few."""
+
+        def w(conn: Connection) -> int:
+            upto = (
+                select(t.uploads.c.id).where(t.uploads.c.repository == repository).limit(limit)
+            ).subquery()
+            open_now = int(conn.execute(select(func.count()).select_from(upto)).scalar_one())
+            if open_now < limit:
+                now = self.clock.now()
+                conn.execute(
+                    self._upload_sql.add,
+                    {
+                        "id": upload_id,
+                        "repository": repository,
+                        "size": 0,
+                        "started_at": now,
+                        "updated_at": now,
+                    },
+                )
+            return open_now
+
+        return await self.run_write(w)
 
     async def get_upload(self, upload_id: str) -> UploadInfo | None:
         return await self.run_query(self._upload, upload_id)
