@@ -104,11 +104,14 @@ class SizeInvalid(RegistryError):
 
 
 class TagInvalid(RegistryError):
-    code = "TAG_INVALID"
+    # The spec's code table has no tag code; a bad tag fails the manifest push's checks.
+    code = "MANIFEST_INVALID"
 
 
 class PaginationInvalid(RegistryError):
-    code = "PAGINATION_NUMBER_INVALID"
+    # The spec's code table has no paging code; UNSUPPORTED covers "an invalid set of
+    # parameters".
+    code = "UNSUPPORTED"
 
 
 class Unsupported(RegistryError):
@@ -128,4 +131,5 @@ class Unauthorized(RegistryError):
 class Conflict(RegistryError):
     """The operation cannot run now because another one holds what it needs (409)."""
 
-    code = "CONFLICT"
+    # The spec's code table has no conflict code: the operation is refused for now.
+    code = "DENIED"
