@@ -106,6 +106,8 @@ def answer_for(error: BaseException, method: str, path: str) -> Answer:
         headers = {"content-type": JSON_TYPE, "retry-after": str(error.retry_after)}
         return status, headers, error_body("TOOMANYREQUESTS", message)
     if isinstance(error, HTTPException) and error.code is not None and error.code < 500:
+        if error.code == 405:
+            return method_not_allowed(method)
         return refusal(error.code)
     log.error("unexpected failure method=%s path=%s", method, path, exc_info=error)
     return 500, {}, b""
