@@ -131,5 +131,6 @@ class Unauthorized(RegistryError):
 class Conflict(RegistryError):
     """The operation cannot run now because another one holds what it needs (409)."""
 
-    # The spec's code table has no conflict code: the operation is refused for now.
-    code = "DENIED"
+    # The spec's code table has no conflict code; TOOMANYREQUESTS is its "not now, try
+    # again later" (DENIED would read as a permissions problem).
+    code = "TOOMANYREQUESTS"

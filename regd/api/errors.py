@@ -5,8 +5,11 @@ code for a failure, the nearest one is chosen and the message says exactly what 
 
 - a backend failure (503) and a full disk (507) answer TOOMANYREQUESTS: the only code that
   means "not now, come back later", and, as the spec asks of it, with Retry-After;
-- an endpoint the API does not have (404) and a refused method (405) answer UNSUPPORTED,
-  "a missing implementation or invalid set of parameters".
+- an endpoint the API does not have (404), a refused method (405) and a malformed
+  request parameter or admin document (400) answer UNSUPPORTED, "a missing implementation
+  or invalid set of parameters";
+- an operation that collides with the same one running elsewhere (409, e.g. two garbage
+  collections) answers TOOMANYREQUESTS: "not now".
 - an unexpected failure (500) answers no body at all: no code in the table says "the
   registry is broken", and a wrong code would mislead a client more than none.
 """

@@ -26,7 +26,7 @@ COPY_CHUNK = 4 * 1024 * 1024
 
 
 class ImportInvalid(RegistryError):
-    code = "IMPORT_INVALID"
+    code = "UNSUPPORTED"  # the spec's code for "an invalid set of parameters"
 
 
 @dataclass(slots=True)

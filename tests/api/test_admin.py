@@ -73,7 +73,7 @@ async def test_gc_conflict(client: httpx.AsyncClient, registry: Registry) -> Non
     await registry.metadata.acquire_lock("gc", "other", 60)
     r = await client.post("/admin/v1/gc", json={})
     assert r.status_code == 409
-    assert error_code(r) == "GC_IN_PROGRESS"
+    assert error_code(r) == "TOOMANYREQUESTS"
 
 
 async def test_usage(client: httpx.AsyncClient) -> None:

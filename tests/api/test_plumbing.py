@@ -14,8 +14,10 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
+from regd.api.errors import HTTP_FAILURES
 from regd.app import create_app
 from regd.config import Config
+from regd.errors import RegistryError
 from regd.metadata import MetadataError
 from regd.registry import Registry
 from tests.helpers.inprocess import error_code, push_blob, push_image
@@ -199,3 +201,36 @@ async def test_one_access_log_line_per_request_on_both_planes(
             assert int(fields["length"]) == length[0]
         ids.add(fields["id"])
     assert len(ids) == 4
+
+
+SPEC_CODES = {
+    "BLOB_UNKNOWN",
+    "BLOB_UPLOAD_INVALID",
+    "BLOB_UPLOAD_UNKNOWN",
+    "DIGEST_INVALID",
+    "MANIFEST_BLOB_UNKNOWN",
+    "MANIFEST_INVALID",
+    "MANIFEST_UNKNOWN",
+    "NAME_INVALID",
+    "NAME_UNKNOWN",
+    "SIZE_INVALID",
+    "UNAUTHORIZED",
+    "DENIED",
+    "UNSUPPORTED",
+    "TOOMANYREQUESTS",
+}
+
+
+def test_every_error_code_is_in_the_spec_table() -> None:
+    import regd.app  # noqa: F401 - loads every module that defines an error
+
+    def subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
+        found = []
+        for sub in cls.__subclasses__():
+            found += [sub, *subclasses(sub)]
+        return found
+
+    codes = {cls.__qualname__: cls.code for cls in subclasses(RegistryError)}
+    assert len(codes) > 15
+    assert {name: code for name, code in codes.items() if code not in SPEC_CODES} == {}
+    assert {code for code, _ in HTTP_FAILURES.values()} <= SPEC_CODES
