@@ -105,11 +105,14 @@ class SizeInvalid(RegistryError):
 
 
 class TagInvalid(RegistryError):
-    code = "TAG_INVALID"
+    # The spec's code table has no tag code; a bad tag fails the manifest push's checks.
+    code = "MANIFEST_INVALID"
 
 
 class PaginationInvalid(RegistryError):
-    code = "PAGINATION_NUMBER_INVALID"
+    # The spec's code table has no paging code; UNSUPPORTED covers "an invalid set of
+    # parameters".
+    code = "UNSUPPORTED"
 
 
 class Unsupported(RegistryError):
@@ -129,7 +132,9 @@ class Unauthorized(RegistryError):
 class Conflict(RegistryError):
     """The operation cannot run now because another one holds what it needs (409)."""
 
-    code = "CONFLICT"
+    # The spec's code table has no conflict code; TOOMANYREQUESTS is its "not now, try
+    # again later" (DENIED would read as a permissions problem).
+    code = "TOOMANYREQUESTS"
 
 
 class TooManyRequests(RegistryError):
@@ -137,3 +142,5 @@ class TooManyRequests(RegistryError):
     429 with Retry-After."""
 
     code = "TOOMANYREQUESTS"
+    # Seconds a client should wait before it tries again.
+    retry_after: ClassVar[int] = 10

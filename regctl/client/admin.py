@@ -37,7 +37,7 @@ class AdminClient:
                 method, self._host, url, headers=headers, params=params, content=content
             )
         except NotFoundError as exc:
-            if exc.code in (None, "NOT_FOUND"):
+            if exc.code in (None, "NOT_FOUND", "UNSUPPORTED"):
                 raise UnsupportedError(
                     exc.method,
                     exc.url,

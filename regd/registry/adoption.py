@@ -23,7 +23,7 @@ from regd.storage.base import InvalidPath
 
 
 class ImportInvalid(RegistryError):
-    code = "IMPORT_INVALID"
+    code = "UNSUPPORTED"  # the spec's code for "an invalid set of parameters"
 
 
 @dataclass(slots=True)

@@ -41,8 +41,6 @@ GC_LEASE_SECONDS = 600.0
 class SweepInProgress(Conflict):
     """Another process holds the `gc` lease."""
 
-    code = "GC_IN_PROGRESS"
-
 
 @dataclass(frozen=True, slots=True)
 class Policy:

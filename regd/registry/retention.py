@@ -18,11 +18,11 @@ _SEMVER = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+.]?(.*))?$")
 
 
 class PolicyInvalid(RegistryError):
-    code = "POLICY_INVALID"
+    code = "UNSUPPORTED"  # the spec's code for "an invalid set of parameters"
 
 
 class RetentionInProgress(Conflict):
-    code = "RETENTION_IN_PROGRESS"
+    """Another process is applying retention policies."""
 
 
 @dataclass(frozen=True, slots=True)

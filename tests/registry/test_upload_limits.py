@@ -14,7 +14,7 @@ from regd.app import create_app
 from regd.config import Config
 from regd.errors import ConfigError, TooManyRequests
 from regd.metadata import MetadataStore, sqlite_url
-from regd.registry import MAX_UPLOADS_PER_REPOSITORY, Registry, Uploads
+from regd.registry import Registry, Uploads
 from regd.storage import FilesystemDriver
 from tests.conftest import RegdFactory
 
@@ -124,7 +124,8 @@ async def test_every_post_that_opens_a_session_is_capped(capped: httpx.AsyncClie
     assert r.status_code == 202
     for params in ({}, {"mount": missing, "from": "x"}):
         r = await capped.post("/v2/app/blobs/uploads/", params=params)
-        assert r.status_code != 202
+        assert r.status_code == 429
+        assert r.headers["retry-after"].isdigit()
         assert r.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
     # A blob POSTed whole completes in its request and holds no session: not refused.
     data = b"whole"
@@ -141,15 +142,18 @@ async def test_every_post_that_opens_a_session_is_capped(capped: httpx.AsyncClie
 def test_a_real_server_caps_sessions_across_its_workers(
     regd_factory: RegdFactory, database_url: str | None
 ) -> None:
-    """Two worker processes share the count; the default cap holds on the real server."""
-    server = regd_factory(database_url=database_url, workers=2)
+    """Two worker processes share the count; the configured cap holds on the real server."""
+    server = regd_factory(
+        database_url=database_url, workers=2, env={"REGD_MAX_UPLOADS_PER_REPOSITORY": str(CAP)}
+    )
     with httpx.Client(base_url=server.url, timeout=30) as client:
         locations = []
-        for _ in range(MAX_UPLOADS_PER_REPOSITORY):
+        for _ in range(CAP):
             r = client.post("/v2/app/blobs/uploads/")
             assert r.status_code == 202, r.text
             locations.append(r.headers["Location"])
         r = client.post("/v2/app/blobs/uploads/")
+        assert r.status_code == 429, r.text
         assert r.json()["errors"][0]["code"] == "TOOMANYREQUESTS", r.text
         assert client.post("/v2/other/blobs/uploads/").status_code == 202
         # Completing a session frees its slot; so does cancelling one.

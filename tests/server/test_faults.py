@@ -44,7 +44,7 @@ def start_upload(http: httpx.Client) -> httpx.Response:
 def assert_unavailable(answer: httpx.Response) -> None:
     assert answer.status_code == 503, answer.text
     assert answer.headers["Retry-After"].isdigit()
-    assert answer.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert answer.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
 
 
 @pytest.fixture
