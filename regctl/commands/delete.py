@@ -7,11 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.client import RegistryClient, UnsupportedError
 from regctl.runtime import CommandError, UsageProblem, parse_ref, run_client
+from regd.client import RegistryClient, UnsupportedError
 from regd.oci.reference import Reference
 
-tag_app = typer.Typer(help="Manage tags.", no_args_is_help=True)
+tag_app = typer.Typer(help="Manage tags.", no_args_is_help=True, rich_markup_mode="rich")
 
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Show what would be deleted; delete nothing.")

@@ -10,9 +10,9 @@ import trio
 import typer
 
 from regctl import output
-from regctl.client import ManifestInfo, RegistryClient
-from regctl.client._tasks import task_group
 from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
+from regd.client import ManifestHead, RegistryClient
+from regd.client.tasks import task_group
 from regd.oci.reference import Reference
 
 # Enough HEADs in flight to hide latency, few enough to be polite to a remote registry.
@@ -26,8 +26,8 @@ class SortKey(enum.StrEnum):
 
 async def _describe_tags(
     client: RegistryClient, repo: Reference, tags: list[str]
-) -> dict[str, ManifestInfo | None]:
-    found: dict[str, ManifestInfo | None] = {}
+) -> dict[str, ManifestHead | None]:
+    found: dict[str, ManifestHead | None] = {}
     limiter = trio.CapacityLimiter(_HEAD_CONCURRENCY)
 
     async def one(tag: str) -> None:
@@ -87,7 +87,7 @@ def ls(
             output.table(["REPOSITORY"], [[name] for name in repositories])
         return
 
-    async def work(client: RegistryClient) -> tuple[list[str], dict[str, ManifestInfo | None]]:
+    async def work(client: RegistryClient) -> tuple[list[str], dict[str, ManifestHead | None]]:
         tags = await client.tags(ref)
         return tags, await _describe_tags(client, ref, tags)
 

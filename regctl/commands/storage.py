@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.client import RegistryClient
-from regctl.client.admin import AdminClient
 from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
-from regd.config import duration_seconds
+from regd.client import RegistryClient
+from regd.client.admin import AdminClient
+from regd.durations import duration_seconds
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
@@ -28,7 +28,7 @@ Token = Annotated[
 ]
 RegistryArg = Annotated[
     str | None,
-    typer.Argument(help="HOST[:PORT] of a regd [default: the local one]", show_default=False),
+    typer.Argument(help="HOST[:PORT] of a regd (default: the local one)", show_default=False),
 ]
 
 
@@ -68,7 +68,7 @@ def gc(
     grace: Annotated[
         str | None,
         typer.Option(
-            help="Spare anything pushed within this long [default: regd's gc_grace, 1h]",
+            help="Spare anything pushed within this long (default: regd's gc_grace, 1h)",
             show_default=False,
         ),
     ] = None,
@@ -121,7 +121,7 @@ def du(
         str | None,
         typer.Argument(
             help="[HOST[:PORT]/]REPO for one repository's tags, or HOST[:PORT] "
-            "[default: the local regd]",
+            "(default: the local regd)",
             show_default=False,
         ),
     ] = None,

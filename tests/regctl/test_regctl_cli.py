@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci import mediatypes as mt
 from tests.helpers.servers import DistributionServer, ServerProcess
 from tests.regctl import support as content

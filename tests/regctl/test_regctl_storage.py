@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 from tests.helpers.servers import DistributionServer, RegdServer
