@@ -24,7 +24,7 @@ class SortKey(enum.StrEnum):
     time = "time"
 
 
-async def _describe_tags(
+async def describe_tags(
     client: RegistryClient, repo: Reference, tags: list[str]
 ) -> dict[str, ManifestHead | None]:
     found: dict[str, ManifestHead | None] = {}
@@ -76,6 +76,11 @@ def ls(
     host = ref.host or default_registry()
 
     if not ref.repository:
+        if sort is SortKey.time:
+            # The catalog carries no times; pretending to sort by them would mislead.
+            raise UsageProblem(
+                "--sort time orders a repository's tags; repositories are listed by name"
+            )
         repositories = run_client(ctx, lambda client: client.catalog(host))
         repositories = sorted(repositories)
         if as_json:
@@ -89,7 +94,7 @@ def ls(
 
     async def work(client: RegistryClient) -> tuple[list[str], dict[str, ManifestHead | None]]:
         tags = await client.tags(ref)
-        return tags, await _describe_tags(client, ref, tags)
+        return tags, await describe_tags(client, ref, tags)
 
     tags, infos = run_client(ctx, work)
     rows: list[dict[str, Any]] = []

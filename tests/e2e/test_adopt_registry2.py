@@ -143,5 +143,5 @@ def test_regctl_import_registry2(
     assert "would import 1 repositories" in capsys.readouterr().out
     assert contents(server) == {}
     assert main(["import-registry2", str(distribution.root), server.host]) == 0
-    assert "imported 1 repositories, 1 manifests, 1 tags" in capsys.readouterr().out
+    assert "imported 1 repository, 1 manifest, 1 tag" in capsys.readouterr().out
     assert contents(server) == contents(distribution)
