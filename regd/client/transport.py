@@ -122,6 +122,8 @@ class Transport:
             credentials if credentials is not None else CredentialStore()
         )
         self._plain_http = plain_http
+        # The OAuth2 client_id names the program, as the User-Agent does (regctl, regd).
+        self._client_id = user_agent.split("/", 1)[0]
         self._http = httpx.AsyncClient(
             verify=not insecure,
             timeout=httpx.Timeout(timeout, connect=15.0),
@@ -190,7 +192,7 @@ class Transport:
                     "refresh_token": creds.identity_token,
                     "service": state.service,
                     "scope": " ".join(scopes),
-                    "client_id": "regctl",
+                    "client_id": self._client_id,
                 }
                 method = "POST"
                 response = await self._http.post(state.realm, data=form)

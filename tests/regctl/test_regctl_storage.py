@@ -59,7 +59,7 @@ def test_gc_dry_run_and_real(regd_registry: RegdServer, cli: Cli) -> None:
     assert blob_exists(regd_registry, "app", loose)
     r = cli("gc", regd_registry.host, "--grace", "0")
     assert r.code == 0, r.err
-    assert "freed 13 B: 0 manifests, 1 blobs" in r.out
+    assert "freed 13 B: 0 manifests, 1 blob," in r.out
     assert not blob_exists(regd_registry, "app", loose)
 
 
