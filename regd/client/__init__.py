@@ -41,7 +41,7 @@ from regd.client.errors import (
 )
 from regd.client.manifests import FetchedManifest, ManifestHead, PushedManifest, Referrers
 from regd.client.registry import RegistryClient
-from regd.client.transport import is_loopback
+from regd.client.transport import is_loopback, tls_verification
 
 __all__ = [
     "MONOLITHIC_LIMIT",
@@ -68,4 +68,5 @@ __all__ = [
     "copy",
     "copy_repository",
     "is_loopback",
+    "tls_verification",
 ]

@@ -10,9 +10,11 @@ import base64
 import ipaddress
 import json
 import re
+import ssl
 import time
 from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -100,6 +102,22 @@ class _HostAuth:
     service: str = ""
 
 
+def tls_verification(*, insecure: bool, ca_cert: str | None) -> ssl.SSLContext | bool:
+    """How servers' certificates are checked: against the system's trust store (not a
+    bundle shipped with httpx), plus the CA certificates in `ca_cert` when given."""
+    if insecure:
+        return False
+    context = ssl.create_default_context()
+    if ca_cert:
+        # Read here so a missing file is an OSError that names it.
+        pem = Path(ca_cert).read_text(encoding="ascii", errors="replace")
+        try:
+            context.load_verify_locations(cadata=pem)
+        except (ssl.SSLError, ValueError):
+            raise OSError(0, "not a PEM CA certificate (--ca-cert)", ca_cert) from None
+    return context
+
+
 class Transport:
     """Requests to any number of registries, with their authentication.
 
@@ -115,6 +133,7 @@ class Transport:
         credentials: CredentialSource | None = None,
         plain_http: bool = False,
         insecure: bool = False,
+        ca_cert: str | None = None,
         timeout: float = 300.0,
         user_agent: str = "regctl/0.1",
     ) -> None:
@@ -125,7 +144,7 @@ class Transport:
         # The OAuth2 client_id names the program, as the User-Agent does (regctl, regd).
         self._client_id = user_agent.split("/", 1)[0]
         self._http = httpx.AsyncClient(
-            verify=not insecure,
+            verify=tls_verification(insecure=insecure, ca_cert=ca_cert),
             timeout=httpx.Timeout(timeout, connect=15.0),
             headers={"User-Agent": user_agent},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
@@ -337,6 +356,8 @@ def _caused_by(exc: BaseException, kind: type[BaseException], depth: int = 0) ->
 def _reason(exc: httpx.TransportError) -> str:
     if _caused_by(exc, ConnectionRefusedError):
         return "connection refused"
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        return "TLS verification failed (certificate not trusted); use --ca-cert FILE or --insecure"
     text = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.ConnectError):
         lowered = text.lower()
@@ -345,7 +366,7 @@ def _reason(exc: httpx.TransportError) -> str:
         if "name or service not known" in lowered or "nodename nor servname" in lowered:
             return "unknown host"
         if "certificate" in lowered:
-            return f"TLS verification failed ({text}); use --insecure to skip it"
+            return f"TLS verification failed ({text}); use --ca-cert FILE or --insecure"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     if isinstance(exc, httpx.RemoteProtocolError) and "http/1" in text.lower():
