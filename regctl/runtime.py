@@ -12,7 +12,7 @@ from typing import TypeVar
 import trio
 import typer
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci.reference import Reference, ReferenceError_, parse_reference
 
 T = TypeVar("T")

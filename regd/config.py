@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from regd.durations import duration_seconds
 from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,22 +26,6 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["REGD_DATA_DIR"])
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "regd"
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def duration_seconds(value: Any) -> float:
-    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`.
-
-    Raises ValueError for anything else (negative numbers included)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.match(str(value).strip().lower())
-    if not match:
-        raise ValueError(f"invalid duration {value!r}")
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def parse_duration(value: Any, where: str) -> float:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from regctl.client.errors import NotFoundError, UnsupportedError
-from regctl.client.registry import RegistryClient
+from regd.client.errors import NotFoundError, UnsupportedError
+from regd.client.registry import RegistryClient
 
 
 class AdminClient:
