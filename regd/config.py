@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from regd.durations import duration_seconds
 from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,22 +26,6 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["REGD_DATA_DIR"])
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "regd"
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def duration_seconds(value: Any) -> float:
-    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`.
-
-    Raises ValueError for anything else (negative numbers included)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.match(str(value).strip().lower())
-    if not match:
-        raise ValueError(f"invalid duration {value!r}")
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -124,11 +109,13 @@ class Config:
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
+    database_write_timeout: float = 30.0
     admin_token: str | None = None
     gc_interval: float = 0.0
     gc_grace: float = 3600.0
     gc_delete_untagged: bool = False
     upload_max_age: float = 24 * 3600.0
+    max_uploads_per_repository: int = 1000
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
@@ -139,6 +126,10 @@ class Config:
     body_timeout: float = 60.0
     keep_alive_timeout: float = 30.0
     max_header_size: int = 16 * 1024
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_auth: str = "require"
 
     @property
     def bind(self) -> str:
@@ -181,6 +172,7 @@ class Config:
 _FLOATS = frozenset(
     {
         "graceful_timeout",
+        "database_write_timeout",
         "gc_interval",
         "gc_grace",
         "upload_max_age",
@@ -191,7 +183,15 @@ _FLOATS = frozenset(
         "keep_alive_timeout",
     }
 )
-_INTS = frozenset({"workers", "max_connections", "max_connections_per_client", "max_header_size"})
+_INTS = frozenset(
+    {
+        "workers",
+        "max_uploads_per_repository",
+        "max_connections",
+        "max_connections_per_client",
+        "max_header_size",
+    }
+)
 _BOOLS = frozenset({"access_log", "gc_delete_untagged"})
 
 
@@ -214,7 +214,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 result = False
             else:
                 raise ValueError(value)
-        elif key in ("data_dir", "storage_root"):
+        elif key in ("data_dir", "storage_root", "tls_cert", "tls_key", "tls_client_ca"):
             result = Path(str(value)).expanduser()
         else:
             result = str(value)
@@ -285,13 +285,19 @@ def validate(config: Config) -> None:
     for name in sorted(_FLOATS):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
-    for name in ("max_connections", "max_header_size"):
+    for name in ("max_connections", "max_header_size", "max_uploads_per_repository"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1")
     if config.max_connections_per_client < 0:
         raise ConfigError("max_connections_per_client must not be negative (0: no cap)")
-    for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+    for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "database_write_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be more than 0 seconds")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+    if config.tls_client_auth not in ("require", "optional"):
+        raise ConfigError("tls_client_auth must be require or optional")

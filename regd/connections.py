@@ -1,9 +1,10 @@
-"""Connection limits under hypercorn's trio worker.
+"""Every connection under hypercorn's trio worker: limits, timeouts and TLS.
 
 hypercorn bounds neither the number of connections nor the time a client may take to send
-its request head or body. regd adds both at the one place every connection passes through:
-the per-connection server object that `hypercorn.trio.run.worker_serve` creates for each
-accepted stream. `install()` swaps in a subclass that
+its request head or body, and puts nothing about TLS into the ASGI scope. regd adds all of
+it at the one place every connection passes through: the per-connection server object that
+`hypercorn.trio.run.worker_serve` creates for each accepted stream. `install()` swaps in
+one subclass that
 
 - admits a connection only under the overall and the per-address caps, and otherwise
   answers `503` (server full) or `429` (one address holds too many) with Retry-After and
@@ -13,9 +14,14 @@ accepted stream. `install()` swaps in a subclass that
 - gives the request head `header_timeout` from the connection's start (or from the first
   byte of a later request) and the request body `body_timeout` between two reads, then
   answers `408` and closes;
+- on a TLS port, completes the handshake within the head's deadline and records the
+  verified client certificate's common name in the connection's scope state
+  (regd/tls.py);
 - reads 64 KiB at a time and switches to 1 MiB reads only while a client keeps them
   full, so a slow client pins a small buffer and a fast blob push still gets few, large
-  reads.
+  reads;
+- hands memory freed by a burst of connections back to the operating system once the
+  burst is over.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import trio
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.typing import ConnectionState
+
+from regd import tls
 
 log = logging.getLogger("regd.server")
 
@@ -47,9 +56,17 @@ RESERVED_DESCRIPTORS = 64
 # How long a refusal may take to reach a client before the connection is dropped anyway.
 REFUSAL_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = 1
-# After this many connections have closed, freed read buffers are handed back to the
-# operating system (glibc keeps freed memory in its arenas otherwise).
-TRIM_AFTER_CLOSED = 256
+# When the open connections fall to a quarter of a peak of at least this many, the read
+# buffers they freed are handed back to the operating system (glibc keeps freed memory in
+# its arenas otherwise).
+TRIM_AFTER_PEAK = 64
+# glibc's malloc gives each thread that contends for the heap an arena of its own, up to
+# eight per core, and a freed block can only be reused or returned from the arena that
+# holds it. trio's worker threads (file and database I/O) thus scattered a burst of
+# connections' buffers over dozens of arenas that kept their free blocks; two arenas keep
+# the memory in one place that malloc_trim can return.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8
 
 
 def raise_open_file_limit() -> int:
@@ -72,13 +89,32 @@ def connection_cap(max_connections: int, open_files: int) -> int:
     return max(1, min(max_connections, (open_files - RESERVED_DESCRIPTORS) // 2))
 
 
-def _malloc_trim() -> Callable[[], None]:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return lambda: None
+def _libc_function(name: str) -> Any:
+    """A function of glibc's malloc, or None on a C library without it (musl, macOS)."""
+    library = ctypes.util.find_library("c")
+    if library is None:
+        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim
+        return getattr(ctypes.CDLL(library), name)
     except (OSError, AttributeError):
+        return None
+
+
+def bound_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas; call before the process starts any thread.
+
+    Returns whether the cap is in force (False where the C library is not glibc)."""
+    mallopt = _libc_function("mallopt")
+    if mallopt is None or _libc_function("malloc_trim") is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
+def _malloc_trim() -> Callable[[], None]:
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return lambda: None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -97,7 +133,7 @@ class Limits:
     body_timeout: float
     open: int = 0
     by_address: dict[str, int] = field(default_factory=dict)
-    closed_since_trim: int = 0
+    peak: int = 0
     trim: Callable[[], None] = field(default_factory=_malloc_trim)
 
     def admit(self, address: str) -> int | None:
@@ -108,6 +144,7 @@ class Limits:
         if self.max_connections_per_client and held >= self.max_connections_per_client:
             return 429
         self.open += 1
+        self.peak = max(self.peak, self.open)
         self.by_address[address] = held + 1
         return None
 
@@ -118,9 +155,8 @@ class Limits:
             self.by_address[address] = held
         else:
             del self.by_address[address]
-        self.closed_since_trim += 1
-        if self.closed_since_trim >= TRIM_AFTER_CLOSED:
-            self.closed_since_trim = 0
+        if self.peak >= TRIM_AFTER_PEAK and self.open <= self.peak // 4:
+            self.peak = self.open
             self.trim()
 
 
@@ -156,7 +192,7 @@ def _peer(stream: Any) -> str:
 
 
 def server_class(limits: Limits) -> type[TCPServer]:
-    class LimitedTCPServer(TCPServer):
+    class Connection(TCPServer):
         async def run(self) -> None:
             address = _peer(self.stream)
             refused = limits.admit(address)
@@ -166,22 +202,49 @@ def server_class(limits: Limits) -> type[TCPServer]:
             self._read_size = SMALL_READ
             self._sent_response = False
             self._header_deadline: float | None = trio.current_time() + limits.header_timeout
+            # hypercorn types every stream as TLS; on a plain port it is a SocketStream.
+            stream: Any = self.stream
             try:
+                if isinstance(stream, trio.SSLStream) and not await self._handshake(stream):
+                    return
+                # hypercorn's own handshake call returns at once: trio's is idempotent.
                 await super().run()
             finally:
                 limits.release(address)
 
+        async def _handshake(self, stream: trio.SSLStream[Any]) -> bool:
+            # The handshake is part of the time a client has to send its request head.
+            assert self._header_deadline is not None
+            deadline = min(
+                self._header_deadline, trio.current_time() + self.config.ssl_handshake_timeout
+            )
+            with trio.move_on_at(deadline):
+                if not await tls.finish_handshake(stream):
+                    return False
+                cn = tls.peer_cn(stream)
+                if cn is not None:
+                    self.state = ConnectionState({**self.state, tls.CLIENT_CN_KEY: cn})
+                return True
+            await stream.transport_stream.aclose()
+            return False
+
         async def _refuse(self, status: int) -> None:
+            stream: Any = self.stream
             with trio.move_on_after(REFUSAL_TIMEOUT):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await self.stream.send_all(refusal(status))
-                    await self.stream.send_eof()
+                    # On a TLS port this completes the handshake first, so the client can
+                    # read why it was turned away.
+                    await stream.send_all(refusal(status))
+                    if not isinstance(stream, trio.SSLStream):
+                        # TLS has no half-close; the client closes after the answer,
+                        # which says `Connection: close`.
+                        await stream.send_eof()
                     # Closing with the request unread would reset the connection and
                     # could destroy the answer before the client reads it.
-                    while await self.stream.receive_some(SMALL_READ):
+                    while await stream.receive_some(SMALL_READ):
                         pass
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.stream.aclose()
+                await stream.aclose()
 
         async def protocol_send(self, event: Event) -> None:
             if isinstance(event, Updated) and event.idle:
@@ -242,7 +305,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 ):
                     await self.stream.send_all(refusal(408))
 
-    return LimitedTCPServer
+    return Connection
 
 
 def install(limits: Limits) -> None:

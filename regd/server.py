@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import resource
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -21,11 +23,20 @@ from hypercorn.utils import wrap_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from regd import config as cfg
+from regd import tls
 from regd.app import create_app
-from regd.connections import Limits, connection_cap, install, raise_open_file_limit
+from regd.clock import SYSTEM_CLOCK
+from regd.connections import (
+    Limits,
+    bound_malloc_arenas,
+    connection_cap,
+    install,
+    raise_open_file_limit,
+)
 from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
 from regd.registry import Registry
+from regd.startup_check import warn_if_metadata_lost
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
@@ -60,7 +71,16 @@ def build_registry(config: cfg.Config) -> Registry:
     storage: StorageDriver = (
         MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
     )
-    return Registry.create(storage, MetadataStore(config.database_url))
+    clock = SYSTEM_CLOCK
+    metadata = MetadataStore(
+        config.database_url, clock=clock, write_timeout=config.database_write_timeout
+    )
+    return Registry.create(
+        storage,
+        metadata,
+        clock=clock,
+        max_uploads_per_repository=config.max_uploads_per_repository,
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,11 +132,11 @@ def prepare(config: cfg.Config) -> None:
             f"cannot open database {_shown_url(config.database_url)}: {_one_line(exc)}"
         ) from None
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
-    hc = HypercornConfig()
+    hc = tls.ServerConfig(tls.settings_from(config))
     hc.bind = [config.bind]
     hc.worker_class = "trio"
     hc.workers = config.workers
@@ -133,11 +153,16 @@ def hypercorn_config(config: cfg.Config) -> HypercornConfig:
 def bind(config: cfg.Config, hc: HypercornConfig) -> Sockets:
     try:
         sockets = hc.create_sockets()
-        for sock in sockets.insecure_sockets:
+        for sock in _listening(sockets):
             sock.listen(hc.backlog)
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.addr}: {exc.strerror or exc}") from None
     return sockets
+
+
+def _listening(sockets: Sockets) -> list[socket.socket]:
+    """The TCP sockets regd serves on: the TLS ones when it serves HTTPS."""
+    return [*sockets.secure_sockets, *sockets.insecure_sockets]
 
 
 def limits_for(config: cfg.Config) -> Limits:
@@ -190,6 +215,7 @@ async def _serve_worker(
 
 
 def _worker_process(config: cfg.Config, sockets: Sockets, stop: EventType) -> None:
+    bound_malloc_arenas()
     setup_logging(config.log_level)
     trio.run(_serve_worker, config, sockets, stop)
 
@@ -207,10 +233,20 @@ def _supervise(config: cfg.Config, sockets: Sockets) -> int:
         log.info("signal=%s stopping workers gracefully", signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # Each worker reloads its own certificates in place (regd/tls.py).
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGHUP)
+
     # Workers inherit "ignore" until their own handlers are installed, so a Ctrl-C that
-    # reaches the whole process group cannot kill one before it is ready.
+    # reaches the whole process group cannot kill one before it is ready, nor a SIGHUP
+    # sent to reload certificates.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reloads = config.tls_cert is not None
+    if reloads:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = [
         ctx.Process(target=_worker_process, args=(config, sockets, stop))
         for _ in range(config.workers)
@@ -219,6 +255,8 @@ def _supervise(config: cfg.Config, sockets: Sockets) -> int:
         worker.start()
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if reloads:
+        signal.signal(signal.SIGHUP, on_hangup)
     code = 0
     while not stop.is_set():
         finished = multiprocessing.connection.wait([w.sentinel for w in workers], timeout=0.5)
@@ -241,8 +279,12 @@ def _supervise(config: cfg.Config, sockets: Sockets) -> int:
 
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
+    # Before any thread starts: glibc fixes a thread's arena when it first allocates.
+    bound_malloc_arenas()
     open_files = raise_open_file_limit()
+    tls.check(config)
     prepare(config)
+    warn_if_metadata_lost(config)
     hc = hypercorn_config(config)
     sockets = bind(config, hc)
     log.info(
@@ -256,11 +298,14 @@ def serve(config: cfg.Config) -> None:
     )
     try:
         if config.workers == 1:
+            if config.tls_cert is not None:
+                # Until the worker's reload handler is in place, SIGHUP must not end it.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             trio.run(_serve_worker, config, sockets)
             return
         code = _supervise(config, sockets)
     finally:
-        for sock in sockets.insecure_sockets:
+        for sock in _listening(sockets):
             sock.close()
     if code:
         raise SystemExit(code)

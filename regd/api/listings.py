@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from regd.api.http import json_response, next_link, registry
+from regd.api.http import exchange, json_response, next_link
 from regd.oci import mediatypes as mt
 from regd.registry import page_size
 
@@ -15,7 +15,7 @@ bp = Blueprint("listings", __name__)
 async def tags_list(name: str) -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    page = await registry().listings.tags(name, n, last)
+    page = await exchange().registry.listings.tags(name, n, last)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])
@@ -26,7 +26,7 @@ async def tags_list(name: str) -> Response:
 async def catalog() -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    page = await registry().listings.catalog(n, last)
+    page = await exchange().registry.listings.catalog(n, last)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])
@@ -36,6 +36,6 @@ async def catalog() -> Response:
 @bp.route("/v2/<path:name>/referrers/<digest>", methods=["GET"])
 async def referrers(name: str, digest: str) -> Response:
     artifact_type = request.args.get("artifactType") or None
-    result = await registry().listings.referrers(name, digest, artifact_type)
+    result = await exchange().registry.listings.referrers(name, digest, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if result.filtered else {}
     return json_response(result.index, headers=headers, content_type=mt.OCI_INDEX)

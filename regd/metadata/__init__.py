@@ -1,17 +1,18 @@
 """Registry metadata as SQL rows (SQLite or PostgreSQL)."""
 
-from regd.metadata.store import (
+# accounts registers its tables on the schema's MetaData, so create_schema makes them too.
+from regd.metadata import accounts as accounts
+from regd.metadata.engine import normalize_url, sqlite_url
+from regd.metadata.records import (
     ManifestInfo,
     MetadataError,
-    MetadataStore,
     MissingReferences,
     NewManifest,
     Page,
     TagInfo,
     UploadInfo,
-    normalize_url,
-    sqlite_url,
 )
+from regd.metadata.store import MetadataStore
 
 __all__ = [
     "ManifestInfo",
