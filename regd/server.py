@@ -28,7 +28,6 @@ from regd.app import create_app
 from regd.clock import SYSTEM_CLOCK
 from regd.connections import (
     Limits,
-    bound_malloc_arenas,
     connection_cap,
     install,
     raise_open_file_limit,
@@ -215,7 +214,6 @@ async def _serve_worker(
 
 
 def _worker_process(config: cfg.Config, sockets: Sockets, stop: EventType) -> None:
-    bound_malloc_arenas()
     setup_logging(config.log_level)
     trio.run(_serve_worker, config, sockets, stop)
 
@@ -279,8 +277,6 @@ def _supervise(config: cfg.Config, sockets: Sockets) -> int:
 
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
-    # Before any thread starts: glibc fixes a thread's arena when it first allocates.
-    bound_malloc_arenas()
     open_files = raise_open_file_limit()
     tls.check(config)
     prepare(config)

@@ -72,6 +72,9 @@ def connect(host: str, port: int, source: str, timeout: float = 30.0) -> socket.
     return sock
 
 
+REPOSITORIES = 16
+
+
 class SlowClients:
     """`bodies` PATCHes whose bodies trickle in and `heads` requests whose heads do."""
 
@@ -85,8 +88,10 @@ class SlowClients:
     def open(self, bodies: int, heads: int) -> None:
         with httpx.Client(base_url=self.base_url, timeout=60) as http:
             locations = []
-            for _ in range(bodies):
-                r = http.post(f"/v2/{self.repo}/blobs/uploads/")
+            for i in range(bodies):
+                # Spread over repositories: one may hold max_uploads_per_repository open
+                # sessions, and every wave's sessions stay open.
+                r = http.post(f"/v2/{self.repo}-{i % REPOSITORIES}/blobs/uploads/")
                 assert r.status_code == 202, r.text
                 locations.append(r.headers["Location"])
         for i in range(bodies + heads):

@@ -7,14 +7,17 @@ status, and the memory the slow clients cost must come back once they leave.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import resource
 import socket
+import ssl
 import time
 
 import httpx
 import pytest
 
+from regd.connections import TRIM_AFTER_PEAK, Limits
 from tests.conftest import RegdFactory
 from tests.helpers.registry import Registry
 from tests.server.slow_clients import (
@@ -26,6 +29,9 @@ from tests.server.slow_clients import (
     rss_kib,
     wait_until,
 )
+from tests.server.test_tls import Pki, pki, tls_env
+
+__all__ = ["pki"]  # the fixture, shared with the TLS tests
 
 pytestmark = pytest.mark.e2e
 
@@ -183,3 +189,62 @@ def test_connection_caps_answer_429_and_503(regd_factory: RegdFactory) -> None:
 
     wait_until(admitted, 30, "room again once the held connections closed")
     good_client_round(server.url, 0)
+
+
+def test_caps_and_head_timeout_hold_on_a_tls_port(regd_factory: RegdFactory, pki: Pki) -> None:
+    """One connection class serves both ports: over TLS a refusal is readable and a client
+    that never finishes its handshake is dropped within the head's deadline."""
+    server = regd_factory(
+        env=tls_env(pki),
+        tls_verify=pki.client_context(),
+        extra_args=["--max-connections-per-client", "1", "--header-timeout", "1s"],
+    )
+    context = pki.client_context()
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as held,
+    ):
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw2,
+            context.wrap_socket(raw2, server_hostname="127.0.0.1") as refused,
+        ):
+            refused.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = tls_answer(refused)
+            assert status(reply) == 429, reply
+            assert b"TOOMANYREQUESTS" in reply
+        # The first connection sent no request head in time.
+        assert status(tls_answer(held)) == 408
+    # A TCP connection that never starts the handshake is closed by the server too.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
+        assert silent.recv(1) == b""
+
+
+def tls_answer(conn: ssl.SSLSocket) -> bytes:
+    """Everything the server sends over TLS until it closes the connection."""
+    data = b""
+    with contextlib.suppress(ssl.SSLError, OSError):
+        while chunk := conn.recv(65536):
+            data += chunk
+    return data
+
+
+def test_memory_is_released_when_a_burst_of_connections_is_over() -> None:
+    released: list[int] = []
+    limits = Limits(
+        max_connections=1000,
+        max_connections_per_client=0,
+        header_timeout=10,
+        body_timeout=10,
+        trim=lambda: released.append(limits.open),
+    )
+    for _ in range(TRIM_AFTER_PEAK - 1):
+        limits.admit("a")
+    for _ in range(TRIM_AFTER_PEAK - 1):
+        limits.release("a")
+    assert released == []  # a small peak is not worth a full collection
+
+    for _ in range(400):
+        limits.admit("a")
+    for _ in range(400):
+        limits.release("a")
+    assert released == [100, 25]
