@@ -13,6 +13,7 @@ import trio
 import typer
 
 from regd.client import RegistryClient
+from regd.client.admin import AdminClient
 from regd.oci.reference import Reference, ReferenceError_, parse_reference
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class Globals:
     plain_http: bool = False
     insecure: bool = False
     ca_cert: str | None = None
+    admin_token: str | None = None
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -44,6 +46,11 @@ def globals_of(ctx: typer.Context) -> Globals:
     if not isinstance(root.obj, Globals):
         root.obj = Globals()
     return root.obj
+
+
+def admin_client(ctx: typer.Context, client: RegistryClient, host: str) -> AdminClient:
+    """regd's admin API at `host`, with the global --admin-token when one was given."""
+    return AdminClient(client, host, globals_of(ctx).admin_token)
 
 
 def default_data_dir() -> Path:

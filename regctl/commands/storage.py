@@ -9,23 +9,20 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.runtime import CommandError, UsageProblem, default_registry, parse_ref, run_client
+from regctl.runtime import (
+    CommandError,
+    UsageProblem,
+    admin_client,
+    default_registry,
+    parse_ref,
+    run_client,
+)
 from regd.client import RegistryClient
-from regd.client.admin import AdminClient
 from regd.durations import duration_seconds
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--admin-token",
-        envvar="REGCTL_ADMIN_TOKEN",
-        help="regd's admin_token, when it has one (loopback needs none).",
-        show_default=False,
-    ),
-]
 RegistryArg = Annotated[
     str | None,
     typer.Argument(help="HOST[:PORT] of a regd (default: the local one)", show_default=False),
@@ -72,7 +69,6 @@ def gc(
             show_default=False,
         ),
     ] = None,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -82,7 +78,7 @@ def gc(
     host = _host(registry)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).collect(
+        return await admin_client(ctx, client, host).collect(
             dry_run=dry_run,
             delete_untagged=delete_untagged,
             delete_orphan_referrers=delete_orphan_referrers,
@@ -127,7 +123,6 @@ def du(
             show_default=False,
         ),
     ] = None,
-    token: Token = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Disk usage: per repository and tag, the total, the bytes unique to it (what deleting
@@ -142,7 +137,7 @@ def du(
         repository = ref.repository or None
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).usage(repository)
+        return await admin_client(ctx, client, host).usage(repository)
 
     usage = run_client(ctx, work)
     if repository is not None and not any(r["name"] == repository for r in usage["repositories"]):
@@ -201,7 +196,6 @@ def prune(
         ),
     ] = None,
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -219,7 +213,7 @@ def prune(
     assert ref.host is not None
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, ref.host or "", token).prune(
+        return await admin_client(ctx, client, ref.host or "").prune(
             ref.repository, keep_last=keep_last, keep=keep, older_than=seconds, dry_run=dry_run
         )
 
@@ -245,7 +239,6 @@ def rm_repo(
     ctx: typer.Context,
     repository: Annotated[str, typer.Argument(help="[HOST[:PORT]/]REPO", show_default=False)],
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -253,7 +246,7 @@ def rm_repo(
     ref = parse_ref(repository, what="repository", tag=False, digest=False)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, ref.host or "", token).delete_repository(
+        return await admin_client(ctx, client, ref.host or "").delete_repository(
             ref.repository, dry_run=dry_run
         )
 
@@ -285,7 +278,6 @@ def verify(
             "them again) and remove old files nothing knows about.",
         ),
     ] = False,
-    token: Token = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Re-hash every stored blob; report corrupt, missing and unknown ones. Exits 1 when
@@ -293,7 +285,7 @@ def verify(
     host = _host(registry)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).verify(repair=repair)
+        return await admin_client(ctx, client, host).verify(repair=repair)
 
     report = run_client(ctx, work)
     if as_json:
@@ -325,7 +317,6 @@ def import_registry2(
     ],
     registry: RegistryArg = None,
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -337,7 +328,7 @@ def import_registry2(
     absolute = str(root.expanduser().resolve())
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).import_registry2(absolute, dry_run=dry_run)
+        return await admin_client(ctx, client, host).import_registry2(absolute, dry_run=dry_run)
 
     report = run_client(ctx, work)
     if as_json:

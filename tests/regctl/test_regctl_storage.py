@@ -206,3 +206,23 @@ def test_ls_sorts_regd_tags_by_push_time(regd_registry: RegdServer, cli: Cli) ->
     tags = r.json()["tags"]
     assert [t["tag"] for t in tags] == ["a-new", "b-old"]
     assert all(t["pushed"] for t in tags)
+
+
+ADMIN_TOKEN = "a-long-admin-token-0123456789"
+
+
+def test_admin_token_is_a_global_option_and_its_refusal_names_it(
+    regd_factory: Callable[..., RegdServer], cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = regd_factory(env={"REGD_ADMIN_TOKEN": ADMIN_TOKEN})
+    push(server, "app", "v1")
+    refused = cli("du", server.host)
+    assert refused.code == 1, refused
+    line = refused.err.strip()
+    assert "HTTP 401" in line and "--admin-token" in line and "$REGCTL_ADMIN_TOKEN" in line
+    assert "regctl login" not in line
+    # Global: before the command, as every other global option.
+    assert cli("--admin-token", ADMIN_TOKEN, "du", server.host, "--json").code == 0
+    assert cli("--admin-token", ADMIN_TOKEN, "gc", server.host, "--dry-run").code == 0
+    monkeypatch.setenv("REGCTL_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert cli("prune", f"{server.host}/app", "--keep-last", "1", "--dry-run").code == 0
