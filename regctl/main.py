@@ -100,8 +100,11 @@ def _root(
 ) -> None:
     r"""Operate regd and any OCI registry.
 
-    A reference is [HOST[:PORT]/]REPO[:TAG]\[@DIGEST], as docker spells it; without a host
-    it means the regd that `regctl start` runs ($REGCTL_REGISTRY overrides).
+    A reference is [HOST[:PORT]/]REPO[:TAG]\[@DIGEST], as docker spells it (a docker://
+    prefix is accepted). A reference without a host means the local regd, found in this
+    order: $REGCTL_REGISTRY; the regd that `regctl start` runs for $REGD_DATA_DIR, for the
+    --data-dir of the latest `regctl start`, or for ~/.local/share/regd; else
+    127.0.0.1:5000, however regd was started there.
     """
     global _debug_requested, _subcommand
     _debug_requested = _debug_requested or debug

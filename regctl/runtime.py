@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,17 +60,16 @@ def default_data_dir() -> Path:
 
 
 def default_registry() -> str:
-    """Where a reference without a host points: $REGCTL_REGISTRY, else the local regd."""
+    """Where a reference without a host points, in the order `regctl --help` states."""
     env = os.environ.get("REGCTL_REGISTRY", "").strip()
     if env:
         return env.split("://", 1)[-1].rstrip("/")
-    try:
-        state = json.loads((default_data_dir() / STATE_FILE).read_text())
-        url = state.get("url") if isinstance(state, dict) else None
-        if isinstance(url, str) and url:
-            return url.split("://", 1)[-1].rstrip("/")
-    except (OSError, json.JSONDecodeError):
-        pass
+    # background imports this module; the daemon's bookkeeping lives there.
+    from regctl.background import running_local
+
+    found = running_local()
+    if found is not None:
+        return found[1].url.split("://", 1)[-1].rstrip("/")
     return DEFAULT_ADDR
 
 
