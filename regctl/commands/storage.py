@@ -44,6 +44,24 @@ def _host(registry: str | None) -> str:
     return registry.split("://", 1)[-1].rstrip("/")
 
 
+def _held_note(held: Any, grace: Any) -> str | None:
+    """Garbage the grace period still protects: how much, and how to collect it now."""
+    if not isinstance(held, int) or held <= 0:
+        return None
+    period = f"the {_period(grace)} grace period" if isinstance(grace, int | float) else "grace"
+    return (
+        f"{output.human_size(held)} of unreferenced blobs is held back by {period} "
+        "(pushed or linked too recently); `regctl gc --grace 0` collects it now"
+    )
+
+
+def _period(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def gc(
     ctx: typer.Context,
     registry: RegistryArg = None,
@@ -111,6 +129,9 @@ def gc(
         f"{output.count(totals['uploads'], 'stale upload')} "
         f"({plan['seconds']:.2f} s)"
     )
+    held = _held_note(totals.get("held_bytes"), plan["policy"]["grace_seconds"])
+    if held:
+        output.stdout().print(held)
 
 
 def du(
@@ -176,6 +197,9 @@ def du(
         f"registry total {size(usage['total_bytes'])} in {output.count(usage['blobs'], 'blob')}; "
         f"gc would free {size(usage['reclaimable_bytes'])} now"
     )
+    held = _held_note(usage.get("held_bytes"), usage.get("grace_seconds"))
+    if held:
+        output.stdout().print(held)
 
 
 def prune(

@@ -226,3 +226,32 @@ def test_admin_token_is_a_global_option_and_its_refusal_names_it(
     assert cli("--admin-token", ADMIN_TOKEN, "gc", server.host, "--dry-run").code == 0
     monkeypatch.setenv("REGCTL_ADMIN_TOKEN", ADMIN_TOKEN)
     assert cli("prune", f"{server.host}/app", "--keep-last", "1", "--dry-run").code == 0
+
+
+def test_grace_period_holdback_is_reported_after_rm_repo(
+    regd_registry: RegdServer, cli: Cli
+) -> None:
+    layer = os.urandom(300_000)
+    push(regd_registry, "doomed", "v1", layer)
+    assert cli("rm-repo", f"{regd_registry.host}/doomed").code == 0
+
+    plan = cli("gc", regd_registry.host, "--dry-run")
+    assert plan.code == 0, plan
+    assert "would free 0 B" in plan.out
+    assert "held back by the 1h grace period" in plan.out
+    assert "regctl gc --grace 0" in plan.out
+    as_json = cli("gc", regd_registry.host, "--dry-run", "--json").json()
+    assert as_json["totals"]["held_bytes"] >= len(layer)
+    assert as_json["totals"]["held_blobs"] == 2  # the layer and the config
+
+    usage = cli("du", regd_registry.host)
+    assert "gc would free 0 B now" in usage.out
+    assert "held back by the 1h grace period" in usage.out
+    usage_json = cli("du", regd_registry.host, "--json").json()
+    assert usage_json["held_bytes"] == as_json["totals"]["held_bytes"]
+    assert usage_json["grace_seconds"] == 3600
+
+    freed = cli("gc", regd_registry.host, "--grace", "0")
+    assert freed.code == 0, freed
+    assert "held back" not in freed.out
+    assert cli("gc", regd_registry.host, "--json").json()["totals"]["held_bytes"] == 0
