@@ -63,6 +63,8 @@ def _summary(report: CopyReport) -> str:
     if report.referrers:
         parts.append(f"{report.referrers} referrer{'s' if report.referrers != 1 else ''}")
     text += ": " + ", ".join(parts)
+    if report.index_digest is not None:
+        text += f"\nplatform {report.platforms[0]} of index {report.index_digest}"
     if report.filtered:
         text += (
             f"\nplatform filter: pushed a new index with {', '.join(report.platforms)}; "
@@ -81,11 +83,19 @@ def copy(
         list[str] | None,
         typer.Option(
             "--platform",
-            help="Copy only this os/arch or os/arch/variant of an index (repeatable); "
-            "a new index listing them is pushed.",
+            help="Copy only this os/arch or os/arch/variant of an index: its own manifest, "
+            "digest preserved (repeatable with --keep-index).",
             show_default=False,
         ),
     ] = None,
+    keep_index: Annotated[
+        bool,
+        typer.Option(
+            "--keep-index",
+            help="With --platform: push a new index listing only the chosen platforms "
+            "(its digest differs from the source's).",
+        ),
+    ] = False,
     referrers: Annotated[
         bool, typer.Option("--referrers", help="Also copy attached artifacts (signatures, SBOMs).")
     ] = False,
@@ -112,6 +122,10 @@ def copy(
         platforms = [Platform.parse(p) for p in platform or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--platform") from None
+    if len(platforms) > 1 and not keep_index:
+        raise UsageProblem("several --platform options need --keep-index (one index for them)")
+    if keep_index and not platforms:
+        raise UsageProblem("--keep-index only applies with --platform")
     if all_tags and (src.tag or src.digest or dst.tag):
         raise UsageProblem("--all-tags copies whole repositories: give REPO, not REPO:TAG")
 
@@ -130,10 +144,24 @@ def copy(
     async def work(client: RegistryClient) -> list[CopyReport]:
         if all_tags:
             return await copy_repository(
-                client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=sink
+                client,
+                src,
+                dst,
+                platforms=platforms,
+                keep_index=keep_index,
+                referrers=referrers,
+                jobs=jobs,
+                progress=sink,
             )
         report = await copy_image(
-            client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=sink
+            client,
+            src,
+            dst,
+            platforms=platforms,
+            keep_index=keep_index,
+            referrers=referrers,
+            jobs=jobs,
+            progress=sink,
         )
         return [report]
 

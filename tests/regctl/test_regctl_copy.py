@@ -119,6 +119,7 @@ def test_copy_with_platform_filter_pushes_a_new_index(
         "linux/arm64",
         "--platform",
         "linux/s390x",
+        "--keep-index",
         "--json",
     )
     assert result.code == 0, result
@@ -139,15 +140,51 @@ def test_copy_with_platform_filter_pushes_a_new_index(
 
     human = cli(
         "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
-        "--platform", "linux/arm64",
+        "--platform", "linux/arm64", "--keep-index",
     )  # fmt: skip
     assert "new index" in human.out
+    several = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
+        "--platform", "linux/arm64", "--platform", "linux/s390x",
+    )  # fmt: skip
+    assert several.code == 2 and "--keep-index" in several.err
     nothing = cli(
         "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v4",
         "--platform", "windows/amd64",
     )  # fmt: skip
     assert nothing.code == 1
     assert "windows/amd64" in nothing.err
+
+
+def test_copy_with_one_platform_copies_that_manifest_itself(
+    cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    registry, second_registry = registry_pair
+
+    async def build() -> tuple[content.Pushed, list[content.Pushed]]:
+        async with RegistryClient() as client:
+            return await content.push_index(client, registry.host, "multi", "v2")
+
+    index, (amd64, arm64, _) = trio.run(build)
+    result = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v2",
+        "--platform", "linux/arm64", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result
+    report = result.json()
+    # As regclient and crane do: the platform's manifest, byte for byte, under the tag.
+    assert report["digest"] == str(arm64.digest)
+    assert report["indexDigest"] == str(index.digest)
+    assert report["platforms"] == ["linux/arm64/v8"]
+    assert report["filtered"] is False
+    assert manifest_bytes(second_registry.host, "arm", "v2") == arm64.data
+    assert not has_blob(second_registry.host, "arm", json.loads(amd64.data)["config"]["digest"])
+    human = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v3",
+        "--platform", "linux/arm64",
+    )  # fmt: skip
+    assert f"platform linux/arm64/v8 of index {index.digest}" in human.out
+    assert "new index" not in human.out
 
 
 def test_copy_artifact_with_referrers(
