@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:5000"
 STATE_FILE = "regctl.json"
+DOCKER_TRANSPORT = "docker://"
 
 
 class CommandError(Exception):
@@ -81,7 +82,11 @@ def parse_ref(
     tag: bool = True,
     digest: bool = True,
 ) -> Reference:
-    """Parse a reference and fill in the default registry; bad input is a usage error."""
+    """Parse a reference and fill in the default registry; bad input is a usage error.
+
+    A `docker://` prefix, as skopeo writes references, is accepted and dropped.
+    """
+    text = text.removeprefix(DOCKER_TRANSPORT)
     try:
         ref = parse_reference(text, require_repository=not allow_registry_only)
     except ReferenceError_ as exc:
