@@ -8,6 +8,7 @@ the destination is asked first (HEAD) so whatever already arrived is never sent 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -18,6 +19,7 @@ from regd.client.blobs import MONOLITHIC_LIMIT
 from regd.client.errors import ClientError
 from regd.client.registry import RegistryClient
 from regd.client.tasks import task_group
+from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.manifest import Descriptor
 from regd.oci.reference import Reference
@@ -126,6 +128,11 @@ class _Copier:
         self._blobs: dict[Digest, trio.Event] = {}
         self._manifests: dict[Digest, trio.Event] = {}
         self.report = CopyReport("", "")
+
+    @property
+    def copied_manifests(self) -> set[Digest]:
+        """Digests of every manifest this copier has pushed (or found already there)."""
+        return set(self._manifests)
 
     def _src(self, identifier: str | Digest) -> Reference:
         if isinstance(identifier, Digest):
@@ -374,7 +381,35 @@ async def copy_repository(
         jobs=jobs,
         progress=progress,
     )
+    tags = await client.tags(src)
+    fallback = [t for t in tags if _referrers_subject(t) is not None] if referrers else []
     reports = []
-    for tag in await client.tags(src):
+    for tag in tags:
+        if tag not in fallback:
+            reports.append(await copier.copy_top(Reference(src.host, src.repository, tag), tag))
+    for tag in fallback:
+        # A registry without the referrers API keeps a subject's referrers in this tag.
+        # When the subject was copied, its referrers went with it as referrers (and
+        # put_manifest rebuilt the tag where the destination lacks the API), so the tag
+        # itself is not copied as an ordinary one.
+        subject = _referrers_subject(tag)
+        if subject in copier.copied_manifests and await _is_index(
+            client, Reference(src.host, src.repository, tag)
+        ):
+            continue
         reports.append(await copier.copy_top(Reference(src.host, src.repository, tag), tag))
     return reports
+
+
+_REFERRERS_TAG = re.compile(r"sha256-([0-9a-f]{64})")
+
+
+def _referrers_subject(tag: str) -> Digest | None:
+    """The subject whose referrers-tag-schema fallback tag this is, if it is one."""
+    match = _REFERRERS_TAG.fullmatch(tag)
+    return Digest.parse(f"sha256:{match.group(1)}") if match else None
+
+
+async def _is_index(client: RegistryClient, ref: Reference) -> bool:
+    head = await client.head_manifest(ref)
+    return head is not None and head.media_type == mt.OCI_INDEX
