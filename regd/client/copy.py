@@ -168,7 +168,7 @@ class _Copier:
         for child in manifest.manifests:
             if wanted.matches(child.platform):
                 self.report.index_digest = fetched.digest
-                self.report.platforms = [_platform_text(child.platform)]
+                self.report.platforms = [platform_text(child.platform)]
                 return child.digest
         raise ClientError(f"{self._src(src_ident)}: no manifest in the index matches {wanted}")
 
@@ -200,7 +200,7 @@ class _Copier:
                             f"{self._src(src_ident)}: no manifest in the index matches {wanted}"
                         )
                     filtered = len(children) != len(manifest.manifests)
-                    self.report.platforms = [_platform_text(c.platform) for c in children]
+                    self.report.platforms = [platform_text(c.platform) for c in children]
                 if filtered:
                     data = _filtered_index(fetched.json(), {c.digest for c in children})
                     present = None
@@ -295,7 +295,7 @@ class _Copier:
             yield chunk
 
 
-def _platform_text(platform: dict[str, Any] | None) -> str:
+def platform_text(platform: dict[str, Any] | None) -> str:
     if not platform:
         return "unknown"
     text = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
