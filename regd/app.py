@@ -16,6 +16,9 @@ from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from regd import api
 from regd.api import errors
+from regd.api.auth import Gate
+from regd.api.auth import install as install_auth
+from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
 from regd.registry import Policy, Registry, RetentionPolicy
@@ -115,7 +118,12 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     for blueprint in api.BLUEPRINTS:
         app.register_blueprint(blueprint)
     errors.install(app)
-    app.direct = api.Router(api.DIRECT_ROUTES, registry, access_log=access_logging)
+    # auth: None when authentication is off (regd.auth.wiring), else every request passes it
+    authenticator = build_authenticator(config, registry.metadata)
+    gate = None if authenticator is None else Gate(authenticator, admin_token=config.admin_token)
+    if gate is not None:
+        install_auth(app, gate)
+    app.direct = api.Router(api.DIRECT_ROUTES, registry, access_log=access_logging, gate=gate)
 
     @app.after_request
     async def _common_headers(response: Response) -> Response:

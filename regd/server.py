@@ -14,6 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from regd import config as cfg
 from regd.app import RegdApp, create_app
+from regd.auth.wiring import check_exposure
 from regd.metadata import MetadataStore
 from regd.registry import Registry
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
@@ -117,6 +118,7 @@ async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
     prepare(config)
+    check_exposure(config)  # auth: no open registry on a public address unless asked
     hc = hypercorn_config(config)
     log.info(
         "serving addr=%s data_dir=%s database=%s workers=%d",

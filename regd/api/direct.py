@@ -17,15 +17,19 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import trio
 
 from regd import errors as e
+from regd.api.auth import Refused  # auth
 from regd.api.errors import backend_failure, error_body, status_of
 from regd.api.http import content_length
 from regd.registry import Registry
+
+if TYPE_CHECKING:
+    from regd.api.auth import Gate, Viewer  # auth
 
 access_log = logging.getLogger("regd.access")
 
@@ -46,6 +50,8 @@ class Request:
     # The query string's parameters, in order.
     query: tuple[tuple[str, str], ...]
     receive: Any
+    # auth: who is asking, set by the gate; None when authentication is off.
+    viewer: Viewer | None = None
 
     @property
     def head(self) -> bool:
@@ -135,10 +141,18 @@ def error_reply(error: e.RegistryError) -> Reply:
 class Router:
     """Answers the requests its routes match; `handle` returns False for the rest."""
 
-    def __init__(self, routes: tuple[Route, ...], registry: Registry, *, access_log: bool):
+    def __init__(
+        self,
+        routes: tuple[Route, ...],
+        registry: Registry,
+        *,
+        access_log: bool,
+        gate: Gate | None = None,  # auth
+    ):
         self._routes = routes
         self._registry = registry
         self._access_log = access_log
+        self._gate = gate  # auth
 
     async def handle(self, scope: Mapping[str, Any], receive: Any, send: Any) -> bool:
         method, path = scope["method"], scope["path"]
@@ -172,7 +186,11 @@ class Router:
             receive,
         )
         try:
+            if self._gate is not None:  # auth: authenticate, ask the policy (regd.api.auth)
+                request = await self._gate.admit_direct(request, match, scope)
             reply = await candidate.handler(self._registry, request, match)
+        except Refused as refused:  # auth
+            reply = Reply(refused.status, refused.headers, refused.body)
         except ClientDisconnected:
             # Nobody to answer; the handler has already rolled back what it began.
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
+from regd.api import auth
 from regd.api.http import json_response, next_link, registry
 from regd.oci import mediatypes as mt
 from regd.registry import page_size
@@ -26,7 +27,8 @@ async def tags_list(name: str) -> Response:
 async def catalog() -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    page = await registry().listings.catalog(n, last)
+    viewer = auth.viewer()  # auth: only what the caller may pull
+    page = await registry().listings.catalog(n, last, None if viewer is None else viewer.may_pull)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])

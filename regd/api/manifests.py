@@ -47,10 +47,18 @@ async def put_manifest(reg: Registry, request: direct.Request, match: re.Match[s
     if pushed.subject is not None:
         reply.headers["oci-subject"] = str(pushed.subject)
     reply.repeated = [("oci-tag", tag) for tag in pushed.tags]
+    if request.viewer is not None:  # audit (regd.api.auth)
+        await request.viewer.audit("push", name, reference)
+        for tag in pushed.tags:
+            if tag != reference:
+                await request.viewer.audit("tag", name, tag)
     return reply
 
 
 @direct.route({"DELETE"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
 async def delete_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
     await reg.manifests.delete(match[1], match[2])
+    if request.viewer is not None:  # audit (regd.api.auth)
+        kind = "delete-manifest" if ":" in match[2] else "delete-tag"
+        await request.viewer.audit(kind, match[1], match[2])
     return Reply(202)

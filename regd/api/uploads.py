@@ -73,7 +73,8 @@ async def start_upload(reg: Registry, request: Request, match: re.Match[str]) ->
     name = match[1]
     mount = request.arg("mount")
     if mount is not None:
-        blob = await reg.blobs.mount(name, mount, request.arg("from"))
+        may_pull = None if request.viewer is None else request.viewer.may_pull  # auth
+        blob = await reg.blobs.mount(name, mount, request.arg("from"), may_pull)
         if blob is not None:
             return _created(name, blob)
         # Nothing to mount: fall back to an ordinary session, as the spec asks.

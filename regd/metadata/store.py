@@ -625,6 +625,26 @@ class MetadataStore:
 
         return await self.run_query(q)
 
+    async def blob_repositories(self, digest: str, after: str | None, limit: int) -> Page:
+        """Names of repositories the blob is linked in, by name, after `after`: how an
+        automatic mount finds a source the caller may read."""
+
+        def q(conn: Connection) -> Page:
+            repos, links = t.repositories, t.repository_blobs
+            stmt = (
+                select(repos.c.name)
+                .select_from(links.join(repos, repos.c.id == links.c.repository_id))
+                .where(links.c.digest == digest)
+                .order_by(repos.c.name)
+                .limit(limit + 1)
+            )
+            if after is not None:
+                stmt = stmt.where(repos.c.name > after)
+            names = [row[0] for row in conn.execute(stmt)]
+            return Page(names[:limit], more=len(names) > limit)
+
+        return await self.run_query(q)
+
     async def link_blob(
         self,
         repository: str,
