@@ -532,3 +532,27 @@ async def test_keys_are_published(client: httpx.AsyncClient) -> None:
     assert jwks["keys"][0]["kid"]
     pem = await client.get("/auth/certs.pem")
     assert pem.text.startswith("-----BEGIN CERTIFICATE-----")
+
+
+async def test_a_fresh_install_is_open_until_an_account_exists(
+    registry: Registry, tmp_path: Path
+) -> None:
+    config = Config(access_log=False, upload_purge_interval=0, data_dir=tmp_path)
+    transport = httpx.ASGITransport(app=create_app(registry, config))
+    async with httpx.AsyncClient(transport=transport, base_url="http://regd") as open_client:
+        assert (await open_client.get("/v2/")).status_code == 200
+        assert (await open_client.get("/auth/token")).status_code == 404
+        r = await open_client.post(
+            "/admin/v1/users", json={"name": "root", "password": "root-pw", "groups": ["admin"]}
+        )
+        assert r.status_code == 201
+        assert r.json()["restart"] is True
+    # After the restart: the default policy, and the admin group has the admin API.
+    transport = httpx.ASGITransport(app=create_app(registry, config))
+    async with httpx.AsyncClient(transport=transport, base_url="http://regd") as restarted:
+        refusal(await restarted.get("/v2/"), 401, "UNAUTHORIZED")
+        assert (await push_image(restarted, "any/repo", "v1", ROOT)).status_code == 201
+        catalog = await restarted.get("/v2/_catalog", headers=ROOT)
+        assert catalog.json()["repositories"] == ["any/repo"]
+        assert (await restarted.get("/admin/v1/users", headers=ROOT)).status_code == 200
+        refusal(await restarted.get("/admin/v1/users"), 401, "UNAUTHORIZED")
