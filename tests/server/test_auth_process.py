@@ -139,3 +139,27 @@ def test_an_open_registry_refuses_a_public_address(tmp_path: Path) -> None:
     assert len(lines) == 1, done.stderr
     assert "auth.open = true" in lines[0]
     assert "0.0.0.0" in lines[0]
+
+
+def test_workers_share_keys_and_accounts(
+    regd_factory: RegdFactory, database_url: str | None, tmp_path: Path
+) -> None:
+    server = regd_factory(
+        database_url=database_url,
+        workers=2,
+        extra_args=["--config", str(_config(tmp_path))],
+    )
+    with httpx.Client(base_url=server.url) as http:
+        r = http.get(
+            "/auth/token",
+            params={"service": "regd", "scope": "repository:alice/app:pull"},
+            auth=("alice", "alice-pw"),
+        )
+        assert r.status_code == 200, r.text
+        headers = {"Authorization": f"Bearer {r.json()['token']}"}
+        # New connections land on either worker; each verifies the other's tokens.
+        for _ in range(20):
+            with httpx.Client(base_url=server.url) as fresh:
+                assert fresh.get("/v2/alice/app/tags/list", headers=headers).status_code == 404
+                assert fresh.get("/v2/team/app/tags/list", headers=headers).status_code == 403
+        assert len(list((server.data_dir / "auth").glob("signing-*.key"))) == 1
