@@ -29,6 +29,7 @@ from quart import Response, g, request
 from regd.api.errors import error_body
 from regd.auth import Authenticator, Identity, Scope, Via
 from regd.auth.errors import AuthError, Forbidden, Throttled, Unauthenticated
+from regd.auth.scopes import ADMIN, CATALOG, DELETE, PULL, PUSH
 from regd.errors import BackendError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("regd.auth")
 
-PULL, PUSH, DELETE, CATALOG, ADMIN = "pull", "push", "delete", "catalog", "admin"
 # What a Need with this action asks for: the caller must have logged in, nothing more.
 AUTHENTICATED = "authenticated"
 TOKEN_PATH = "/auth/token"
@@ -129,8 +129,15 @@ class Gate:
         self.authenticator = authenticator
         self._admin_token = None if admin_token is None else f"Bearer {admin_token}".encode()
 
-    async def admit(self, need: Need, authorization: str | None, remote_addr: str | None) -> Viewer:
-        """The caller, allowed what `need` asks; AuthError otherwise."""
+    async def admit(
+        self,
+        need: Need,
+        authorization: str | None,
+        remote_addr: str | None,
+        client_cert_subject: str | None = None,
+    ) -> Viewer:
+        """The caller, allowed what `need` asks; AuthError otherwise. `client_cert_subject`
+        is the name a verified TLS client certificate gives (mutual TLS), if any."""
         auth = self.authenticator
         if (
             need.action == ADMIN
@@ -139,7 +146,7 @@ class Gate:
             and hmac.compare_digest(authorization.strip().encode(), self._admin_token)
         ):
             return Viewer(ADMIN_TOKEN_IDENTITY, auth, remote_addr)
-        identity = await auth.authenticate(authorization, remote_addr or "")
+        identity = await auth.authenticate(authorization, remote_addr or "", client_cert_subject)
         if need.action == AUTHENTICATED:
             if not identity.authenticated:
                 raise Unauthenticated("authentication required")
