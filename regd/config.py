@@ -209,7 +209,7 @@ class Config:
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
-    # auth (the `[auth]` table; see regd.api.auth for what turns authentication on)
+    # auth (the `[auth]` table; regd.auth.wiring says what turns authentication on)
     auth_htpasswd: Path | None = None
     auth_realm: str | None = None
     auth_service: str = "regd"
@@ -227,7 +227,7 @@ class Config:
     @property
     def auth_configured(self) -> bool:
         """Whether the configuration alone turns authentication on (accounts stored in the
-        database turn it on too; see regd.api.auth.auth_enabled)."""
+        database turn it on too; see regd.auth.wiring.auth_enabled)."""
         return bool(self.auth_htpasswd or self.auth_trust or self.access)
 
     @property
