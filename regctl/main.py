@@ -13,8 +13,6 @@ from typing import Annotated
 import typer
 
 from regctl import __version__
-from regctl.client import AuthError, RegistryError
-from regctl.client._tasks import first_error
 from regctl.commands import (
     auth,
     blob,
@@ -27,9 +25,14 @@ from regctl.commands import (
     storage,
 )
 from regctl.runtime import CommandError, Globals
+from regd.client import AuthError, ClientError
+from regd.client.tasks import first_error
 
 app = typer.Typer(
     name="regctl",
+    # Explicit, as typer's default changed between versions: help text is rich text, so a
+    # literal "[" that could open a tag is written "\\[".
+    rich_markup_mode="rich",
     help="Operate regd and any OCI registry: list, inspect, copy, delete, run the daemon.",
     no_args_is_help=True,
     add_completion=True,
@@ -68,6 +71,15 @@ def _root(
             help="Do not verify registries' TLS certificates.",
         ),
     ] = False,
+    ca_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-cert",
+            envvar="REGCTL_CA_CERT",
+            metavar="FILE",
+            help="Also trust the CA certificates in FILE (PEM) besides the system's.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -75,15 +87,15 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """Operate regd and any OCI registry.
+    r"""Operate regd and any OCI registry.
 
-    A reference is [HOST[:PORT]/]REPO[:TAG][@DIGEST], as docker spells it; without a host
+    A reference is [HOST[:PORT]/]REPO[:TAG]\[@DIGEST], as docker spells it; without a host
     it means the regd that `regctl start` runs ($REGCTL_REGISTRY overrides).
     """
     global _debug_requested, _subcommand
     _debug_requested = _debug_requested or debug
     _subcommand = ctx.invoked_subcommand
-    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure)
+    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure, ca_cert=ca_cert)
 
 
 # Daemon control, then reading, then writing, then storage lifecycle.
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("regctl: interrupted\n")
         return 130
-    except (RegistryError, CommandError, OSError) as exc:
+    except (ClientError, CommandError, OSError) as exc:
         if _debug_requested:
             traceback.print_exc()
         message = str(exc)

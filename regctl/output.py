@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -50,6 +50,16 @@ def human_size(size: int | None) -> str:
 
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
+
+
+def iso_from_epoch(seconds: float | None) -> str | None:
+    """regd's admin API gives times as epoch seconds; regctl shows ISO 8601 everywhere."""
+    return iso(datetime.fromtimestamp(seconds, UTC)) if seconds is not None else None
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 tag`, `2 tags`."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def table(

@@ -12,7 +12,7 @@ from typing import TypeVar
 import trio
 import typer
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci.reference import Reference, ReferenceError_, parse_reference
 
 T = TypeVar("T")
@@ -36,6 +36,7 @@ class Globals:
     debug: bool = False
     plain_http: bool = False
     insecure: bool = False
+    ca_cert: str | None = None
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -95,7 +96,7 @@ def run_client(ctx: typer.Context, work: Callable[[RegistryClient], Awaitable[T]
 
     async def runner() -> T:
         async with RegistryClient(
-            plain_http=options.plain_http, insecure=options.insecure
+            plain_http=options.plain_http, insecure=options.insecure, ca_cert=options.ca_cert
         ) as client:
             return await work(client)
 

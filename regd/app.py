@@ -1,115 +1,128 @@
-"""The Quart-Trio application: API blueprints, error mapping, and bounded request bodies."""
+"""The application: the data plane's router and Quart-Trio's control plane, one front door."""
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from quart import Response, g, request
+from quart import Response, request
 from quart_trio import QuartTrio
-from quart_trio.asgi import TrioASGIHTTPConnection
-from quart_trio.wrappers.request import TrioBody, TrioRequest
 
 from regd import api
-from regd.api import errors
 from regd.api.auth import Gate
 from regd.api.auth import install as install_auth
+from regd.api.errors import Answer, answer_for, refusal
+from regd.api.exchange import API_VERSION, EXCHANGE_KEY, Exchange, framing_problem, log_access
 from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
 from regd.registry import Policy, Registry, RetentionPolicy
+from regd.tls import client_cn
 
-API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
-# How much of a request body may wait in memory for the handler to consume it.
-BODY_BUFFER_LIMIT = 4 * 1024 * 1024
+# Only the admin API takes request bodies through Quart (blobs and manifests arrive on the
+# data plane), and its documents are small: Quart refuses longer bodies with 413.
+CONTROL_BODY_LIMIT = 1024 * 1024
 
-access_log = logging.getLogger("regd.access")
 log = logging.getLogger("regd.housekeeping")
 
 
-class BoundedBody(TrioBody):
-    """A request body whose reader applies backpressure to the connection.
+class RegdApp(QuartTrio):
+    """Quart's control plane, behind the data plane's router and the shared plumbing.
 
-    Quart's body collects whatever the server delivers; for multi-gigabyte blob uploads
-    onto a slower disk that would be the whole blob in memory. Here the receiving side
-    waits until the handler has drained the buffer below a limit.
+    Every HTTP request passes through `__call__`: its `Exchange` is made there, the
+    authentication gate (regd.api.auth) decides there who is asking and whether they may,
+    and the common headers and the access log line are applied there for both dispatchers.
     """
 
-    def __init__(self, expected_content_length: int | None, max_content_length: int | None):
-        super().__init__(expected_content_length, max_content_length)
-        self._drained = trio.Event()
-
-    async def __anext__(self) -> bytes:
-        data = await super().__anext__()
-        self._drained.set()
-        return data
-
-    async def wait_for_room(self) -> None:
-        while len(self._data) >= BODY_BUFFER_LIMIT and not self._complete.is_set():
-            self._drained = trio.Event()
-            await self._drained.wait()
-
-
-class BoundedRequest(TrioRequest):
-    body_class = BoundedBody
-
-
-class BoundedHTTPConnection(TrioASGIHTTPConnection):
-    async def handle_messages(  # type: ignore[override]
-        self, nursery: trio.Nursery, request: BoundedRequest, receive: ASGIReceiveCallable
-    ) -> None:
-        body = request.body
-        assert isinstance(body, BoundedBody)
-        while True:
-            message = await receive()
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-                else:
-                    await body.wait_for_room()
-            elif message["type"] == "http.disconnect":
-                break
-        # The client is gone: cancel the handler, whose cleanup is shielded.
-        nursery.cancel_scope.cancel()
-
-
-class RegdApp(QuartTrio):
-    asgi_http_class = BoundedHTTPConnection
-    request_class = BoundedRequest
-    direct: api.Router | None = None
+    registry: Registry
+    direct: api.Router
+    access_logging: bool = True
+    # None when authentication is off (regd.auth.wiring).
+    gate: Gate | None = None
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if (
-            self.direct is not None
-            and scope["type"] == "http"
-            and await self.direct.handle(scope, receive, send)
-        ):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        x = Exchange(scope, self.registry)
+        x.user = client_cn(scope)
+        problem = framing_problem(scope["headers"])
+        if problem is not None:
+            status, headers, body = refusal(400, problem)
+            # The body's end is unknowable, so the connection cannot carry another request.
+            headers["connection"] = "close"
+            await self._answer(x, send, (status, headers, body))
+        elif (
+            self.gate is None or await self._admitted(x, scope, send)
+        ) and not await self.direct.handle(x, scope, receive, send):
+            # Quart's handlers find it in their request's scope (regd.api.http.exchange).
+            cast(dict[str, Any], scope)[EXCHANGE_KEY] = x
+            await super().__call__(scope, receive, _answering(x, send))
+        if self.access_logging:
+            log_access(x)
+
+    async def _admitted(self, x: Exchange, scope: Scope, send: ASGISendCallable) -> bool:
+        """Whether the gate lets the request through; if not, it has been answered."""
+        assert self.gate is not None
+        try:
+            await self.gate.admit_exchange(x, scope, x.user)
+        except Exception as error:
+            await self._answer(x, send, answer_for(error, x.method, x.path))
+            return False
+        return True
+
+    @staticmethod
+    async def _answer(x: Exchange, send: ASGISendCallable, answer: Answer) -> None:
+        """An answer made here, before either dispatcher ran."""
+        status, headers, body = answer
+        x.status, x.length = status, len(body)
+        raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+        raw += [API_VERSION, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _answering(x: Exchange, send: ASGISendCallable) -> ASGISendCallable:
+    """`send`, adding the common headers to the answer and noting it in the exchange."""
+
+    async def answer(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), API_VERSION]
+            x.status = message["status"]
+            for name, value in headers:
+                if name.lower() == b"content-length":
+                    x.length = int(value)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return answer
 
 
 def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     config = config or Config()
-    access_logging = config.access_log
     app = RegdApp("regd")
+    app.registry = registry
+    app.direct = api.Router(api.DIRECT_ROUTES)
+    authenticator = build_authenticator(config, registry.metadata, registry.metadata.clock)
+    if authenticator is not None:
+        app.gate = Gate(authenticator, admin_token=config.admin_token)
+        install_auth(app, app.gate)
+    app.access_logging = config.access_log
     app.config.update(
-        REGD_REGISTRY=registry,
         REGD_ADMIN_TOKEN=config.admin_token,
         REGD_GC_POLICY=Policy(
             grace_seconds=config.gc_grace,
             delete_untagged=config.gc_delete_untagged,
             upload_max_age=config.upload_max_age,
         ),
-        # Blob bodies are streamed and bounded by the handlers themselves.
-        MAX_CONTENT_LENGTH=None,
-        BODY_TIMEOUT=None,
+        MAX_CONTENT_LENGTH=CONTROL_BODY_LIMIT,
+        # Garbage collection and verification answer when they are done, however long.
         RESPONSE_TIMEOUT=None,
         PROVIDE_AUTOMATIC_OPTIONS=False,
     )
@@ -117,41 +130,17 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     app.url_map.merge_slashes = False
     for blueprint in api.BLUEPRINTS:
         app.register_blueprint(blueprint)
-    errors.install(app)
-    # auth: None when authentication is off (regd.auth.wiring), else every request passes it
-    authenticator = build_authenticator(config, registry.metadata)
-    gate = None if authenticator is None else Gate(authenticator, admin_token=config.admin_token)
-    if gate is not None:
-        install_auth(app, gate)
-    app.direct = api.Router(api.DIRECT_ROUTES, registry, access_log=access_logging, gate=gate)
 
-    @app.after_request
-    async def _common_headers(response: Response) -> Response:
-        response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
-        if access_logging and access_log.isEnabledFor(logging.INFO):
-            took = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-            access_log.info(
-                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
-                request.method,
-                request.path,
-                response.status_code,
-                response.content_length,
-                took,
-                request.remote_addr,
-            )
-        return response
+    @app.errorhandler(Exception)
+    async def _error(error: Exception) -> Response:
+        status, headers, body = answer_for(error, request.method, request.path)
+        return Response(body, status=status, headers=headers)
 
     if config.gc_interval or config.upload_purge_interval or config.retention:
 
         @app.before_serving
         async def _start_housekeeping() -> None:
             app.add_background_task(housekeeping, registry, config)
-
-    if access_logging:
-
-        @app.before_request
-        async def _start_clock() -> None:
-            g.started = time.perf_counter()
 
     return app
 

@@ -23,13 +23,13 @@ app = typer.Typer(
 @app.command()
 def serve(
     addr: Annotated[
-        str | None, typer.Option(help="HOST:PORT to listen on [default: 127.0.0.1:5000]")
+        str | None, typer.Option(help="HOST:PORT to listen on (default: 127.0.0.1:5000)")
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where blobs and the SQLite database live [default: $REGD_DATA_DIR "
-            "or ~/.local/share/regd]"
+            help="Where blobs and the SQLite database live (default: $REGD_DATA_DIR "
+            "or ~/.local/share/regd)"
         ),
     ] = None,
     config: Annotated[
@@ -37,13 +37,13 @@ def serve(
     ] = None,
     database: Annotated[
         str | None,
-        typer.Option(help="sqlite:///PATH or postgresql://... [default: SQLite in the data dir]"),
+        typer.Option(help="sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes sharing the data dir [default: 1]")
+        int | None, typer.Option(help="Worker processes sharing the data dir (default: 1)")
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="debug, info, warning or error [default: info]")
+        str | None, typer.Option(help="debug, info, warning or error (default: info)")
     ] = None,
     access_log: Annotated[
         bool | None, typer.Option("--access-log/--no-access-log", help="Log every request")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from regd.durations import duration_seconds
 from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,22 +26,6 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
         return Path(env["REGD_DATA_DIR"])
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "regd"
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def duration_seconds(value: Any) -> float:
-    """Seconds from a number or a string such as `90s`, `15m`, `12h`, `30d`, `2w`.
-
-    Raises ValueError for anything else (negative numbers included)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.match(str(value).strip().lower())
-    if not match:
-        raise ValueError(f"invalid duration {value!r}")
-    return float(match[1]) * _UNITS[match[2]]
 
 
 def parse_duration(value: Any, where: str) -> float:
@@ -201,14 +186,20 @@ class Config:
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
+    database_write_timeout: float = 30.0
     admin_token: str | None = None
     gc_interval: float = 0.0
     gc_grace: float = 3600.0
     gc_delete_untagged: bool = False
     upload_max_age: float = 24 * 3600.0
+    max_uploads_per_repository: int = 1000
     upload_purge_interval: float = 3600.0
     retention: tuple[RetentionRule, ...] = ()
     retention_interval: float = 3600.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_client_auth: str = "require"
     # auth (the `[auth]` table; regd.auth.wiring says what turns authentication on)
     auth_htpasswd: Path | None = None
     auth_realm: str | None = None
@@ -269,6 +260,7 @@ class Config:
 _FLOATS = frozenset(
     {
         "graceful_timeout",
+        "database_write_timeout",
         "gc_interval",
         "gc_grace",
         "upload_max_age",
@@ -282,7 +274,7 @@ _BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open"})
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     try:
-        if key in ("workers",):
+        if key in ("workers", "max_uploads_per_repository"):
             result: Any = int(value)
         elif key in _FLOATS:
             result = parse_duration(value, source)
@@ -301,7 +293,15 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 result = False
             else:
                 raise ValueError(value)
-        elif key in ("data_dir", "storage_root", "auth_htpasswd", "auth_key_dir"):
+        elif key in (
+            "data_dir",
+            "storage_root",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "auth_htpasswd",
+            "auth_key_dir",
+        ):
             result = Path(str(value)).expanduser()
         else:
             result = str(value)
@@ -385,9 +385,19 @@ def validate(config: Config) -> None:
     for name in sorted(_FLOATS):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative")
+    if config.max_uploads_per_repository < 1:
+        raise ConfigError("max_uploads_per_repository must be at least 1")
+    if config.database_write_timeout <= 0:
+        raise ConfigError("database_write_timeout must be positive")
     if config.auth_token_ttl < 10 or config.auth_token_ttl > 86400:
         raise ConfigError("auth.token_ttl must be between 10 seconds and 1 day")
     if config.auth_realm is not None and not config.auth_realm.startswith(("http://", "https://")):
         raise ConfigError(f"auth.realm must be an http(s) URL, not {config.auth_realm[:100]!r}")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key must be given together")
+    if config.tls_client_ca is not None and config.tls_cert is None:
+        raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+    if config.tls_client_auth not in ("require", "optional"):
+        raise ConfigError("tls_client_auth must be require or optional")

@@ -11,6 +11,7 @@
         │   BlobUploadInvalid, SizeInvalid, TagInvalid, PaginationInvalid      (bad input)
         ├── RangeInvalid            a chunk that does not continue the upload (416)
         ├── ManifestTooLarge        (413)
+        ├── TooManyRequests         a bound on open upload sessions is reached (429)
         └── Unsupported             a feature the registry does not offer
 
 The API layer maps each RegistryError subclass to its HTTP status in one table
@@ -49,6 +50,8 @@ class RegistryError(RegdError):
         super().__init__(message)
         self.message = message
         self.detail = detail
+        # Headers the answer carries besides the common ones (a 401's WWW-Authenticate).
+        self.headers: dict[str, str] = {}
 
 
 class BlobUnknown(RegistryError):
@@ -104,11 +107,14 @@ class SizeInvalid(RegistryError):
 
 
 class TagInvalid(RegistryError):
-    code = "TAG_INVALID"
+    # The spec's code table has no tag code; a bad tag fails the manifest push's checks.
+    code = "MANIFEST_INVALID"
 
 
 class PaginationInvalid(RegistryError):
-    code = "PAGINATION_NUMBER_INVALID"
+    # The spec's code table has no paging code; UNSUPPORTED covers "an invalid set of
+    # parameters".
+    code = "UNSUPPORTED"
 
 
 class Unsupported(RegistryError):
@@ -128,4 +134,15 @@ class Unauthorized(RegistryError):
 class Conflict(RegistryError):
     """The operation cannot run now because another one holds what it needs (409)."""
 
-    code = "CONFLICT"
+    # The spec's code table has no conflict code; TOOMANYREQUESTS is its "not now, try
+    # again later" (DENIED would read as a permissions problem).
+    code = "TOOMANYREQUESTS"
+
+
+class TooManyRequests(RegistryError):
+    """A bound on what clients may hold open (upload sessions) is reached; the API answers
+    429 with Retry-After."""
+
+    code = "TOOMANYREQUESTS"
+    # Seconds a client should wait before it tries again.
+    retry_after: ClassVar[int] = 10

@@ -13,10 +13,13 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from regd import config as cfg
+from regd import tls
 from regd.app import RegdApp, create_app
 from regd.auth.wiring import check_exposure
+from regd.clock import SYSTEM_CLOCK
 from regd.metadata import MetadataStore
 from regd.registry import Registry
+from regd.startup_check import warn_if_metadata_lost
 from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
 
 log = logging.getLogger("regd.server")
@@ -53,7 +56,16 @@ def build_registry(config: cfg.Config) -> Registry:
     storage: StorageDriver = (
         MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
     )
-    return Registry.create(storage, MetadataStore(config.database_url))
+    clock = SYSTEM_CLOCK
+    metadata = MetadataStore(
+        config.database_url, clock=clock, write_timeout=config.database_write_timeout
+    )
+    return Registry.create(
+        storage,
+        metadata,
+        clock=clock,
+        max_uploads_per_repository=config.max_uploads_per_repository,
+    )
 
 
 def prepare(config: cfg.Config) -> None:
@@ -63,7 +75,7 @@ def prepare(config: cfg.Config) -> None:
     try:
         store.create_schema()
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def _tune_hypercorn() -> None:
@@ -76,7 +88,7 @@ def _tune_hypercorn() -> None:
 
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
     _tune_hypercorn()
-    hc = HypercornConfig()
+    hc = tls.ServerConfig(tls.settings_from(config))
     hc.bind = [config.addr]
     hc.worker_class = "trio"
     hc.workers = config.workers
@@ -117,7 +129,9 @@ async def _serve_one(config: cfg.Config, hc: HypercornConfig) -> None:
 
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level)
+    tls.check(config)
     prepare(config)
+    warn_if_metadata_lost(config)
     check_exposure(config)  # auth: no open registry on a public address unless asked
     hc = hypercorn_config(config)
     log.info(
@@ -134,6 +148,7 @@ def serve(config: cfg.Config) -> None:
 
     os.environ.update(config.to_env())
     hc.application_path = "regd.server:worker_app()"
+    tls.forward_hangup_to_workers()
     code = run(hc)
     if code:
         raise SystemExit(code)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.text import Text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,6 +41,7 @@ REGCTL_EXTRA: list[tuple[str, str]] = [
                 "REGCTL_REGISTRY\tregistry for references without a host",
                 "REGCTL_PLAIN_HTTP\tsame as --plain-http",
                 "REGCTL_INSECURE\tsame as --insecure",
+                "REGCTL_CA_CERT\tsame as --ca-cert",
                 "REGCTL_DEBUG\tsame as --debug",
                 "REGD_DATA_DIR\tregd's data directory (default ~/.local/share/regd)",
                 "DOCKER_CONFIG\tdirectory of config.json (default ~/.docker)",
@@ -111,9 +113,15 @@ def roff_escape(text: str) -> str:
     return "\n".join(lines)
 
 
+def plain(text: str) -> str:
+    """Help is rich text (a literal bracket is escaped); a man page shows what --help shows."""
+    return Text.from_markup(text).plain
+
+
 def paragraphs(text: str | None) -> list[str]:
     if not text:
         return []
+    text = plain(text)
     chunks = [" ".join(part.split()) for part in text.strip().split("\n\n")]
     return [c for c in chunks if c]
 
@@ -141,7 +149,7 @@ def option_label(param: Any) -> str:
 
 
 def option_help(param: Any) -> str:
-    text = " ".join((param.help or "").split())
+    text = " ".join(plain(param.help or "").split())
     default = param.default
     show_default = getattr(param, "show_default", True)
     if (
@@ -191,7 +199,7 @@ def describe_arguments(params: Iterable[Any]) -> list[str]:
         lines += [
             ".TP",
             f"\\fI{roff_escape(str(param.name).upper())}\\fR",
-            roff_escape(" ".join(help_text.split())),
+            roff_escape(" ".join(plain(help_text).split())),
         ]
     return lines
 

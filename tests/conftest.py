@@ -5,6 +5,11 @@ twice, once on regd's embedded default (SQLite, yielded as None) and once on a P
 database created for that test alone and dropped after it. Creating a database takes a few
 tens of milliseconds here, so per-test databases buy full isolation at little cost.
 
+In-process: `registry` is a Registry over a temporary directory and `database_url`;
+`client` is an httpx client driving the real app over it through httpx's ASGI transport
+(tests/helpers/inprocess.py has the helpers that push through it). The e2e and regctl
+suites have a `registry` of their own: a server process.
+
 Servers: `regd_server` is a real `regd serve` process on a free loopback port with its own
 data directory; `regd_factory` starts more of them (several workers, two processes sharing
 one data directory and database, ...); `distribution` is the reference registry.
@@ -16,12 +21,18 @@ PostgreSQL cases when no server is available (otherwise they fail).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from regd.app import create_app
+from regd.config import Config
+from regd.metadata import MetadataStore, sqlite_url
+from regd.registry import Registry
+from regd.storage import FilesystemDriver
 from tests.helpers.pg import Databases, PostgresUnavailable
 from tests.helpers.servers import (
     DistributionServer,
@@ -79,6 +90,23 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("fresh_pg_url")
     return url
+
+
+@pytest.fixture
+async def registry(tmp_path: Path, database_url: str | None) -> AsyncIterator[Registry]:
+    store = MetadataStore(database_url or sqlite_url(tmp_path / "regd.db"))
+    store.create_schema()
+    reg = Registry.create(FilesystemDriver(tmp_path / "blobs"), store)
+    yield reg
+    await reg.aclose()
+
+
+@pytest.fixture
+async def client(registry: Registry) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(registry, Config(access_log=False, upload_purge_interval=0))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://regd") as c:
+        yield c
 
 
 def _start_or_fail(server: ServerProcess) -> None:

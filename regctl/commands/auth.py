@@ -9,9 +9,9 @@ import trio
 import typer
 
 from regctl import output
-from regctl.client import Credentials, CredentialStore, RegistryClient
-from regctl.client.auth import normalize_host
 from regctl.runtime import UsageProblem, globals_of
+from regd.client import Credentials, CredentialStore, RegistryClient
+from regd.client.auth import normalize_host
 
 
 class _Only:
@@ -66,6 +66,7 @@ def login(
             credentials=_Only(credentials),
             plain_http=options.plain_http,
             insecure=options.insecure,
+            ca_cert=options.ca_cert,
         ) as client:
             await client.ping(host)
 

@@ -12,10 +12,10 @@ import trio
 import typer
 
 from regctl import output
-from regctl.client import RegistryClient
 from regctl.runtime import UsageProblem, parse_ref, run_client
+from regd.client import RegistryClient
 
-app = typer.Typer(help="Read blobs.", no_args_is_help=True)
+app = typer.Typer(help="Read blobs.", no_args_is_help=True, rich_markup_mode="rich")
 
 
 @app.command("get")

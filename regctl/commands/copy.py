@@ -15,9 +15,9 @@ from rich.progress import (
 )
 
 from regctl import output
-from regctl.client import BlobOutcome, CopyReport, Platform, RegistryClient, copy_repository
-from regctl.client import copy as copy_image
 from regctl.runtime import UsageProblem, parse_ref, run_client
+from regd.client import BlobOutcome, CopyReport, Platform, RegistryClient, copy_repository
+from regd.client import copy as copy_image
 from regd.oci.digest import Digest
 
 
@@ -73,7 +73,7 @@ def _summary(report: CopyReport) -> str:
 
 def copy(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG][@DIGEST] to copy from.")],
+    source: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST] to copy from.")],
     destination: Annotated[
         str, typer.Argument(help="[REGISTRY/]REPO[:TAG] to copy to (default tag: the source's).")
     ],
@@ -81,7 +81,7 @@ def copy(
         list[str] | None,
         typer.Option(
             "--platform",
-            help="Copy only this os/arch[/variant] of an index (repeatable); "
+            help="Copy only this os/arch or os/arch/variant of an index (repeatable); "
             "a new index listing them is pushed.",
             show_default=False,
         ),

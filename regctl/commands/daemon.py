@@ -10,15 +10,15 @@ from typing import Annotated
 import typer
 
 from regctl import output
-from regctl.client import RegistryError
-from regctl.daemon import LocalDaemon, StartOptions, follow
+from regctl.background import LocalDaemon, StartOptions, follow
 from regctl.runtime import DEFAULT_ADDR, default_data_dir, run_client
+from regd.client import ClientError
 
 DataDir = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="regd's data directory [default: $REGD_DATA_DIR, else ~/.local/share/regd]",
+        help="regd's data directory (default: $REGD_DATA_DIR, else ~/.local/share/regd)",
         show_default=False,
     ),
 ]
@@ -140,7 +140,7 @@ def status(
     if pid is not None:
         if state is not None:
             host = state.url.split("://", 1)[-1]
-            with contextlib.suppress(RegistryError):
+            with contextlib.suppress(ClientError):
                 info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
         info["storedBytes"] = daemon.stored_bytes()
     if as_json:

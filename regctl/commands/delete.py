@@ -7,11 +7,13 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.client import RegistryClient, UnsupportedError
+from regctl.commands.listing import describe_tags
 from regctl.runtime import CommandError, UsageProblem, parse_ref, run_client
+from regd.client import NotFoundError, RegistryClient, UnsupportedError
+from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 
-tag_app = typer.Typer(help="Manage tags.", no_args_is_help=True)
+tag_app = typer.Typer(help="Manage tags.", no_args_is_help=True, rich_markup_mode="rich")
 
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Show what would be deleted; delete nothing.")
@@ -30,6 +32,8 @@ def _report(rows: list[dict[str, Any]], *, dry_run: bool, as_json: bool, quiet: 
     console = output.stdout()
     for row in rows:
         console.print(f"{verb} {row['reference']} ({row['digest']})")
+        for tag in row.get("tags", ()):
+            console.print(f"  {verb} tag {tag}")
 
 
 @tag_app.command("rm")
@@ -75,6 +79,16 @@ def tag_rm(
     _report(rows, dry_run=dry_run, as_json=as_json, quiet=quiet)
 
 
+async def _tags_on(client: RegistryClient, ref: Reference, digest: Digest) -> list[str]:
+    repository = Reference(ref.host, ref.repository)
+    try:
+        tags = await client.tags(repository)
+    except NotFoundError:
+        return []
+    heads = await describe_tags(client, repository, tags)
+    return sorted(tag for tag, head in heads.items() if head is not None and head.digest == digest)
+
+
 def rm(
     ctx: typer.Context,
     references: Annotated[
@@ -102,16 +116,18 @@ def rm(
                 # GET yields the registry's own 404 error, code and all.
                 await client.get_manifest(by_digest)
                 raise CommandError(f"{by_digest} not found")
-            if not dry_run:
+            row: dict[str, Any] = {
+                "reference": str(by_digest),
+                "digest": str(ref.digest),
+                "mediaType": info.media_type,
+                "size": info.size,
+            }
+            if dry_run:
+                # What the deletion would take with it: every tag on this manifest.
+                row["tags"] = await _tags_on(client, ref, info.digest)
+            else:
                 await client.delete_manifest(by_digest)
-            rows.append(
-                {
-                    "reference": str(by_digest),
-                    "digest": str(ref.digest),
-                    "mediaType": info.media_type,
-                    "size": info.size,
-                }
-            )
+            rows.append(row)
         return rows
 
     rows = run_client(ctx, work)

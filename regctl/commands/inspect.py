@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.client import FetchedManifest, Platform, RegistryClient, RegistryError
 from regctl.runtime import parse_ref, run_client
+from regd.client import ClientError, FetchedManifest, Platform, RegistryClient
 from regd.oci import mediatypes as mt
 from regd.oci.manifest import Descriptor
 from regd.oci.reference import Reference
@@ -68,12 +68,12 @@ async def _pick_platform(
 ) -> tuple[Reference, FetchedManifest]:
     manifest = fetched.parse()
     if not manifest.is_index:
-        raise RegistryError(f"{ref} is not an index; --platform applies to indexes only")
+        raise ClientError(f"{ref} is not an index; --platform applies to indexes only")
     for child in manifest.manifests:
         if wanted.matches(child.platform):
             child_ref = Reference(ref.host, ref.repository, None, child.digest)
             return child_ref, await client.get_manifest(child_ref)
-    raise RegistryError(f"{ref}: no manifest in the index matches {wanted}")
+    raise ClientError(f"{ref}: no manifest in the index matches {wanted}")
 
 
 async def gather(
@@ -200,10 +200,12 @@ def _render(info: dict[str, Any]) -> None:
 
 def inspect(
     ctx: typer.Context,
-    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG][@DIGEST]")],
+    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST]")],
     platform: Annotated[
         str | None,
-        typer.Option("--platform", help="For an index: inspect the os/arch[/variant] child."),
+        typer.Option(
+            "--platform", help="For an index: inspect the os/arch or os/arch/variant child."
+        ),
     ] = None,
     referrers: Annotated[
         bool, typer.Option("--referrers/--no-referrers", help="Look up attached artifacts.")
@@ -231,7 +233,7 @@ def _platform_option(text: str | None) -> Platform | None:
 
 def digest(
     ctx: typer.Context,
-    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG][@DIGEST]")],
+    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST]")],
     as_json: JsonFlag = False,
 ) -> None:
     """Print the digest of the manifest a reference points at."""

@@ -10,9 +10,9 @@ import trio
 import typer
 
 from regctl import output
-from regctl.client import ManifestInfo, RegistryClient
-from regctl.client._tasks import task_group
 from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
+from regd.client import ManifestHead, RegistryClient
+from regd.client.tasks import task_group
 from regd.oci.reference import Reference
 
 # Enough HEADs in flight to hide latency, few enough to be polite to a remote registry.
@@ -24,10 +24,10 @@ class SortKey(enum.StrEnum):
     time = "time"
 
 
-async def _describe_tags(
+async def describe_tags(
     client: RegistryClient, repo: Reference, tags: list[str]
-) -> dict[str, ManifestInfo | None]:
-    found: dict[str, ManifestInfo | None] = {}
+) -> dict[str, ManifestHead | None]:
+    found: dict[str, ManifestHead | None] = {}
     limiter = trio.CapacityLimiter(_HEAD_CONCURRENCY)
 
     async def one(tag: str) -> None:
@@ -76,6 +76,11 @@ def ls(
     host = ref.host or default_registry()
 
     if not ref.repository:
+        if sort is SortKey.time:
+            # The catalog carries no times; pretending to sort by them would mislead.
+            raise UsageProblem(
+                "--sort time orders a repository's tags; repositories are listed by name"
+            )
         repositories = run_client(ctx, lambda client: client.catalog(host))
         repositories = sorted(repositories)
         if as_json:
@@ -87,9 +92,9 @@ def ls(
             output.table(["REPOSITORY"], [[name] for name in repositories])
         return
 
-    async def work(client: RegistryClient) -> tuple[list[str], dict[str, ManifestInfo | None]]:
+    async def work(client: RegistryClient) -> tuple[list[str], dict[str, ManifestHead | None]]:
         tags = await client.tags(ref)
-        return tags, await _describe_tags(client, ref, tags)
+        return tags, await describe_tags(client, ref, tags)
 
     tags, infos = run_client(ctx, work)
     rows: list[dict[str, Any]] = []

@@ -10,13 +10,13 @@ import typer
 
 from regctl.runtime import parse_ref, run_client
 
-app = typer.Typer(help="Read manifests.", no_args_is_help=True)
+app = typer.Typer(help="Read manifests.", no_args_is_help=True, rich_markup_mode="rich")
 
 
 @app.command("get")
 def get(
     ctx: typer.Context,
-    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG][@DIGEST]")],
+    reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST]")],
     raw: Annotated[
         bool, typer.Option("--raw", help="Write the exact bytes the registry stores.")
     ] = False,

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.client import RegistryClient
-from regctl.client.admin import AdminClient
-from regctl.runtime import UsageProblem, default_registry, parse_ref, run_client
-from regd.config import duration_seconds
+from regctl.runtime import CommandError, UsageProblem, default_registry, parse_ref, run_client
+from regd.client import RegistryClient
+from regd.client.admin import AdminClient
+from regd.durations import duration_seconds
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
@@ -28,7 +28,7 @@ Token = Annotated[
 ]
 RegistryArg = Annotated[
     str | None,
-    typer.Argument(help="HOST[:PORT] of a regd [default: the local one]", show_default=False),
+    typer.Argument(help="HOST[:PORT] of a regd (default: the local one)", show_default=False),
 ]
 
 
@@ -68,7 +68,7 @@ def gc(
     grace: Annotated[
         str | None,
         typer.Option(
-            help="Spare anything pushed within this long [default: regd's gc_grace, 1h]",
+            help="Spare anything pushed within this long (default: regd's gc_grace, 1h)",
             show_default=False,
         ),
     ] = None,
@@ -109,8 +109,10 @@ def gc(
     if rows:
         output.table(["REPOSITORY", "MANIFESTS", "BLOBS", "BYTES"], rows)
     output.stdout().print(
-        f"{verb} {output.human_size(totals['bytes_freed'])}: {totals['manifests']} manifests, "
-        f"{totals['blobs']} blobs, {totals['uploads']} stale uploads "
+        f"{verb} {output.human_size(totals['bytes_freed'])}: "
+        f"{output.count(totals['manifests'], 'manifest')}, "
+        f"{output.count(totals['blobs'], 'blob')}, "
+        f"{output.count(totals['uploads'], 'stale upload')} "
         f"({plan['seconds']:.2f} s)"
     )
 
@@ -121,7 +123,7 @@ def du(
         str | None,
         typer.Argument(
             help="[HOST[:PORT]/]REPO for one repository's tags, or HOST[:PORT] "
-            "[default: the local regd]",
+            "(default: the local regd)",
             show_default=False,
         ),
     ] = None,
@@ -143,6 +145,9 @@ def du(
         return await AdminClient(client, host, token).usage(repository)
 
     usage = run_client(ctx, work)
+    if repository is not None and not any(r["name"] == repository for r in usage["repositories"]):
+        # The admin API answers an unknown name with nothing rather than a 404.
+        raise CommandError(f"repository {repository} is not known to {host}")
     if as_json:
         output.emit_json(usage)
         return
@@ -173,7 +178,7 @@ def du(
                 title=f"{r['name']}: {size(r['size'])}, {size(r['unique'])} unique",
             )
     output.stdout().print(
-        f"registry total {size(usage['total_bytes'])} in {usage['blobs']} blobs; "
+        f"registry total {size(usage['total_bytes'])} in {output.count(usage['blobs'], 'blob')}; "
         f"gc would free {size(usage['reclaimable_bytes'])} now"
     )
 
@@ -219,6 +224,9 @@ def prune(
         )
 
     result = run_client(ctx, work)
+    for tag in result["removed"]:
+        # ISO 8601 under the name ls --json uses for the same moment.
+        tag["pushed"] = output.iso_from_epoch(tag.pop("pushed_at", None))
     if as_json:
         output.emit_json(result)
         return
@@ -228,7 +236,9 @@ def prune(
     console = output.stdout()
     for tag in result["removed"]:
         console.print(f"{verb} {ref.repository}:{tag['tag']} ({tag['digest']})")
-    console.print(f"{len(result['removed'])} tags {verb}, {len(result['kept'])} kept")
+    console.print(
+        f"{output.count(len(result['removed']), 'tag')} {verb}, {len(result['kept'])} kept"
+    )
 
 
 def rm_repo(
@@ -254,10 +264,13 @@ def rm_repo(
     if quiet:
         return
     if dry_run:
-        output.stdout().print(f"would delete {ref.repository} and its {result['tags']} tags")
+        output.stdout().print(
+            f"would delete {ref.repository} and its {output.count(result['tags'], 'tag')}"
+        )
     else:
         output.stdout().print(
-            f"deleted {ref.repository}: {result['tags']} tags, {result['manifests']} manifests"
+            f"deleted {ref.repository}: {output.count(result['tags'], 'tag')}, "
+            f"{output.count(result['manifests'], 'manifest')}"
         )
 
 
@@ -292,7 +305,7 @@ def verify(
                 console.print(f"{kind} {entry['digest']} ({output.human_size(entry['size'])})")
         state = "healthy" if report["healthy"] else ("repaired" if repair else "DAMAGED")
         console.print(
-            f"{state}: {report['checked']} blobs checked "
+            f"{state}: {output.count(report['checked'], 'blob')} checked "
             f"({output.human_size(report['bytes_checked'])}), {len(report['corrupt'])} corrupt, "
             f"{len(report['missing'])} missing, {len(report['unknown'])} unknown "
             f"({report['seconds']:.2f} s)"
@@ -343,8 +356,9 @@ def import_registry2(
     )
     verb = "would import" if dry_run else "imported"
     console.print(
-        f"{verb} {len(report['repositories'])} repositories, {report['manifests']} manifests, "
-        f"{report['tags']} tags, {report['blobs']} blob links ({how}; {report['seconds']:.2f} s)"
+        f"{verb} {output.count(len(report['repositories']), 'repository', 'repositories')}, "
+        f"{output.count(report['manifests'], 'manifest')}, {output.count(report['tags'], 'tag')}, "
+        f"{output.count(report['blobs'], 'blob link')} ({how}; {report['seconds']:.2f} s)"
     )
 
 

@@ -14,11 +14,10 @@ from quart import Blueprint, Response, current_app, request
 
 from regd.api import admin
 from regd.api.admin import BadRequest
-from regd.api.http import json_response, registry
+from regd.api.http import exchange, json_response
 from regd.auth import create_machine_token, hash_password
 from regd.auth.passwords import PasswordError
-from regd.clock import SystemClock
-from regd.config import duration_seconds
+from regd.durations import duration_seconds
 from regd.errors import Conflict, NameUnknown
 from regd.metadata import accounts as rows
 
@@ -28,7 +27,6 @@ bp.before_request(admin.authorize)
 _ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _GROUP = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_AUDIT = 10_000
-_clock = SystemClock()
 
 
 class AccountUnknown(NameUnknown):
@@ -84,7 +82,7 @@ def _account_json(account: rows.Account) -> dict[str, Any]:
 
 @bp.route("/users", methods=["GET"])
 async def list_users() -> Response:
-    users = [_account_json(a) for a in await rows.list_accounts(registry().metadata)]
+    users = [_account_json(a) for a in await rows.list_accounts(exchange().registry.metadata)]
     gate = current_app.config.get("REGD_AUTH")
     if gate is not None:
         users += [
@@ -101,7 +99,8 @@ async def add_user() -> Response:
     groups = _groups(doc.get("groups"))
     hashed = await _hashed(doc)
     try:
-        await rows.add_account(registry().metadata, name, hashed, groups, _clock.now())
+        store = exchange().registry.metadata
+        await rows.add_account(store, name, hashed, groups, store.clock.now())
     except rows.AccountExists as exc:
         raise Conflict(str(exc)) from None
     restart = current_app.config.get("REGD_AUTH") is None
@@ -112,7 +111,7 @@ async def add_user() -> Response:
 async def change_password(name: str) -> Response:
     doc = await admin.body()
     hashed = await _hashed(doc)
-    if not await rows.update_account(registry().metadata, name, password_hash=hashed):
+    if not await rows.update_account(exchange().registry.metadata, name, password_hash=hashed):
         raise AccountUnknown(f"no account {name[:64]!r}")
     _forget_credentials()
     return json_response({"name": name})
@@ -122,7 +121,7 @@ async def change_password(name: str) -> Response:
 async def set_groups(name: str) -> Response:
     doc = await admin.body()
     groups = _groups(doc.get("groups"))
-    if not await rows.update_account(registry().metadata, name, groups=groups):
+    if not await rows.update_account(exchange().registry.metadata, name, groups=groups):
         raise AccountUnknown(f"no account {name[:64]!r}")
     _forget_credentials()
     return json_response({"name": name, "groups": sorted(set(groups))})
@@ -130,7 +129,7 @@ async def set_groups(name: str) -> Response:
 
 @bp.route("/users/<name>", methods=["DELETE"])
 async def remove_user(name: str) -> Response:
-    if not await rows.remove_account(registry().metadata, name):
+    if not await rows.remove_account(exchange().registry.metadata, name):
         raise AccountUnknown(f"no account {name[:64]!r}")
     _forget_credentials()
     return json_response({"name": name, "removed": True})
@@ -160,9 +159,10 @@ async def create_token() -> Response:
         raise BadRequest("scopes must be a list of strings such as repository:team/*:pull")
     try:
         lifetime = None if expires is None else duration_seconds(expires)
+        store = exchange().registry.metadata
         token, secret = await create_machine_token(
-            registry().metadata,
-            _clock,
+            store,
+            store.clock,
             owner=owner,
             name=name,
             scopes=scopes,
@@ -178,13 +178,13 @@ async def create_token() -> Response:
 @bp.route("/tokens", methods=["GET"])
 async def list_tokens() -> Response:
     owner = request.args.get("owner") or None
-    tokens = await rows.list_machine_tokens(registry().metadata, owner)
+    tokens = await rows.list_machine_tokens(exchange().registry.metadata, owner)
     return json_response({"tokens": [_token_json(t) for t in tokens]})
 
 
 @bp.route("/tokens/<token_id>", methods=["DELETE"])
 async def revoke_token(token_id: str) -> Response:
-    if not await rows.revoke_machine_token(registry().metadata, token_id):
+    if not await rows.revoke_machine_token(exchange().registry.metadata, token_id):
         raise AccountUnknown(f"no unrevoked machine token {token_id[:40]!r}")
     return json_response({"id": token_id, "revoked": True})
 
@@ -199,7 +199,7 @@ def _since(raw: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        return _clock.now() - duration_seconds(text)
+        return exchange().registry.metadata.clock.now() - duration_seconds(text)
     except ValueError:
         raise BadRequest(
             f"since must be epoch seconds or an age such as 24h, not {raw[:40]!r}"
@@ -212,7 +212,7 @@ async def audit() -> Response:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_AUDIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_AUDIT}")
     records = await rows.list_audit(
-        registry().metadata,
+        exchange().registry.metadata,
         repository=request.args.get("repository") or None,
         since=_since(request.args.get("since")),
         limit=int(limit_text),

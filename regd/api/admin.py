@@ -11,20 +11,22 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from typing import Any
+from typing import Any, cast
 
 from quart import Blueprint, Response, current_app, request
 
-from regd.api import auth
-from regd.api.http import json_response, registry
+from regd.api.http import exchange, json_response
 from regd.errors import Denied, RegistryError, Unauthorized
+from regd.oci.manifest import nesting_problem
 from regd.registry import Policy, RetentionPolicy
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
 
 
 class BadRequest(RegistryError):
-    code = "INVALID_REQUEST"
+    # The spec's code table has no generic code for a malformed request; UNSUPPORTED
+    # covers "an invalid set of parameters".
+    code = "UNSUPPORTED"
 
 
 @bp.before_request
@@ -47,9 +49,13 @@ async def authorize() -> None:
 
 
 async def body() -> dict[str, Any]:
-    raw = await request.get_data(as_text=False)
+    # Bounded by the app's MAX_CONTENT_LENGTH: a longer body is refused with 413.
+    raw = cast(bytes, await request.get_data(as_text=False))
     if not raw:
         return {}
+    problem = nesting_problem(raw)
+    if problem is not None:
+        raise BadRequest(f"the body is not acceptable JSON: {problem}")
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -85,7 +91,7 @@ async def collect() -> Response:
         delete_orphan_referrers=_flag(doc, "delete_orphan_referrers"),
         upload_max_age=_number(doc, "upload_max_age", defaults.upload_max_age) or 0.0,
     )
-    plan = await registry().lifecycle.collect(policy, dry_run=_flag(doc, "dry_run"))
+    plan = await exchange().registry.lifecycle.collect(policy, dry_run=_flag(doc, "dry_run"))
     return json_response(plan.to_json())
 
 
@@ -94,17 +100,17 @@ async def usage() -> Response:
     repository = request.args.get("repository") or None
     defaults: Policy = current_app.config["REGD_GC_POLICY"]
     return json_response(
-        await registry().lifecycle.usage(repository, grace_seconds=defaults.grace_seconds)
+        await exchange().registry.lifecycle.usage(repository, grace_seconds=defaults.grace_seconds)
     )
 
 
 @bp.route("/repositories/<path:name>", methods=["DELETE"])
 async def delete_repository(name: str) -> Response:
     dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
-    result = await registry().repositories.delete(name, dry_run=dry_run)
-    viewer = auth.viewer()  # audit (regd.api.auth): None when authentication is off
-    if viewer is not None and not dry_run:
-        await viewer.audit("delete-repository", name)
+    x = exchange()
+    result = await x.registry.repositories.delete(name, dry_run=dry_run)
+    if x.viewer is not None and not dry_run:  # audit (regd.api.auth)
+        await x.viewer.audit("delete-repository", name)
     return json_response(result)
 
 
@@ -120,7 +126,9 @@ async def prune(name: str) -> Response:
     policy = RetentionPolicy(
         keep_last=keep_last, keep=keep, older_than=_number(doc, "older_than", None)
     )
-    result = await registry().repositories.prune(name, policy, dry_run=_flag(doc, "dry_run"))
+    result = await exchange().registry.repositories.prune(
+        name, policy, dry_run=_flag(doc, "dry_run")
+    )
     return json_response(result)
 
 
@@ -128,7 +136,7 @@ async def prune(name: str) -> Response:
 async def verify() -> Response:
     doc = await body()
     defaults: Policy = current_app.config["REGD_GC_POLICY"]
-    report = await registry().integrity.verify(
+    report = await exchange().registry.integrity.verify(
         repair=_flag(doc, "repair"),
         grace_seconds=_number(doc, "grace_seconds", defaults.grace_seconds) or 0.0,
     )
@@ -141,5 +149,5 @@ async def import_registry2() -> Response:
     root = doc.get("root")
     if not isinstance(root, str) or not root:
         raise BadRequest("root must be the path of a Distribution storage root on this host")
-    report = await registry().adoption.import_root(root, dry_run=_flag(doc, "dry_run"))
+    report = await exchange().registry.adoption.import_root(root, dry_run=_flag(doc, "dry_run"))
     return json_response(report.to_json())

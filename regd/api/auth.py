@@ -1,7 +1,9 @@
-"""Authentication at the HTTP edge: every request is authenticated once, here, and the policy
-is asked for the one action its route needs. Both dispatchers call `Gate.admit` (the direct
-router through `admit_direct`, Quart through the before-request hook `install` adds); a
-refusal becomes `Refused`, which each dispatcher sends as it is.
+"""Authentication at the HTTP edge: every request is authenticated once, and the policy is
+asked for the one action its path needs. `Gate.admit_exchange` is that one check: it runs in
+`RegdApp.__call__` right after the request's Exchange is made, before either dispatcher
+sees the request, and puts the caller on the Exchange (`x.viewer`). A refusal is a
+RegistryError carrying its WWW-Authenticate or Retry-After header, answered by
+regd.api.errors like every other error.
 
 What a route needs (`Need`):
 - GET /v2/: any authenticated caller (a 401 with the challenge is how clients learn to log in);
@@ -20,22 +22,18 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, g, request
-
-from regd.api.errors import error_body
 from regd.auth import Authenticator, Identity, Scope, Via
 from regd.auth.errors import AuthError, Forbidden, Throttled, Unauthenticated
 from regd.auth.scopes import ADMIN, CATALOG, DELETE, PULL, PUSH
-from regd.errors import BackendError
+from regd.errors import BackendError, Denied, RegistryError, TooManyRequests, Unauthorized
 
 if TYPE_CHECKING:
-    import re
-
-    from regd.api.direct import Request
+    from regd.api.exchange import Exchange
 
 log = logging.getLogger("regd.auth")
 
@@ -70,16 +68,6 @@ class Need:
         if self.repository is None:
             return [{"Type": "registry", "Name": self.action, "Action": "*"}]
         return [{"Type": "repository", "Name": self.repository, "Action": self.action}]
-
-
-class Refused(Exception):
-    """A request the gate turned away, answered as it stands (401, 403 or 429)."""
-
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.headers = headers
-        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,112 +145,101 @@ class Gate:
             raise Unauthenticated(f"authentication required to {what}")
         return Viewer(identity, auth, remote_addr)
 
-    def refusal(self, error: AuthError, need: Need | None, realm: str) -> Refused:
-        """The answer to a refused request: 401 with a challenge, 403 DENIED (with an
-        insufficient_scope challenge), or 429 with Retry-After."""
+    async def admit_exchange(
+        self, x: Exchange, scope: Mapping[str, Any], client_cert_subject: str | None
+    ) -> None:
+        """Decide who is asking for `x` and whether they may: the one check every request
+        passes, made in `RegdApp.__call__` before either dispatcher runs. Sets `x.viewer`
+        (None for the token service, which authenticates by itself) and `x.user`; raises
+        the RegistryError that answers a refusal."""
+        need = need_for(x.method, x.path)
+        if need is None:
+            return
+        authorization = host = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        try:
+            viewer = await self.admit(need, authorization, x.remote, client_cert_subject)
+        except AuthError as error:
+            realm = realm_of(self.authenticator.realm, scope.get("scheme", "http"), host)
+            raise self.refusal(error, need, realm) from None
+        x.viewer = viewer
+        x.user = viewer.identity.actor
+
+    def refusal(self, error: AuthError, need: Need | None, realm: str) -> RegistryError:
+        """The error that answers a refused request (regd.api.errors renders it): 401 with a
+        challenge, 403 DENIED (with an insufficient_scope challenge), or 429 with
+        Retry-After."""
         auth = self.authenticator
         scope = None if need is None else need.scope()
         scopes = [] if scope is None else [scope]
         detail = None if need is None else need.detail()
-        headers = {"content-type": "application/json"}
+        answer: RegistryError
         if isinstance(error, Throttled):
-            headers["retry-after"] = str(error.retry_after)
-            return Refused(429, headers, error_body("TOOMANYREQUESTS", error.message, None))
-        if isinstance(error, Unauthenticated):
-            headers["www-authenticate"] = auth.challenge(scopes, error=error.error, realm=realm)
-            return Refused(401, headers, error_body("UNAUTHORIZED", error.message, detail))
-        if scopes:
-            headers["www-authenticate"] = auth.challenge(
-                scopes, error="insufficient_scope", realm=realm
+            answer = TooManyRequests(error.message)
+            answer.headers["retry-after"] = str(error.retry_after)
+        elif isinstance(error, Unauthenticated):
+            answer = Unauthorized(error.message, detail)
+            answer.headers["www-authenticate"] = auth.challenge(
+                scopes, error=error.error, realm=realm
             )
-        return Refused(403, headers, error_body("DENIED", error.message, detail))
-
-    # -- the direct router ---------------------------------------------------------------
-
-    async def admit_direct(
-        self, request: Request, match: re.Match[str], scope: Mapping[str, Any]
-    ) -> Request:
-        """`request` with its viewer; Refused when the caller may not. Every direct route
-        is /v2/<name>/blobs/... or /v2/<name>/manifests/..., the name its first group."""
-        need = direct_need(request.method, request.path, match[1])
-        client = scope.get("client")
-        remote = client[0] if client else None
-        try:
-            viewer = await self.admit(need, request.headers.get("authorization"), remote)
-        except AuthError as error:
-            realm = realm_of(
-                self.authenticator.realm, scope.get("scheme", "http"), request.headers.get("host")
-            )
-            raise self.refusal(error, need, realm) from None
-        return replace(request, viewer=viewer)
+        else:
+            answer = Denied(error.message, detail)
+            if scopes:
+                answer.headers["www-authenticate"] = auth.challenge(
+                    scopes, error="insufficient_scope", realm=realm
+                )
+        return answer
 
 
-def direct_need(method: str, path: str, repository: str) -> Need:
-    if path.startswith(f"/v2/{repository}/blobs/uploads"):
-        return Need(PUSH, repository)
-    if method in ("GET", "HEAD"):
-        return Need(PULL, repository)
-    if method == "DELETE":
-        return Need(DELETE, repository)
-    return Need(PUSH, repository)
+# The routes, by path, as both dispatchers match them (greedy names, as regd.api.direct's).
+_UPLOADS = re.compile(r"^/v2/(.+)/blobs/uploads(?:/[^/]*)?$")
+_CONTENT = re.compile(r"^/v2/(.+)/(?:blobs|manifests)/[^/]+$")
+_LISTING = re.compile(r"^/v2/(.+)/(?:tags/list|referrers/[^/]+)/?$")
 
 
-def quart_need(endpoint: str | None, blueprint: str | None, args: Mapping[str, Any]) -> Need | None:
-    """What a Quart route needs; None for the token service and for requests that matched
-    no route (answered 404 or 405)."""
-    if endpoint is None or blueprint == "token":
+def need_for(method: str, path: str) -> Need | None:
+    """What a request needs; None for the token service. A path that names no route needs
+    a logged-in caller (who is then told it does not exist)."""
+    if path.startswith("/auth/"):
         return None
-    if blueprint in ("admin", "accounts"):
+    if path.startswith("/admin/"):
         return Need(ADMIN)
-    if endpoint == "listings.catalog":
+    if path.rstrip("/") == "/v2/_catalog":
         return Need(CATALOG)
-    if endpoint in ("listings.tags_list", "listings.referrers"):
-        return Need(PULL, str(args.get("name", "")))
+    match = _UPLOADS.match(path)
+    if match is not None:
+        return Need(PUSH, match[1])
+    match = _CONTENT.match(path)
+    if match is not None:
+        if method in ("GET", "HEAD"):
+            return Need(PULL, match[1])
+        if method == "DELETE":
+            return Need(DELETE, match[1])
+        return Need(PUSH, match[1])
+    match = _LISTING.match(path)
+    if match is not None:
+        return Need(PULL, match[1])
     return Need(AUTHENTICATED)
 
 
 def install(app: Any, gate: Gate) -> None:
-    """Authenticate every Quart request (the direct router gets the gate itself)."""
+    """Serve the token service and tell the admin API that the gate guards it; the gate
+    itself runs in `RegdApp.__call__`."""
     from regd.api import token
 
     app.config["REGD_AUTH"] = gate
     app.register_blueprint(token.bp)
 
-    async def admit() -> None:
-        rule = request.url_rule
-        need = quart_need(
-            None if rule is None else rule.endpoint, request.blueprint, request.view_args or {}
-        )
-        if need is None:
-            g.viewer = None
-            return
-        authorization = request.headers.get("Authorization")
-        try:
-            g.viewer = await gate.admit(need, authorization, request.remote_addr)
-        except AuthError as error:
-            realm = realm_of(gate.authenticator.realm, request.scheme, request.host)
-            raise gate.refusal(error, need, realm) from None
-
-    async def refused(error: Refused) -> Response:
-        return Response(error.body, status=error.status, headers=error.headers)
-
-    app.before_request(admit)
-    app.register_error_handler(Refused, refused)
-
-
-def viewer() -> Viewer | None:
-    """The caller of the current Quart request; None when authentication is off."""
-    current: Viewer | None = g.get("viewer")
-    return current
-
 
 __all__ = [
     "Gate",
     "Need",
-    "Refused",
     "Viewer",
     "install",
-    "quart_need",
+    "need_for",
     "realm_of",
-    "viewer",
 ]

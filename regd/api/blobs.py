@@ -7,14 +7,14 @@ import re
 from regd.api import direct
 from regd.api.direct import Reply
 from regd.api.errors import error_body
+from regd.api.exchange import Exchange
 from regd.api.http import RangeNotSatisfiable, byte_range
-from regd.registry import Registry
 
 
 # A digest has no slash, which also keeps `.../blobs/uploads/<id>` out of this route.
-@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/blobs/([^/]+)$", exclusive=True)
-async def get_blob(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
-    blob = await reg.blobs.stat(match[1], match[2])
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/blobs/([^/]+)$")
+async def get_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
+    blob = await x.registry.blobs.stat(match[1], match[2])
     headers = {
         "docker-content-digest": str(blob.digest),
         "content-type": "application/octet-stream",
@@ -41,14 +41,14 @@ async def get_blob(reg: Registry, request: direct.Request, match: re.Match[str])
     if request.head:
         return Reply(status, headers, length=length)
 
-    url = await reg.blobs.redirect_url(blob)
+    url = await x.registry.blobs.redirect_url(blob)
     if url is not None:
         return Reply(307, {"location": url, "docker-content-digest": str(blob.digest)})
-    stream = await reg.blobs.open(blob, start, length)
+    stream = await x.registry.blobs.open(blob, start, length)
     return Reply(status, headers, stream=stream, length=length)
 
 
-@direct.route({"DELETE"}, r"^/v2/(.+)/blobs/([^/]+)$", exclusive=True)
-async def delete_blob(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
-    await reg.blobs.delete(match[1], match[2])
+@direct.route({"DELETE"}, r"^/v2/(.+)/blobs/([^/]+)$")
+async def delete_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
+    await x.registry.blobs.delete(match[1], match[2])
     return Reply(202, {"docker-content-digest": match[2]})

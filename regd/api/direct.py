@@ -6,35 +6,24 @@ locals and dispatch cost as much as the rest of a request together, and its requ
 copies each chunk into a buffer of its own. So the application matches the routes under
 `/v2/<name>/blobs/` and `/v2/<name>/manifests/` here first and answers them with plain
 ASGI messages, reading bodies straight from the server; the version check, listings and
-the admin API go on to Quart. The resource modules define the handlers; errors are
-answered from the same table as Quart's handlers.
+the admin API go on to Quart. The resource modules define the handlers; errors,
+refusals, common headers and the access log are shared with Quart (regd.api.errors,
+regd.api.exchange).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import trio
 
-from regd import errors as e
-from regd.api.auth import Refused  # auth
-from regd.api.errors import backend_failure, error_body, status_of
+from regd.api.errors import answer_for, method_not_allowed
+from regd.api.exchange import API_VERSION, Exchange
 from regd.api.http import content_length
-from regd.registry import Registry
-
-if TYPE_CHECKING:
-    from regd.api.auth import Gate, Viewer  # auth
-
-access_log = logging.getLogger("regd.access")
-
-API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
-JSON = b"application/json"
 
 
 class ClientDisconnected(Exception):
@@ -50,8 +39,6 @@ class Request:
     # The query string's parameters, in order.
     query: tuple[tuple[str, str], ...]
     receive: Any
-    # auth: who is asking, set by the gate; None when authentication is off.
-    viewer: Viewer | None = None
 
     @property
     def head(self) -> bool:
@@ -108,7 +95,7 @@ class Reply:
     repeated: list[tuple[str, str]] = field(default_factory=list)
 
 
-Handler = Callable[[Registry, Request, "re.Match[str]"], Awaitable[Reply]]
+Handler = Callable[[Exchange, Request, "re.Match[str]"], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,67 +103,37 @@ class Route:
     methods: frozenset[str]
     pattern: re.Pattern[str]
     handler: Handler
-    # Whether every method of these paths is served here; otherwise other methods go on
-    # to Quart, which serves them or answers 405 itself.
-    exclusive: bool
 
 
-def route(
-    methods: set[str], pattern: str, *, exclusive: bool = False
-) -> Callable[[Handler], Route]:
+def route(methods: set[str], pattern: str) -> Callable[[Handler], Route]:
+    """A data-plane route; every method it lacks on its paths is refused with 405."""
+
     def wrap(handler: Handler) -> Route:
-        return Route(frozenset(methods), re.compile(pattern), handler, exclusive)
+        return Route(frozenset(methods), re.compile(pattern), handler)
 
     return wrap
-
-
-def error_reply(error: e.RegistryError) -> Reply:
-    return Reply(
-        status_of(error),
-        {"content-type": "application/json"},
-        error_body(error.code, error.message, error.detail),
-    )
 
 
 class Router:
     """Answers the requests its routes match; `handle` returns False for the rest."""
 
-    def __init__(
-        self,
-        routes: tuple[Route, ...],
-        registry: Registry,
-        *,
-        access_log: bool,
-        gate: Gate | None = None,  # auth
-    ):
+    def __init__(self, routes: tuple[Route, ...]):
         self._routes = routes
-        self._registry = registry
-        self._access_log = access_log
-        self._gate = gate  # auth
 
-    async def handle(self, scope: Mapping[str, Any], receive: Any, send: Any) -> bool:
-        method, path = scope["method"], scope["path"]
+    async def handle(self, x: Exchange, scope: Mapping[str, Any], receive: Any, send: Any) -> bool:
+        method, path = x.method, x.path
         refuse = False
         for candidate in self._routes:
             match = candidate.pattern.match(path)
             if match is not None:
                 if method in candidate.methods:
                     break
-                refuse = refuse or candidate.exclusive
+                refuse = True
         else:
             if not refuse:
                 return False
-            await self._send(
-                method,
-                Reply(
-                    405,
-                    {"content-type": "application/json"},
-                    error_body("UNSUPPORTED", "method not allowed on this endpoint"),
-                ),
-                send,
-            )
+            await _send(x, Reply(*method_not_allowed(method)), send)
             return True
-        started = time.perf_counter()
         query = scope.get("query_string", b"")
         request = Request(
             method,
@@ -186,49 +143,30 @@ class Router:
             receive,
         )
         try:
-            if self._gate is not None:  # auth: authenticate, ask the policy (regd.api.auth)
-                request = await self._gate.admit_direct(request, match, scope)
-            reply = await candidate.handler(self._registry, request, match)
-        except Refused as refused:  # auth
-            reply = Reply(refused.status, refused.headers, refused.body)
+            reply = await candidate.handler(x, request, match)
         except ClientDisconnected:
             # Nobody to answer; the handler has already rolled back what it began.
             return True
-        except e.RegistryError as error:
-            reply = error_reply(error)
-        except e.BackendError as error:
-            status, code, message, headers = backend_failure(error)
-            reply = Reply(status, {**headers, "content-type": "application/json"})
-            reply.body = error_body(code, message)
+        except Exception as error:
+            reply = Reply(*answer_for(error, method, path))
+        await _send(x, reply, send)
         if reply.stream is not None and not request.head:
-            await self._send(method, reply, send)
             await _stream(reply.stream, receive, send)
-        else:
-            await self._send(method, reply, send)
-        if self._access_log and access_log.isEnabledFor(logging.INFO):
-            client = scope.get("client")
-            access_log.info(
-                "method=%s path=%s status=%d length=%s ms=%.1f remote=%s",
-                method,
-                path,
-                reply.status,
-                reply.length if reply.length is not None else len(reply.body),
-                (time.perf_counter() - started) * 1000,
-                client[0] if client else None,
-            )
         return True
 
-    @staticmethod
-    async def _send(method: str, reply: Reply, send: Any) -> None:
-        """The status and headers, and the body unless it is streamed."""
-        length = reply.length if reply.length is not None else len(reply.body)
-        headers = [API_VERSION, (b"content-length", str(length).encode())]
-        headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())
-        headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.repeated)
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        if reply.stream is None or method == "HEAD":
-            body = b"" if method == "HEAD" else reply.body
-            await send({"type": "http.response.body", "body": body})
+
+async def _send(x: Exchange, reply: Reply, send: Any) -> None:
+    """The status and headers, and the body unless it is streamed."""
+    length = reply.length if reply.length is not None else len(reply.body)
+    x.status, x.length = reply.status, length
+    headers = [API_VERSION, (b"content-length", str(length).encode())]
+    headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers.items())
+    headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.repeated)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    if reply.stream is None or x.method == "HEAD":
+        await send(
+            {"type": "http.response.body", "body": b"" if x.method == "HEAD" else reply.body}
+        )
 
 
 async def _stream(body: AsyncIterable[bytes], receive: Any, send: Any) -> None:

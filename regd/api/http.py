@@ -7,10 +7,10 @@ import re
 from typing import Any, cast
 from urllib.parse import quote
 
-from quart import Response, current_app
+from quart import Response, request
 
+from regd.api.exchange import EXCHANGE_KEY, Exchange
 from regd.errors import BlobUploadInvalid, SizeInvalid
-from regd.registry import Registry
 
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
@@ -20,8 +20,9 @@ class RangeNotSatisfiable(Exception):
     pass
 
 
-def registry() -> Registry:
-    return cast(Registry, current_app.config["REGD_REGISTRY"])
+def exchange() -> Exchange:
+    """The request's exchange, for Quart handlers (data-plane handlers are passed it)."""
+    return cast(Exchange, cast(dict[str, Any], request.scope)[EXCHANGE_KEY])
 
 
 def json_response(

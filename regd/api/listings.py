@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from regd.api import auth
-from regd.api.http import json_response, next_link, registry
+from regd.api.http import exchange, json_response, next_link
 from regd.oci import mediatypes as mt
 from regd.registry import page_size
 
@@ -16,7 +15,7 @@ bp = Blueprint("listings", __name__)
 async def tags_list(name: str) -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    page = await registry().listings.tags(name, n, last)
+    page = await exchange().registry.listings.tags(name, n, last)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])
@@ -27,8 +26,10 @@ async def tags_list(name: str) -> Response:
 async def catalog() -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    viewer = auth.viewer()  # auth: only what the caller may pull
-    page = await registry().listings.catalog(n, last, None if viewer is None else viewer.may_pull)
+    x = exchange()
+    # Only what the caller may pull (regd.api.auth); everything with authentication off.
+    visible = None if x.viewer is None else x.viewer.may_pull
+    page = await x.registry.listings.catalog(n, last, visible)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])
@@ -38,6 +39,6 @@ async def catalog() -> Response:
 @bp.route("/v2/<path:name>/referrers/<digest>", methods=["GET"])
 async def referrers(name: str, digest: str) -> Response:
     artifact_type = request.args.get("artifactType") or None
-    result = await registry().listings.referrers(name, digest, artifact_type)
+    result = await exchange().registry.listings.referrers(name, digest, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if result.filtered else {}
     return json_response(result.index, headers=headers, content_type=mt.OCI_INDEX)

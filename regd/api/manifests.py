@@ -7,15 +7,19 @@ from email.utils import formatdate
 
 from regd.api import direct
 from regd.api.direct import Reply
-from regd.errors import ManifestTooLarge
-from regd.registry import MAX_MANIFEST_SIZE, Registry
+from regd.api.exchange import Exchange
+from regd.errors import ManifestTooLarge, ManifestUnknown, TagInvalid
+from regd.registry import MAX_MANIFEST_SIZE
 
 
 # The reference is the last path component, so the repository name takes the rest.
-@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
-async def get_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+@direct.route({"GET", "HEAD"}, r"^/v2/(.+)/manifests/([^/]+)$")
+async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
     name, reference = match[1], match[2]
-    info = await reg.manifests.get(name, reference, with_payload=not request.head)
+    try:
+        info = await x.registry.manifests.get(name, reference, with_payload=not request.head)
+    except TagInvalid:
+        raise _cannot_exist(name, reference) from None
     headers = {
         "docker-content-digest": info.digest,
         "content-type": info.media_type,
@@ -26,11 +30,11 @@ async def get_manifest(reg: Registry, request: direct.Request, match: re.Match[s
     return Reply(200, headers, info.payload or b"", length=info.size)
 
 
-@direct.route({"PUT"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
-async def put_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
+@direct.route({"PUT"}, r"^/v2/(.+)/manifests/([^/]+)$")
+async def put_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
     name, reference = match[1], match[2]
     payload = await request.read(MAX_MANIFEST_SIZE, ManifestTooLarge)
-    pushed = await reg.manifests.put(
+    pushed = await x.registry.manifests.put(
         name,
         reference,
         payload,
@@ -47,18 +51,30 @@ async def put_manifest(reg: Registry, request: direct.Request, match: re.Match[s
     if pushed.subject is not None:
         reply.headers["oci-subject"] = str(pushed.subject)
     reply.repeated = [("oci-tag", tag) for tag in pushed.tags]
-    if request.viewer is not None:  # audit (regd.api.auth)
-        await request.viewer.audit("push", name, reference)
+    if x.viewer is not None:  # audit (regd.api.auth)
+        await x.viewer.audit("push", name, reference)
         for tag in pushed.tags:
             if tag != reference:
-                await request.viewer.audit("tag", name, tag)
+                await x.viewer.audit("tag", name, tag)
     return reply
 
 
-@direct.route({"DELETE"}, r"^/v2/(.+)/manifests/([^/]+)$", exclusive=True)
-async def delete_manifest(reg: Registry, request: direct.Request, match: re.Match[str]) -> Reply:
-    await reg.manifests.delete(match[1], match[2])
-    if request.viewer is not None:  # audit (regd.api.auth)
+@direct.route({"DELETE"}, r"^/v2/(.+)/manifests/([^/]+)$")
+async def delete_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
+    try:
+        await x.registry.manifests.delete(match[1], match[2])
+    except TagInvalid:
+        raise _cannot_exist(match[1], match[2]) from None
+    if x.viewer is not None:  # audit (regd.api.auth)
         kind = "delete-manifest" if ":" in match[2] else "delete-tag"
-        await request.viewer.audit(kind, match[1], match[2])
+        await x.viewer.audit(kind, match[1], match[2])
     return Reply(202)
+
+
+def _cannot_exist(name: str, reference: str) -> ManifestUnknown:
+    # Only a push is told its tag is malformed; to a read, a reference that cannot exist
+    # is one that is not there (as the conformance suite expects).
+    return ManifestUnknown(
+        f"manifest {reference[:200]} is not in repository {name[:300]}: it is not a valid tag",
+        {"reference": reference[:300]},
+    )

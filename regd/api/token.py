@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl
 
 from quart import Blueprint, Response, current_app, request
 
-from regd.api.auth import Gate, Refused, realm_of
+from regd.api.auth import Gate, realm_of
 from regd.api.http import json_response
 from regd.auth.errors import AuthError, Unauthenticated
 from regd.auth.keys import KeyRing
-from regd.errors import SizeInvalid
+from regd.errors import RegistryError, SizeInvalid
 
 bp = Blueprint("token", __name__, url_prefix="/auth")
 
@@ -37,7 +37,7 @@ def _keys() -> KeyRing:
     return issuer.keys
 
 
-def _refused(error: AuthError) -> Refused:
+def _refused(error: AuthError) -> RegistryError:
     gate = _gate()
     refused = gate.refusal(error, None, realm_of("", request.scheme, request.host))
     if isinstance(error, Unauthenticated):

@@ -11,10 +11,11 @@ import re
 from regd.api import direct
 from regd.api.direct import Reply, Request
 from regd.api.errors import error_body
+from regd.api.exchange import Exchange
 from regd.api.http import content_length, content_range
 from regd.errors import RangeInvalid, SizeInvalid, Unsupported
 from regd.oci.digest import is_supported_algorithm
-from regd.registry import BlobStat, Registry, UploadStatus
+from regd.registry import BlobStat, UploadStatus
 
 
 def _location(name: str, upload_id: str) -> str:
@@ -68,46 +69,45 @@ def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
 
 
 # Clients write the collection with its trailing slash; a few leave it out.
-@direct.route({"POST"}, r"^/v2/(.+)/blobs/uploads/?$", exclusive=True)
-async def start_upload(reg: Registry, request: Request, match: re.Match[str]) -> Reply:
+@direct.route({"POST"}, r"^/v2/(.+)/blobs/uploads/?$")
+async def start_upload(x: Exchange, request: Request, match: re.Match[str]) -> Reply:
     name = match[1]
     mount = request.arg("mount")
     if mount is not None:
-        may_pull = None if request.viewer is None else request.viewer.may_pull  # auth
-        blob = await reg.blobs.mount(name, mount, request.arg("from"), may_pull)
+        # Only from repositories the caller may pull (regd.api.auth).
+        may_pull = None if x.viewer is None else x.viewer.may_pull
+        blob = await x.registry.blobs.mount(name, mount, request.arg("from"), may_pull)
         if blob is not None:
             return _created(name, blob)
         # Nothing to mount: fall back to an ordinary session, as the spec asks.
-        return _in_progress(await reg.uploads.start(name))
+        return _in_progress(await x.registry.uploads.start(name))
     algorithm = request.arg("digest-algorithm")
     if algorithm is not None and not is_supported_algorithm(algorithm):
         raise Unsupported(f"digest algorithm {algorithm[:40]!r} is not supported")
     digest = request.arg("digest")
     if digest is not None:
         length = content_length(request.headers.get("content-length"))
-        blob = await reg.uploads.monolithic(name, digest, request.body(), length)
+        blob = await x.registry.uploads.monolithic(name, digest, request.body(), length)
         return _created(name, blob)
-    return _in_progress(await reg.uploads.start(name))
+    return _in_progress(await x.registry.uploads.start(name))
 
 
-@direct.route(
-    {"GET", "PATCH", "PUT", "DELETE"}, r"^/v2/(.+)/blobs/uploads/([^/]+)$", exclusive=True
-)
-async def upload_session(reg: Registry, request: Request, match: re.Match[str]) -> Reply:
+@direct.route({"GET", "PATCH", "PUT", "DELETE"}, r"^/v2/(.+)/blobs/uploads/([^/]+)$")
+async def upload_session(x: Exchange, request: Request, match: re.Match[str]) -> Reply:
     name, upload_id = match[1], match[2]
     if request.method == "GET":
-        return _in_progress(await reg.uploads.status(name, upload_id), 204)
+        return _in_progress(await x.registry.uploads.status(name, upload_id), 204)
     if request.method == "DELETE":
-        await reg.uploads.cancel(name, upload_id)
+        await x.registry.uploads.cancel(name, upload_id)
         return Reply(204)
     start, length = _chunk_bounds(request)
     try:
         if request.method == "PATCH":
-            status = await reg.uploads.append(
+            status = await x.registry.uploads.append(
                 name, upload_id, request.body(), start=start, length=length
             )
             return _in_progress(status)
-        blob = await reg.uploads.finish(
+        blob = await x.registry.uploads.finish(
             name, upload_id, request.arg("digest"), request.body(), start=start, length=length
         )
     except RangeInvalid as exc:

@@ -21,7 +21,7 @@ from regd.auth.keys import KeyRing
 from regd.auth.passwords import load_htpasswd
 from regd.auth.policy import Policy
 from regd.auth.tokens import TokenIssuer, TokenVerifier, TrustedIssuer
-from regd.clock import Clock, SystemClock
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.config import Config, TrustedIssuerConfig
 from regd.errors import ConfigError
 from regd.metadata import MetadataStore
@@ -71,13 +71,12 @@ def check_exposure(config: Config) -> None:
 
 
 def build_authenticator(
-    config: Config, store: MetadataStore, clock: Clock | None = None
+    config: Config, store: MetadataStore, clock: Clock = SYSTEM_CLOCK
 ) -> Authenticator | None:
     """The Authenticator for `config`, or None when authentication is off. Blocking (key
     files, the htpasswd file, one query): call before serving, in every worker."""
     if not auth_enabled(config, store):
         return None
-    clock = clock or SystemClock()
     keys = KeyRing.open(config.auth_keys_dir, config.auth_issuer, clock)
     issuer = TokenIssuer(keys, config.auth_issuer, clock, access_ttl=config.auth_token_ttl)
     trusted = [_trusted(entry) for entry in config.auth_trust]

@@ -2,18 +2,17 @@
 
 # accounts registers its tables on the schema's MetaData, so create_schema makes them too.
 from regd.metadata import accounts as accounts
-from regd.metadata.store import (
+from regd.metadata.engine import normalize_url, sqlite_url
+from regd.metadata.records import (
     ManifestInfo,
     MetadataError,
-    MetadataStore,
     MissingReferences,
     NewManifest,
     Page,
     TagInfo,
     UploadInfo,
-    normalize_url,
-    sqlite_url,
 )
+from regd.metadata.store import MetadataStore
 
 __all__ = [
     "ManifestInfo",

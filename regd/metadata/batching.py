@@ -7,12 +7,18 @@ transaction and commits once. Should one of them fail, the transaction is rolled
 the batch run again with each function in a savepoint, so the failing one rolls back
 alone. Callers are answered only after the commit: a success still means the rows are on
 disk.
+
+The writer must outlive whatever goes wrong around it (a lock file that cannot be opened,
+descriptors run out, the database file gone): such a failure fails the batch in hand and
+the thread carries on, and should the thread die all the same, the next write starts
+another. No caller waits on it longer than `wait_timeout`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import threading
@@ -26,12 +32,22 @@ import trio
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from regd.metadata.dbfile import DatabaseFile
+
 MAX_BATCH = 64
 MAX_ATTEMPTS = 5
+# How long a write waits for the writer by default (seconds) before it fails.
+WAIT_TIMEOUT = 30.0
+
+log = logging.getLogger("regd.metadata")
 
 
 class Retry(Exception):
     """Raised by a write function to be run again, in a later transaction."""
+
+
+class WriterFault(RuntimeError):
+    """The writer could not run a batch for a reason of its own, not of the operations'."""
 
 
 class _OpFailed(Exception):
@@ -51,6 +67,13 @@ class WriteOp:
     result: Any = None
     error: BaseException | None = None
     attempts: int = 0
+    # QUEUED until the writer takes it (RUNNING) or its caller gives up first (ABANDONED);
+    # changed only under the batcher's _state_lock.
+    state: str = "queued"
+    answered: bool = False
+
+
+QUEUED, RUNNING, ABANDONED = "queued", "running", "abandoned"
 
 
 class WriteBatcher:
@@ -60,9 +83,17 @@ class WriteBatcher:
         wrap_error: Callable[[BaseException], BaseException],
         retryable: Callable[[DBAPIError], bool],
         lock_path: Path | None = None,
+        *,
+        database: DatabaseFile | None = None,
+        wait_timeout: float = WAIT_TIMEOUT,
     ) -> None:
         self._engine = engine
         self._lock_path = lock_path
+        self._database = database
+        self._wait_timeout = wait_timeout
+        self._state_lock = threading.Lock()
+        # What the writer is blocked on right now, for the error of a caller who gave up.
+        self._blocked_on: str | None = None
         self._wrap = wrap_error
         self._retryable = retryable
         self._queue: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
@@ -76,29 +107,65 @@ class WriteBatcher:
         op = WriteOp(fn, trio.lowlevel.current_trio_token())
         self._ensure_thread()
         self._queue.put(op)
-        # The write happens whether or not the caller is still waiting.
-        with trio.CancelScope(shield=True):
+        # A write the writer has begun happens whether or not the caller is still
+        # waiting, so cancellation does not cut the wait short; the timeout does.
+        with trio.CancelScope(shield=True), trio.move_on_after(self._wait_timeout):
             await op.done.wait()
+        if not op.answered:
+            fault = self._gave_up(op)
+            if fault is not None:
+                raise self._wrap(fault)
         if op.error is not None:
             raise op.error
         return op.result
+
+    def _gave_up(self, op: WriteOp) -> WriterFault | None:
+        """Withdraw an operation the writer has not begun; the error for its caller."""
+        with self._state_lock:
+            if op.answered:
+                # Answered just as the wait ran out.
+                return None
+            begun = op.state == RUNNING
+            if op.state == QUEUED:
+                op.state = ABANDONED
+        blocked = self._blocked_on
+        thread = self._thread
+        if blocked is not None:
+            cause = blocked
+        elif thread is None or not thread.is_alive():
+            cause = "the writer thread is not running"
+        else:
+            cause = "the writer is busy with earlier writes"
+        outcome = " (the write had begun and may still be applied)" if begun else ""
+        return WriterFault(
+            f"the database writer did not answer within {self._wait_timeout:g} s: {cause}{outcome}"
+        )
 
     def close(self) -> None:
         with self._start_lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(None)
-            thread.join()
+            # A writer stuck (on another process's lock, say) must not hold up shutdown;
+            # it is a daemon thread and goes with the process.
+            thread.join(self._wait_timeout)
+            if thread.is_alive():
+                log.warning(
+                    "the database writer did not stop within %g s: %s",
+                    self._wait_timeout,
+                    self._blocked_on or "busy",
+                )
 
     def _ensure_thread(self) -> None:
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="regd-sqlite-writer", daemon=True
                 )
                 self._thread.start()
 
     def _loop(self) -> None:
+        me = threading.current_thread()
         try:
             stopping = False
             while not stopping:
@@ -115,16 +182,43 @@ class WriteBatcher:
                         stopping = True
                         break
                     batch.append(nxt)
-                for op in self._execute(batch):
+                try:
+                    again = self._execute(batch)
+                except BaseException as exc:
+                    # Not the operations' doing (those are settled in _execute_locked):
+                    # the writer's own means failed. The batch fails and the writer goes
+                    # on, with a new connection and a new lock file descriptor next time.
+                    self._blocked_on = None
+                    self._drop_connection()
+                    fault = WriterFault(f"the database writer failed: {_describe(exc)}")
+                    for op in batch:
+                        if not op.answered:
+                            op.error, op.result = self._wrap(fault), None
+                            self._answer(op)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for op in again:
+                    with self._state_lock:
+                        op.state = QUEUED
                     self._queue.put(op)
         finally:
             self._drop_connection()
+            with self._start_lock:
+                # A writer that died lets the next write start another.
+                if self._thread is me:
+                    self._thread = None
 
     def _connection(self) -> Connection:
         if self._conn is None:
+            if self._database is not None:
+                # Connecting to a path whose file is gone would create an empty database.
+                self._database.check()
             conn = self._engine.connect()
             conn.execution_options(regd_write=True)
             self._conn = conn
+            if self._database is not None:
+                self._database.remember()
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -146,9 +240,23 @@ class WriteBatcher:
         if self._lock_path is None:
             yield
             return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise WriterFault(
+                f"cannot open the lock file {self._lock_path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Callers stop waiting after wait_timeout; the writer waits on, so that
+                # it takes its turn as soon as the holder lets go.
+                self._blocked_on = (
+                    f"waiting for the lock file {self._lock_path}, which another process holds"
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._blocked_on = None
             yield
         finally:
             os.close(fd)
@@ -156,6 +264,17 @@ class WriteBatcher:
     def _execute(self, batch: list[WriteOp]) -> list[WriteOp]:
         """Run a batch in one transaction; returns the operations to run again."""
         with self._process_lock():
+            # Taken only now that the writer holds the lock: a caller who gave up while
+            # the writer waited for it must not see its write happen after all.
+            with self._state_lock:
+                for op in batch:
+                    if op.state == QUEUED:
+                        op.state = RUNNING
+                    elif op.state == ABANDONED:
+                        op.answered = True
+            batch = [op for op in batch if op.state == RUNNING]
+            if not batch:
+                return []
             return self._execute_locked(batch)
 
     def _execute_locked(self, batch: list[WriteOp]) -> list[WriteOp]:
@@ -201,7 +320,7 @@ class WriteBatcher:
                 if op.attempts < MAX_ATTEMPTS:
                     retry_now.append(op)
                     continue
-                op.error = self._wrap(RuntimeError("gave up after repeated conflicts"))
+                op.error = self._wrap(Retry("gave up after repeated conflicts"))
             self._answer(op)
         return retry_now
 
@@ -228,6 +347,10 @@ class WriteBatcher:
                 except BaseException as exc:
                     savepoint.rollback()
                     again += self._settle(op, exc)
+            if self._database is not None:
+                # Last thing before the commit: committing into a removed file would
+                # acknowledge writes that are already lost.
+                self._database.check()
         return again
 
     def _settle(self, op: WriteOp, exc: BaseException) -> list[WriteOp]:
@@ -244,6 +367,16 @@ class WriteBatcher:
 
     @staticmethod
     def _answer(op: WriteOp) -> None:
+        op.answered = True
         # When the caller's event loop is gone, nobody is waiting for the answer.
         with contextlib.suppress(trio.RunFinishedError):
             op.token.run_sync_soon(op.done.set)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WriterFault):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"

@@ -150,4 +150,6 @@ uploads = Table(
     Column("updated_at", Float, nullable=False),
     Column("lease", String(36)),
     Column("lease_until", Float),
+    # Opening a session counts the repository's open ones against a cap.
+    Index("uploads_repository", "repository"),
 )

@@ -7,7 +7,9 @@ learn what they reference (config, layers, child manifests, subject).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from regd.oci import mediatypes as mt
@@ -147,6 +149,31 @@ def _base_type(content_type: str | None) -> str | None:
     return base
 
 
+# Far deeper than any manifest or request document needs; Python's parser recurses per
+# level and fails with RecursionError near 1,000, so documents are refused long before.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Openers become 1 and closers -1 (as signed bytes), everything else is dropped: the
+# running sum is the depth. Whether brackets pair up by kind is the parser's business.
+_DEPTH_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nesting_problem(raw: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a JSON document nests too deeply to parse, or None when it does not.
+
+    A document with few brackets cannot be deep, which settles nearly every manifest
+    without a pass over it; otherwise the strings are cut out and the depth summed in C.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return None
+    steps = _JSON_STRING.sub(b"", raw).translate(_DEPTH_STEPS, _NOT_BRACKET)
+    deepest = max(accumulate(memoryview(steps).cast("b")), default=0)
+    if deepest > limit:
+        return f"it nests {deepest} levels deep; the limit is {limit}"
+    return None
+
+
 def parse_manifest(payload: bytes, content_type: str | None = None) -> Manifest:
     """Parse `payload`, reconciling its `mediaType` with the request's Content-Type."""
     declared = _base_type(content_type)
@@ -156,6 +183,9 @@ def parse_manifest(payload: bytes, content_type: str | None = None) -> Manifest:
             "or OCI manifests",
             unsupported=True,
         )
+    problem = nesting_problem(payload)
+    if problem is not None:
+        raise ManifestError(f"manifest is not acceptable JSON: {problem}")
     try:
         doc = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

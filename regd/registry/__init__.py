@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.metadata import MetadataStore
 from regd.registry.adoption import Adoption
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
@@ -12,7 +13,7 @@ from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
 from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
 from regd.registry.retention import Repositories, RetentionPolicy
-from regd.registry.uploads import Uploads, UploadStatus
+from regd.registry.uploads import MAX_UPLOADS_PER_REPOSITORY, Uploads, UploadStatus
 from regd.storage import StorageDriver
 
 
@@ -30,18 +31,29 @@ class Registry:
     adoption: Adoption
 
     @classmethod
-    def create(cls, storage: StorageDriver, metadata: MetadataStore) -> Registry:
+    def create(
+        cls,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
+    ) -> Registry:
+        """The registry over `storage` and `metadata`. Decisions that compare wall-clock
+        times (grace periods, retention ages) read `clock`; give the store the same one."""
         manifests = Manifests(metadata)
         return cls(
             storage=storage,
             metadata=metadata,
             blobs=Blobs(storage, metadata),
-            uploads=Uploads(storage, metadata),
+            uploads=Uploads(
+                storage, metadata, max_uploads_per_repository=max_uploads_per_repository
+            ),
             manifests=manifests,
             listings=Listings(metadata),
-            lifecycle=Lifecycle(storage, metadata),
-            repositories=Repositories(metadata),
-            integrity=Integrity(storage, metadata),
+            lifecycle=Lifecycle(storage, metadata, clock),
+            repositories=Repositories(metadata, clock),
+            integrity=Integrity(storage, metadata, clock),
             adoption=Adoption(storage, metadata, manifests),
         )
 
@@ -51,6 +63,7 @@ class Registry:
 
 __all__ = [
     "MAX_MANIFEST_SIZE",
+    "MAX_UPLOADS_PER_REPOSITORY",
     "Adoption",
     "BlobStat",
     "BlobStream",

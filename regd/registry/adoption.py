@@ -12,21 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from regd.errors import ManifestBlobUnknown, RegistryError
 from regd.metadata import MetadataStore
-from regd.oci.digest import Digest, DigestError, Hasher
+from regd.oci.digest import Digest, DigestError
+from regd.registry.hashing import hash_stored
 from regd.registry.manifests import Manifests
 from regd.registry.validation import is_digest_reference
 from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
 from regd.storage.base import InvalidPath
 
-COPY_CHUNK = 4 * 1024 * 1024
-
 
 class ImportInvalid(RegistryError):
-    code = "IMPORT_INVALID"
+    code = "UNSUPPORTED"  # the spec's code for "an invalid set of parameters"
 
 
 @dataclass(slots=True)
@@ -210,18 +207,14 @@ class Adoption:
             await self._storage.stat(target)
             return 0
         staging = f"{layout.ROOT}/_imports/{digest.algorithm}-{digest.hex}-{time.time_ns()}"
-        hasher = Hasher(digest.algorithm)
-        reader = await source.reader(layout.blob_data(digest))
         writer = await self._storage.writer(staging)
         try:
-            while chunk := await reader.read(COPY_CHUNK):
-                await trio.to_thread.run_sync(hasher.update, chunk)
-                await writer.write(chunk)
+            hasher = await hash_stored(
+                source, layout.blob_data(digest), digest.algorithm, copy_to=writer
+            )
         except BaseException:
             await writer.cancel()
             raise
-        finally:
-            await reader.aclose()
         if hasher.digest() != digest:
             await writer.cancel()
             raise StorageError(f"source blob hashes to {hasher.digest()}, not {digest}")

@@ -10,13 +10,16 @@ from typing import Any
 
 import trio
 
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.metadata import MetadataStore
-from regd.metadata import lifecycle as rows
-from regd.oci.digest import Digest, DigestError, Hasher, is_supported_algorithm
+from regd.metadata import collection as rows
+from regd.metadata.rules import blob_lease
+from regd.oci.digest import Digest, DigestError, is_supported_algorithm
+from regd.registry.hashing import hash_stored
+from regd.registry.leases import SWEEP_LEASE_SECONDS
 from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
 
-HASH_CHUNK = 4 * 1024 * 1024
 HASH_CONCURRENCY = 2
 
 
@@ -72,9 +75,12 @@ async def stored_blobs(storage: StorageDriver) -> dict[str, int]:
 
 
 class Integrity:
-    def __init__(self, storage: StorageDriver, metadata: MetadataStore) -> None:
+    def __init__(
+        self, storage: StorageDriver, metadata: MetadataStore, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._storage = storage
         self._metadata = metadata
+        self._clock = clock
 
     async def verify(self, *, repair: bool, grace_seconds: float = 3600.0) -> Report:
         started = time.monotonic()
@@ -94,7 +100,7 @@ class Integrity:
                     "used_by": [{"repository": r, "manifest": m} for r, m in users.get(digest, [])],
                 }
             )
-        cutoff = time.time() - grace_seconds
+        cutoff = self._clock.now() - grace_seconds
         for digest, size in sorted(files.items()):
             if digest in snap.blobs or digest in manifest_copies:
                 continue
@@ -117,16 +123,12 @@ class Integrity:
     ) -> None:
         async with limiter:
             expected = Digest.parse(digest)
-            hasher = Hasher(expected.algorithm)
             try:
-                reader = await self._storage.reader(layout.blob_data(expected))
+                hasher = await hash_stored(
+                    self._storage, layout.blob_data(expected), expected.algorithm
+                )
             except PathNotFound:
                 return  # collected meanwhile
-            try:
-                while chunk := await reader.read(HASH_CHUNK):
-                    await trio.to_thread.run_sync(hasher.update, chunk)
-            finally:
-                await reader.aclose()
         report.checked += 1
         report.bytes_checked += hasher.size
         if hasher.digest() != expected:
@@ -136,15 +138,15 @@ class Integrity:
         holder = str(uuid.uuid4())
         corrupt = [e["digest"] for e in report.corrupt]
         dangling = [e["digest"] for e in report.missing]
-        names = [f"blob:{d}" for d in corrupt + dangling]
-        taken = await rows.acquire_locks(self._metadata, names, holder, 300.0)
+        names = [blob_lease(d) for d in corrupt + dangling]
+        taken = await rows.acquire_locks(self._metadata, names, holder, SWEEP_LEASE_SECONDS)
         try:
             # Forgetting the rows makes clients see the blob as absent and push it again.
             await rows.forget_blobs(
-                self._metadata, [d for d in corrupt + dangling if f"blob:{d}" in taken]
+                self._metadata, [d for d in corrupt + dangling if blob_lease(d) in taken]
             )
             for digest in corrupt:
-                if f"blob:{digest}" not in taken:
+                if blob_lease(digest) not in taken:
                     continue
                 parsed = Digest.parse(digest)
                 with contextlib.suppress(PathNotFound):

@@ -12,6 +12,9 @@ from regd.metadata import MetadataError, MetadataStore
 # Placing or removing one blob file takes milliseconds; a lease outliving this was
 # abandoned by a crashed process and may be taken over.
 BLOB_LEASE_SECONDS = 60.0
+# Leases a sweep or a repair takes on a batch of blobs at once: their rows and files are
+# removed in one go, which may take a while on a slow object store.
+SWEEP_LEASE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)

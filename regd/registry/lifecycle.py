@@ -24,11 +24,14 @@ from typing import Any
 
 import trio
 
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.errors import Conflict
 from regd.metadata import MetadataStore
-from regd.metadata import lifecycle as rows
-from regd.metadata.lifecycle import RepositoryGraph, Snapshot
+from regd.metadata import collection as rows
+from regd.metadata.collection import RepositoryGraph, Snapshot
+from regd.metadata.rules import BATCH_SIZE, blob_lease
 from regd.oci.digest import Digest
+from regd.registry.leases import SWEEP_LEASE_SECONDS
 from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
 
@@ -37,8 +40,6 @@ GC_LEASE_SECONDS = 600.0
 
 class SweepInProgress(Conflict):
     """Another process holds the `gc` lease."""
-
-    code = "GC_IN_PROGRESS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +172,12 @@ def _referenced_blobs(snapshot: Snapshot, doomed: set[int]) -> set[str]:
 
 
 class Lifecycle:
-    def __init__(self, storage: StorageDriver, metadata: MetadataStore) -> None:
+    def __init__(
+        self, storage: StorageDriver, metadata: MetadataStore, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._storage = storage
         self._metadata = metadata
+        self._clock = clock
 
     async def collect(self, policy: Policy, *, dry_run: bool) -> Plan:
         """Plan (and unless `dry_run`, carry out) one garbage collection."""
@@ -202,7 +206,7 @@ class Lifecycle:
             await self._metadata.acquire_lock("gc", holder, GC_LEASE_SECONDS)
 
     async def _run(self, policy: Policy, *, dry_run: bool) -> Plan:
-        now = time.time()
+        now = self._clock.now()
         cutoff = now - policy.grace_seconds
         plan = Plan(dry_run, policy)
         snap = await rows.snapshot(self._metadata)
@@ -256,12 +260,14 @@ class Lifecycle:
     ) -> list[dict[str, Any]]:
         swept: list[dict[str, Any]] = []
         holder = str(uuid.uuid4())
-        for start in range(0, len(candidates), 500):
-            batch = candidates[start : start + 500]
-            lease_names = [f"blob:{d}" for d in batch]
-            taken = await rows.acquire_locks(self._metadata, lease_names, holder, 300.0)
+        for start in range(0, len(candidates), BATCH_SIZE):
+            batch = candidates[start : start + BATCH_SIZE]
+            lease_names = [blob_lease(d) for d in batch]
+            taken = await rows.acquire_locks(
+                self._metadata, lease_names, holder, SWEEP_LEASE_SECONDS
+            )
             # A blob whose lease is busy is being uploaded right now: not garbage.
-            mine = [d for d in batch if f"blob:{d}" in taken]
+            mine = [d for d in batch if blob_lease(d) in taken]
             try:
                 deleted = await rows.delete_unreferenced_blobs(self._metadata, mine, cutoff)
                 await self._storage.delete_many(
@@ -316,7 +322,7 @@ class Lifecycle:
         """Only the stale-upload part of a collection; needs no sweep lease."""
         plan = Plan(False, Policy(upload_max_age=max_age))
         snap = await rows.snapshot(self._metadata)
-        await self._purge_uploads(plan, time.time() - max_age, snap, dry_run=False)
+        await self._purge_uploads(plan, self._clock.now() - max_age, snap, dry_run=False)
         return len(plan.uploads)
 
     # -- disk usage ----------------------------------------------------------------------
@@ -325,7 +331,7 @@ class Lifecycle:
         self, repository: str | None = None, *, grace_seconds: float = 3600.0
     ) -> dict[str, Any]:
         snap = await rows.snapshot(self._metadata)
-        return compute_usage(snap, repository, linked_before=time.time() - grace_seconds)
+        return compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
 
 
 def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:

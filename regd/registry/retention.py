@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.errors import Conflict, NameUnknown, RegistryError
 from regd.metadata import MetadataStore, TagInfo
 from regd.registry import validation
 from regd.registry.leases import Leases
 
+# Repositories read per listing query while retention walks them all.
+_PAGE = 500
 _SEMVER = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:[-+.]?(.*))?$")
 
 
 class PolicyInvalid(RegistryError):
-    code = "POLICY_INVALID"
+    code = "UNSUPPORTED"  # the spec's code for "an invalid set of parameters"
 
 
 class RetentionInProgress(Conflict):
-    code = "RETENTION_IN_PROGRESS"
+    """Another process is applying retention policies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +79,9 @@ def select_for_removal(tags: list[TagInfo], policy: RetentionPolicy, now: float)
 
 
 class Repositories:
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, clock: Clock = SYSTEM_CLOCK) -> None:
         self._metadata = metadata
+        self._clock = clock
         self._leases = Leases(metadata)
 
     async def apply_retention(
@@ -95,7 +98,7 @@ class Repositories:
             compiled = [(re.compile(pattern), policy) for pattern, policy in rules]
             last: str | None = None
             while True:
-                page = await self._metadata.list_repositories(last, 500)
+                page = await self._metadata.list_repositories(last, _PAGE)
                 for name in page.items:
                     for pattern, policy in compiled:
                         if pattern.fullmatch(name):
@@ -131,7 +134,7 @@ class Repositories:
         tags = await self._metadata.tag_details(name)
         if tags is None:
             raise NameUnknown(f"repository {name} is not known", {"name": name})
-        doomed = select_for_removal(tags, policy, time.time())
+        doomed = select_for_removal(tags, policy, self._clock.now())
         if not dry_run and doomed:
             gone = set(await self._metadata.delete_tags(name, [t.name for t in doomed]))
             doomed = [t for t in doomed if t.name in gone]

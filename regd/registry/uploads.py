@@ -16,22 +16,27 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
 from regd.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
+    ConfigError,
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
+    TooManyRequests,
 )
 from regd.metadata import MetadataStore, UploadInfo
+from regd.metadata.rules import blob_lease
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
 from regd.registry.blobs import BlobStat
+from regd.registry.hashing import hash_stored
 from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
@@ -39,10 +44,12 @@ from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, lay
 # Bytes gathered before one hand-off to a worker thread: large enough that thread
 # switches cost little, small enough to bound memory per request.
 WRITE_CHUNK = 1024 * 1024
-HASH_CHUNK = 4 * 1024 * 1024
 # A request appending to a session renews its lease every third of this; after a crash
 # the session is free again within this long.
 LEASE_SECONDS = 10.0
+# Open sessions one repository may have: each is a row and possibly a file until it is
+# completed, cancelled or purged as stale, so a client must not open them without bound.
+MAX_UPLOADS_PER_REPOSITORY = 1000
 # Chunks that may wait between the receiving, hashing and writing stages of one upload.
 PIPELINE_DEPTH = 2
 
@@ -52,6 +59,26 @@ class UploadStatus:
     id: str
     repository: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A session this request holds the write lease `lease` on; `info` as it was taken."""
+
+    info: UploadInfo
+    lease: str
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def repository(self) -> str:
+        return self.info.repository
+
+    @property
+    def size(self) -> int:
+        return self.info.size
 
 
 class _HashStates:
@@ -85,11 +112,17 @@ class Uploads:
         *,
         lease_seconds: float = LEASE_SECONDS,
         blob_lease_seconds: float = BLOB_LEASE_SECONDS,
+        max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
     ) -> None:
+        if max_uploads_per_repository < 1:
+            raise ConfigError(
+                f"max_uploads_per_repository must be at least 1, not {max_uploads_per_repository}"
+            )
         self._storage = storage
         self._metadata = metadata
         self._lease_seconds = lease_seconds
         self._blob_lease_seconds = blob_lease_seconds
+        self._max_uploads = max_uploads_per_repository
         self._hashes = _HashStates()
         self._locks = Leases(metadata)
 
@@ -98,7 +131,15 @@ class Uploads:
     async def start(self, repository: str) -> UploadStatus:
         name = validation.repository_name(repository)
         upload_id = str(uuid.uuid4())
-        await self._metadata.create_upload(upload_id, name)
+        limit = self._max_uploads
+        if await self._metadata.create_upload_within(upload_id, name, limit) >= limit:
+            # A soft cap: replicas creating sessions at the same moment may overshoot it
+            # by a few (see MetadataStore.create_upload_within).
+            raise TooManyRequests(
+                f"repository {name} has {limit} upload sessions open, the most allowed; "
+                "complete or cancel one, or retry later",
+                {"repository": name, "limit": limit},
+            )
         return UploadStatus(upload_id, name, 0)
 
     async def _session(self, repository: str, upload_id: str) -> UploadInfo:
@@ -137,27 +178,25 @@ class Uploads:
         length: int | None = None,
     ) -> UploadStatus:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
-        lease = str(uuid.uuid4())
-        held, _ = await self._acquire(repository, upload_id, lease, start)
+        claim, _ = await self._acquire(repository, upload_id, start)
         try:
-            size = await self._append_locked(held, lease, body, length)
+            size = await self._append_locked(claim, body, length)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._metadata.release_upload(held.id, lease, held.size)
+                await self._metadata.release_upload(claim.id, claim.lease, claim.size)
             raise
-        await self._metadata.release_upload(held.id, lease, size)
-        return UploadStatus(held.id, held.repository, size)
+        await self._metadata.release_upload(claim.id, claim.lease, size)
+        return UploadStatus(claim.id, claim.repository, size)
 
     async def _acquire(
         self,
         repository: str,
         upload_id: str,
-        lease: str,
         start: int | None,
         *,
         blob: str | None = None,
         room: int = 0,
-    ) -> tuple[UploadInfo, HeldLease | None]:
+    ) -> tuple[_Claim, HeldLease | None]:
         """Take the session's write lease, and the lease named `blob` along with it when
         that is free and the session holds at most `room` bytes.
 
@@ -172,11 +211,12 @@ class Uploads:
                 f"upload {upload_id[:64]} is not in progress for {name}",
                 {"upload": upload_id[:64]},
             )
+        lease = str(uuid.uuid4())
         delay = 0.05
         deadline = trio.current_time() + self._lease_seconds + 1
         while True:
             # The common case is one transaction: the session exists and is free.
-            blob_lease = None
+            wanted = None
             if blob is None:
                 held = await self._metadata.acquire_upload(
                     upload_id, lease, expected_size=start, ttl=self._lease_seconds, repository=name
@@ -196,9 +236,9 @@ class Uploads:
                     lock_ttl=wanted.ttl,
                     if_size_at_most=room,
                 )
-                blob_lease = wanted if taken else None
+                wanted = wanted if taken else None
             if held is not None:
-                return held, blob_lease
+                return _Claim(held, lease), wanted
             current = await self._metadata.get_upload(upload_id)
             if current is None or current.repository != name:
                 raise BlobUploadUnknown(
@@ -229,15 +269,16 @@ class Uploads:
             raise BlobUploadInvalid(f"upload {info.id} lost its data; start a new upload") from None
 
     async def _append_locked(
-        self, info: UploadInfo, lease: str, body: AsyncIterable[bytes], length: int | None
+        self, claim: _Claim, body: AsyncIterable[bytes], length: int | None
     ) -> int:
+        info = claim.info
         hasher = self._hashes.take(info.id, info.size, "sha256")
         if hasher is None and info.size == 0:
             hasher = Hasher("sha256")
         writer = await self._open_writer(info)
         try:
             async with task_group() as nursery:
-                nursery.start_soon(self._keep_lease, info.id, lease)
+                nursery.start_soon(self._keep_lease, claim)
                 received = await _pump(body, writer, hasher, length)
                 nursery.cancel_scope.cancel()
         except BaseException:
@@ -254,17 +295,18 @@ class Uploads:
             self._hashes.put(info.id, hasher)
         return writer.size
 
-    async def _keep_lease(self, upload_id: str, lease: str) -> None:
+    async def _keep_lease(self, claim: _Claim) -> None:
         """Renew the lease while this request needs it (a long body, a wait), so that no
         one else takes it over."""
         while True:
             await trio.sleep(self._lease_seconds / 3)
-            if not await self._metadata.renew_upload(upload_id, lease, self._lease_seconds):
+            if not await self._metadata.renew_upload(claim.id, claim.lease, self._lease_seconds):
                 raise BlobUploadInvalid(
-                    f"upload {upload_id} was taken over by another request; start again"
+                    f"upload {claim.id} was taken over by another request; start again"
                 )
 
     # -- completing ----------------------------------------------------------------------
+    # Three ways to a stored blob, one per shape of request; all end in _place.
 
     async def finish(
         self,
@@ -282,63 +324,38 @@ class Uploads:
             await self._session(repository, upload_id)
             raise DigestInvalid("completing an upload needs ?digest=")
         expected = validation.digest(digest)
-        lease = str(uuid.uuid4())
         if length is not None and length <= WRITE_CHUNK:
             # A small session with a small last chunk is received, hashed and stored in
             # moments: the blob's lease is taken in the transaction that takes the
             # session's, rather than in one of its own before the file is moved. A long
             # body must not hold the blob's lease while it streams.
-            held, blob_lease = await self._acquire(
+            claim, held = await self._acquire(
                 repository,
                 upload_id,
-                lease,
                 start,
-                blob=_lease_name(expected),
+                blob=blob_lease(str(expected)),
                 room=WRITE_CHUNK - length,
             )
         else:
-            held, blob_lease = await self._acquire(repository, upload_id, lease, start)
+            claim, held = await self._acquire(repository, upload_id, start)
         try:
-            whole = None
-            if held.size == 0 and length is not None and length <= WRITE_CHUNK:
-                # The whole blob is this small body: it is checked in memory and written
-                # to its place in one step, without passing through the session's file.
-                whole = await _receive_small(body, length)
-                size = len(whole)
-                actual = Digest.of(whole, expected.algorithm)
-            else:
-                size = await self._append_locked(held, lease, body, length)
-                actual = await self._digest_of(held, size, expected.algorithm)
-            if actual != expected:
-                await self._abandon(held)
-                raise DigestInvalid(
-                    f"content hashes to {actual}, not {expected}; the upload was discarded",
-                    {"expected": str(expected), "actual": str(actual)},
+            if claim.size == 0 and length is not None and length <= WRITE_CHUNK:
+                return await self._store_whole(
+                    claim.repository, expected, body, length, claim=claim, held=held
                 )
-            # From here on the blob's lease is _store's to release.
-            handed, blob_lease = blob_lease, None
-            await self._store(
-                held.repository,
-                held.id,
-                expected,
-                size,
-                upload_row=True,
-                lease=handed,
-                data=whole,
-                session_lease=lease,
-            )
+            return await self._store_session_file(claim, expected, body, length, held=held)
         except BaseException:
             with trio.CancelScope(shield=True):
-                # Whatever stayed in the session (it may already be gone) is released,
-                # with the blob's lease if it is still ours to give back.
+                # Whatever stayed in the session (it may already be gone) is released, and
+                # the blob's lease taken with it; giving back a lease no longer ours is a
+                # no-op, so this is safe after _place gave it back itself.
                 await self._metadata.release_upload(
-                    held.id,
-                    lease,
-                    held.size,
-                    release_lock=(blob_lease.name, blob_lease.holder) if blob_lease else None,
+                    claim.id,
+                    claim.lease,
+                    claim.size,
+                    release_lock=(held.name, held.holder) if held else None,
                 )
             raise
-        return BlobStat(expected, size)
 
     async def monolithic(
         self, repository: str, digest: str, body: AsyncIterable[bytes], length: int | None
@@ -346,19 +363,56 @@ class Uploads:
         """POST with ?digest=: the whole blob in one request, no session row."""
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
-        upload_id = str(uuid.uuid4())
         if length is not None and length <= WRITE_CHUNK:
-            data = await _receive_small(body, length)
-            actual = Digest.of(data, expected.algorithm)
-            if actual != expected:
-                raise DigestInvalid(
-                    f"content hashes to {actual}, not {expected}; nothing was stored",
-                    {"expected": str(expected), "actual": str(actual)},
-                )
-            await self._store(name, upload_id, expected, len(data), upload_row=False, data=data)
-            return BlobStat(expected, len(data))
+            return await self._store_whole(name, expected, body, length)
+        return await self._store_streamed(name, expected, body, length)
+
+    async def _store_whole(
+        self,
+        repository: str,
+        expected: Digest,
+        body: AsyncIterable[bytes],
+        length: int,
+        *,
+        claim: _Claim | None = None,
+        held: HeldLease | None = None,
+    ) -> BlobStat:
+        """A small blob whole in one request (a POST, or the PUT of a fresh session) is
+        checked in memory and written to its place in one step, without a session file."""
+        data = await _receive_small(body, length)
+        await self._verify(Digest.of(data, expected.algorithm), expected, claim)
+        await self._place(
+            repository, expected, len(data), self._writing(expected, data), claim=claim, held=held
+        )
+        return BlobStat(expected, len(data))
+
+    async def _store_session_file(
+        self,
+        claim: _Claim,
+        expected: Digest,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        *,
+        held: HeldLease | None,
+    ) -> BlobStat:
+        """The last chunk is appended to the session's file, which becomes the blob."""
+        size = await self._append_locked(claim, body, length)
+        await self._verify(
+            await self._digest_of(claim.info, size, expected.algorithm), expected, claim
+        )
+        place = self._moving(layout.upload_data(claim.repository, claim.id), expected, size)
+        await self._place(claim.repository, expected, size, place, claim=claim, held=held)
+        return BlobStat(expected, size)
+
+    async def _store_streamed(
+        self, repository: str, expected: Digest, body: AsyncIterable[bytes], length: int | None
+    ) -> BlobStat:
+        """A large POSTed blob streams, hashed on the way, to a file of its own (no session
+        row), which becomes the blob."""
+        staging = str(uuid.uuid4())
+        source = layout.upload_data(repository, staging)
         hasher = Hasher(expected.algorithm)
-        writer = await self._storage.writer(layout.upload_data(name, upload_id))
+        writer = await self._storage.writer(source)
         try:
             try:
                 received = await _pump(body, writer, hasher, length)
@@ -366,105 +420,111 @@ class Uploads:
                     raise SizeInvalid(
                         f"received {received} bytes but the request announced {length}"
                     )
-                actual = hasher.digest()
-                if actual != expected:
-                    raise DigestInvalid(
-                        f"content hashes to {actual}, not {expected}; nothing was stored",
-                        {"expected": str(expected), "actual": str(actual)},
-                    )
+                await self._verify(hasher.digest(), expected, None)
             except BaseException:
                 await writer.cancel()
                 raise
             await writer.commit()
-            await self._store(name, upload_id, expected, received, upload_row=False)
+            await self._place(
+                repository, expected, received, self._moving(source, expected, received)
+            )
         finally:
             with trio.CancelScope(shield=True):
-                await self._remove_files(name, upload_id)
+                await self._remove_files(repository, staging)
         return BlobStat(expected, received)
+
+    async def _verify(self, actual: Digest, expected: Digest, claim: _Claim | None) -> None:
+        if actual == expected:
+            return
+        if claim is not None:
+            await self._abandon(claim.info)
+        raise DigestInvalid(
+            f"content hashes to {actual}, not {expected}; "
+            + ("the upload was discarded" if claim is not None else "nothing was stored"),
+            {"expected": str(expected), "actual": str(actual)},
+        )
+
+    def _writing(self, digest: Digest, data: bytes) -> Callable[[], Awaitable[None]]:
+        return partial(self._storage.put_content, layout.blob_data(digest), data)
+
+    def _moving(self, source: str, digest: Digest, size: int) -> Callable[[], Awaitable[None]]:
+        if size == 0:
+            # An empty upload may have no data file at all.
+            return self._writing(digest, b"")
+        return partial(self._storage.move, source, layout.blob_data(digest))
+
+    async def _place(
+        self,
+        repository: str,
+        digest: Digest,
+        size: int,
+        put: Callable[[], Awaitable[None]],
+        *,
+        claim: _Claim | None = None,
+        held: HeldLease | None = None,
+    ) -> None:
+        """The shared tail: `put` the blob in place and link it, under the blob's lease,
+        then end the session `claim` if there is one.
+
+        The lease is `held` when the caller took it with the session's and it is still
+        fresh, else one taken here (waiting for it if need be). The link releases it; on
+        failure a lease taken here is released here, `held` by the caller."""
+        name = blob_lease(str(digest))
+        holder = None
+        if held is not None:
+            if held.fresh():
+                holder = held.holder
+            else:
+                # Held since before the body arrived (a slow client), it might expire
+                # during the move: give it back and take a new one like anybody else.
+                await self._metadata.release_lock(name, held.holder)
+        # While the file is put in place and linked, no sweep may remove this blob.
+        taken_here = holder is None
+        if holder is None:
+            holder = await self._wait_for_lease(name, claim)
+        try:
+            # Content-addressed: replacing an existing copy with identical bytes is
+            # harmless, and both ways are atomic, so readers never see a partial blob.
+            await put()
+            await self._metadata.link_blob(
+                repository,
+                str(digest),
+                size,
+                upload_id=claim.id if claim is not None else None,
+                release_lock=holder,
+            )
+        except BaseException:
+            if taken_here:
+                with trio.CancelScope(shield=True):
+                    await self._metadata.release_lock(name, holder)
+            raise
+        if claim is not None:
+            self._hashes.drop(claim.id)
+            await self._remove_files(claim.repository, claim.id)
+
+    async def _wait_for_lease(self, name: str, claim: _Claim | None) -> str:
+        """Take the blob's lease, waiting for it if need be.
+
+        The wait can outlast the session's lease (a sweep removing this very blob holds
+        the blob's); the session's is renewed meanwhile, or another request could take
+        the session and write to the file about to become the blob."""
+        if claim is None:
+            return await self._locks.acquire(name, ttl=self._blob_lease_seconds)
+        async with task_group() as nursery:
+            nursery.start_soon(self._keep_lease, claim)
+            holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
+            nursery.cancel_scope.cancel()
+        return holder
 
     async def _digest_of(self, info: UploadInfo, size: int, algorithm: str) -> Digest:
         hasher = self._hashes.take(info.id, size, algorithm)
         if hasher is not None:
             return hasher.digest()
         # The running hash lives elsewhere (another replica, or before a restart).
-        hasher = Hasher(algorithm)
-        if size:
-            reader = await self._storage.reader(layout.upload_data(info.repository, info.id))
-            try:
-                while chunk := await reader.read(HASH_CHUNK):
-                    await trio.to_thread.run_sync(hasher.update, chunk)
-            finally:
-                await reader.aclose()
-        return hasher.digest()
-
-    async def _store(
-        self,
-        repository: str,
-        upload_id: str,
-        digest: Digest,
-        size: int,
-        *,
-        upload_row: bool,
-        lease: HeldLease | None = None,
-        data: bytes | None = None,
-        session_lease: str | None = None,
-    ) -> None:
-        """Put the blob in place and link it, under the blob's lease: `lease` when the
-        caller holds it (this then releases it), else one taken here.
-
-        The bytes are the session's file, moved, or `data` when given, written."""
-        source = layout.upload_data(repository, upload_id)
-        name = _lease_name(digest)
-        holder = lease.holder if lease is not None else None
-        try:
-            if size == 0 and data is None:
-                # An empty session may have no data file at all.
-                writer = await self._storage.writer(source)
-                await writer.commit()
-            if lease is not None and not lease.fresh():
-                # Held since before the body arrived (a slow client), it might expire
-                # during the move: give it back and take a new one like anybody else.
-                await self._metadata.release_lock(name, lease.holder)
-                holder = None
-            # While the file is put in place and linked, no sweep may remove this blob.
-            if holder is None:
-                holder = await self._wait_for_lease(name, upload_id, session_lease)
-            # Content-addressed: replacing an existing copy with identical bytes is
-            # harmless, and both ways are atomic, so readers never see a partial blob.
-            if data is None:
-                await self._storage.move(source, layout.blob_data(digest))
-            else:
-                await self._storage.put_content(layout.blob_data(digest), data)
-            await self._metadata.link_blob(
-                repository,
-                str(digest),
-                size,
-                upload_id=upload_id if upload_row else None,
-                release_lock=holder,
-            )
-        except BaseException:
-            if holder is not None:
-                with trio.CancelScope(shield=True):
-                    await self._metadata.release_lock(name, holder)
-            raise
-        self._hashes.drop(upload_id)
-        if data is None or upload_row:
-            # (A POST whose body was written straight to its place made no files.)
-            await self._remove_files(repository, upload_id)
-
-    async def _wait_for_lease(self, name: str, upload_id: str, session_lease: str | None) -> str:
-        """Take the blob's lease, waiting for it if need be.
-
-        The wait can outlast the session's lease (a sweep removing this very blob holds
-        the blob's); the session's is renewed meanwhile, or another request could take
-        the session and write to the file about to become the blob."""
-        if session_lease is None:
-            return await self._locks.acquire(name, ttl=self._blob_lease_seconds)
-        async with task_group() as nursery:
-            nursery.start_soon(self._keep_lease, upload_id, session_lease)
-            holder = await self._locks.acquire(name, ttl=self._blob_lease_seconds)
-            nursery.cancel_scope.cancel()
-        return holder
+        if not size:
+            return Hasher(algorithm).digest()
+        path = layout.upload_data(info.repository, info.id)
+        return (await hash_stored(self._storage, path, algorithm)).digest()
 
     async def _abandon(self, info: UploadInfo) -> None:
         await self._metadata.delete_upload(info.id)
@@ -560,11 +620,6 @@ async def _receive_small(body: AsyncIterable[bytes], length: int) -> bytes:
             {"received": len(data), "expected": length},
         )
     return data
-
-
-def _lease_name(digest: Digest) -> str:
-    """The lease held while a blob's file is placed or removed (see registry.lifecycle)."""
-    return f"blob:{digest}"
 
 
 def _is_uuid(text: str) -> bool:

@@ -9,6 +9,7 @@ from regd.storage.base import (
     Reader,
     StorageDriver,
     StorageError,
+    StorageFull,
     Writer,
 )
 from regd.storage.filesystem import FilesystemDriver
@@ -24,6 +25,7 @@ __all__ = [
     "Reader",
     "StorageDriver",
     "StorageError",
+    "StorageFull",
     "Writer",
     "layout",
 ]

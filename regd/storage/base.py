@@ -21,6 +21,16 @@ class StorageError(BackendError):
     kind = "storage"
 
 
+class StorageFull(StorageError):
+    """The volume or the quota holding the data is full; frees up when space is freed."""
+
+    retry_after = 60
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"no space left for {path}: {cause}")
+        self.path = path
+
+
 class PathNotFound(StorageError):
     def __init__(self, path: str) -> None:
         super().__init__(f"no such path: {path}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import io
 import os
 import time
@@ -22,6 +23,7 @@ from regd.storage.base import (
     InvalidOffset,
     PathNotFound,
     StorageError,
+    StorageFull,
     check_path,
 )
 
@@ -42,6 +44,16 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _sync_file_range = _load_sync_file_range()
+
+
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _out_of_space(exc: OSError, path: str | Path) -> StorageFull | None:
+    """The StorageFull a write failure means, or None when it means something else."""
+    if exc.errno in _OUT_OF_SPACE:
+        return StorageFull(str(path), os.strerror(exc.errno or 0))
+    return None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -142,7 +154,15 @@ class _FileWriter:
         if self._closed:
             raise StorageError("write on a closed writer")
         end = self._size + len(data)
-        await trio.to_thread.run_sync(self._write_and_send, data, end, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(self._write_and_send, data, end, limiter=self._limiter)
+        except OSError as exc:
+            full = _out_of_space(exc, self._path)
+            if full is None:
+                raise
+            # Part of the chunk may be on disk: the writer's size stays where the last
+            # whole write ended, and its owner cancels or truncates it.
+            raise full from None
         self._size = end
 
     def _commit(self) -> None:
@@ -157,7 +177,13 @@ class _FileWriter:
         if self._closed:
             return
         self._closed = True
-        await trio.to_thread.run_sync(self._commit, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(self._commit, limiter=self._limiter)
+        except OSError as exc:
+            full = _out_of_space(exc, self._path)
+            if full is None:
+                raise
+            raise full from None
 
     def _cancel(self) -> None:
         try:
@@ -206,14 +232,24 @@ class FilesystemDriver:
         def write() -> None:
             _makedirs(full.parent)
             tmp = full.with_name(f".{full.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, full)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, full)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             _fsync_dir(full.parent)
 
-        await trio.to_thread.run_sync(write, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(write, limiter=self._limiter)
+        except OSError as exc:
+            out = _out_of_space(exc, path)
+            if out is None:
+                raise
+            raise out from None
 
     async def reader(self, path: str, offset: int = 0) -> _FileReader:
         full = self._full(path)
@@ -258,7 +294,13 @@ class FilesystemDriver:
 
         if offset < 0:
             raise InvalidOffset(path, offset)
-        fh, created = await trio.to_thread.run_sync(open_for_write, limiter=self._limiter)
+        try:
+            fh, created = await trio.to_thread.run_sync(open_for_write, limiter=self._limiter)
+        except OSError as exc:
+            out = _out_of_space(exc, path)
+            if out is None:
+                raise
+            raise out from None
         return _FileWriter(full, fh, offset, created, self._limiter)
 
     async def stat(self, path: str) -> FileInfo:
@@ -296,7 +338,13 @@ class FilesystemDriver:
                 raise PathNotFound(source) from None
             _fsync_dir(dst.parent)
 
-        await trio.to_thread.run_sync(mv, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(mv, limiter=self._limiter)
+        except OSError as exc:
+            out = _out_of_space(exc, destination)
+            if out is None:
+                raise
+            raise out from None
 
     async def delete(self, path: str) -> None:
         full = self._full(path)

@@ -10,7 +10,7 @@ import pytest
 from regd.app import create_app
 from regd.config import Config
 from regd.registry import Registry
-from tests.api.conftest import error_code, push_blob, push_image
+from tests.helpers.inprocess import error_code, push_blob, push_image
 
 TOKEN = "s3cret-admin-token-123"
 
@@ -66,14 +66,14 @@ async def test_gc_dry_run_then_real(client: httpx.AsyncClient) -> None:
 async def test_gc_bad_requests(client: httpx.AsyncClient, body: bytes) -> None:
     r = await client.post("/admin/v1/gc", content=body)
     assert r.status_code == 400
-    assert error_code(r) == "INVALID_REQUEST"
+    assert error_code(r) == "UNSUPPORTED"
 
 
 async def test_gc_conflict(client: httpx.AsyncClient, registry: Registry) -> None:
     await registry.metadata.acquire_lock("gc", "other", 60)
     r = await client.post("/admin/v1/gc", json={})
     assert r.status_code == 409
-    assert error_code(r) == "GC_IN_PROGRESS"
+    assert error_code(r) == "TOOMANYREQUESTS"
 
 
 async def test_usage(client: httpx.AsyncClient) -> None:

@@ -19,11 +19,11 @@ import pytest
 
 from regd.app import create_app
 from regd.auth import KeyRing, hash_password
-from regd.clock import SystemClock
+from regd.clock import SYSTEM_CLOCK
 from regd.config import Config
 from regd.metadata import accounts as rows
 from regd.registry import Registry
-from tests.api.conftest import digest_of, image_manifest
+from tests.helpers.inprocess import digest_of, image_manifest
 
 ACCESS = (
     {"who": "anonymous", "repositories": "public/**", "actions": "pull"},
@@ -261,7 +261,7 @@ def _b64(data: bytes) -> str:
 
 
 async def test_bad_tokens_are_401_invalid_token(client: httpx.AsyncClient, tmp_path: Path) -> None:
-    keys = KeyRing.open(tmp_path / "auth", "regd", SystemClock())
+    keys = KeyRing.open(tmp_path / "auth", "regd", SYSTEM_CLOCK)
     good = _forge(keys)
     assert (await client.get("/v2/alice/app/tags/list", headers=bearer(good))).status_code == 404
     head, payload, signature = good.split(".")

@@ -9,7 +9,7 @@ import pytest
 from regd.app import create_app
 from regd.config import Config
 from regd.registry import Registry
-from tests.api.conftest import error_code, push_blob
+from tests.helpers.inprocess import error_code, push_blob
 
 
 async def test_version_check(client: httpx.AsyncClient) -> None:
@@ -22,7 +22,7 @@ async def test_version_check(client: httpx.AsyncClient) -> None:
 async def test_unknown_route_is_a_json_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/v3/nothing")
     assert r.status_code == 404
-    assert error_code(r) == "NOT_FOUND"
+    assert error_code(r) == "UNSUPPORTED"
     assert r.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
 
 

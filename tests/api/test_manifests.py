@@ -9,7 +9,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import pytest
 
-from tests.api.conftest import digest_of, error_code, image_manifest, push_blob, push_image
+from tests.helpers.inprocess import digest_of, error_code, image_manifest, push_blob, push_image
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -295,11 +295,32 @@ async def test_unknown_manifest_and_repository(client: httpx.AsyncClient) -> Non
     assert (await client.head("/v2/app/manifests/v2")).status_code == 404
 
 
-@pytest.mark.parametrize("ref", ["bad!tag", ".dot", "a" * 129])
-async def test_invalid_tag_reference(client: httpx.AsyncClient, ref: str) -> None:
+@pytest.mark.parametrize("ref", ["bad!tag", ".dot", ".INVALID_MANIFEST_NAME", "a" * 129])
+async def test_invalid_tag_reference_is_not_found(client: httpx.AsyncClient, ref: str) -> None:
+    # A reference that cannot exist is not there: the conformance suite's expectation.
+    await push_image(client, "app", "v1")
     r = await client.get(f"/v2/app/manifests/{ref}")
+    assert r.status_code == 404
+    assert error_code(r) == "MANIFEST_UNKNOWN"
+    r = await client.head(f"/v2/app/manifests/{ref}")
+    assert r.status_code == 404
+    assert r.content == b""
+    r = await client.delete(f"/v2/app/manifests/{ref}")
+    assert r.status_code == 404
+    assert error_code(r) == "MANIFEST_UNKNOWN"
+
+
+@pytest.mark.parametrize("ref", ["bad!tag", ".INVALID_MANIFEST_NAME", "a" * 129])
+async def test_push_to_invalid_tag_is_refused(client: httpx.AsyncClient, ref: str) -> None:
+    config = await push_blob(client, "app", b"{}")
+    r = await client.put(
+        f"/v2/app/manifests/{ref}",
+        content=image_manifest((config, 2), []),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
     assert r.status_code == 400
-    assert error_code(r) == "TAG_INVALID"
+    assert error_code(r) == "MANIFEST_INVALID"
+    assert "tag" in r.json()["errors"][0]["message"]
 
 
 async def test_delete_by_tag_removes_only_that_tag(client: httpx.AsyncClient) -> None:

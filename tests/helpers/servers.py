@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -51,6 +52,8 @@ class ServerProcess:
         self.port = port
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://{self.host}"
+        # A server that speaks TLS gets an https url and the context that trusts its CA.
+        self.verify: ssl.SSLContext | bool = True
         self.env = dict(env if env is not None else os.environ)
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
@@ -86,7 +89,7 @@ class ServerProcess:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, verify=self.verify) as client:
             while time.monotonic() < deadline:
                 code = self.process.poll()
                 if code is not None:
@@ -166,6 +169,7 @@ class RegdServer(ServerProcess):
         log_level: str = "warning",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        tls_verify: ssl.SSLContext | None = None,
     ) -> None:
         port = port or free_port()
         argv = [
@@ -193,6 +197,9 @@ class RegdServer(ServerProcess):
         )
         self.data_dir = data_dir
         self.database_url = database_url
+        if tls_verify is not None:
+            self.url = f"https://{self.host}"
+            self.verify = tls_verify
 
 
 # What the `regd_factory` fixture hands out: call it with RegdServer's keyword arguments.

@@ -1,10 +1,30 @@
-"""Looking straight at a registry's storage root (regd's data directory or Distribution's
-root), below the HTTP API: what is really on disk."""
+"""Below the HTTP API: a metadata store to test against, and a straight look at a
+registry's storage root (regd's data directory or Distribution's root), at what is really
+on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from regd.clock import SYSTEM_CLOCK, Clock
+from regd.metadata import MetadataStore, sqlite_url
+
+
+@contextlib.asynccontextmanager
+async def metadata_store(
+    database_url: str | None, tmp_path: Path, *, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[MetadataStore]:
+    """A store with its schema on `database_url` (the `database_url` fixture: None for
+    SQLite in `tmp_path`), closed afterwards."""
+    store = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"), clock=clock)
+    store.create_schema()
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 def blob_files(root: Path) -> list[Path]:

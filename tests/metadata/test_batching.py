@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,119 @@ async def test_a_constraint_violation_fails_only_its_write(store: MetadataStore)
     assert isinstance(outcomes[1], MetadataError)
     assert outcomes[2] == "b"
     assert await lock_names(store) == ["a", "b"]
+
+
+# -- the writer outlives its failures, and nobody waits on it without bound ---------------
+
+
+def lock_file(tmp_path: Path) -> Path:
+    return tmp_path / "m.db.writelock"
+
+
+async def test_a_failing_writer_fails_the_write_and_then_recovers(tmp_path: Path) -> None:
+    store = MetadataStore(sqlite_url(tmp_path / "m.db"))
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    lock_file(tmp_path).unlink()
+    lock_file(tmp_path).mkdir()
+    with pytest.raises(MetadataError, match=r"cannot open the lock file .*m\.db\.writelock"):
+        await store.link_blob("r", "sha256:" + "2" * 64, 1)
+    lock_file(tmp_path).rmdir()
+    await store.link_blob("r", "sha256:" + "3" * 64, 1)
+    assert await store.global_blob_size("sha256:" + "2" * 64) is None
+    assert await store.global_blob_size("sha256:" + "3" * 64) == 1
+    await store.aclose()
+
+
+async def test_a_writer_thread_that_ended_is_replaced(tmp_path: Path) -> None:
+    store = MetadataStore(sqlite_url(tmp_path / "m.db"))
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    batcher = store._batcher
+    assert batcher is not None
+    assert batcher._thread is not None
+    gone = batcher._thread
+    # The thread ends while still registered as the writer, as when it died.
+    batcher._queue.put(None)
+    gone.join()
+    await store.link_blob("r", "sha256:" + "2" * 64, 1)
+    assert batcher._thread is not gone
+    assert await store.global_blob_size("sha256:" + "2" * 64) == 1
+    await store.aclose()
+
+
+@contextlib.contextmanager
+def held(lock: Path) -> Iterator[None]:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def give_up_on_held_lock(
+    store: MetadataStore, clock: trio.testing.MockClock, digest: str
+) -> MetadataError:
+    """Write while the lock is held elsewhere; return how the write failed."""
+    failures: list[MetadataError] = []
+
+    async def write() -> None:
+        try:
+            await store.link_blob("r", digest, 1)
+        except MetadataError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        clock.jump(5)
+    assert len(failures) == 1
+    return failures[0]
+
+
+async def test_a_write_gives_up_on_a_held_lock_and_is_withdrawn(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    store = MetadataStore(sqlite_url(tmp_path / "m.db"), write_timeout=5)
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    with held(lock_file(tmp_path)):
+        failure = await give_up_on_held_lock(store, mock_clock, "sha256:" + "2" * 64)
+    assert "did not answer within 5 s" in str(failure)
+    await store.link_blob("r", "sha256:" + "3" * 64, 1)
+    # The caller was told it failed: the writer, once it had the lock, left it undone.
+    assert await store.global_blob_size("sha256:" + "2" * 64) is None
+    assert await store.global_blob_size("sha256:" + "3" * 64) == 1
+    await store.aclose()
+
+
+async def test_close_does_not_wait_for_a_stuck_writer(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    # close() gives the stuck writer wait_timeout of real time, then leaves it behind.
+    store = MetadataStore(sqlite_url(tmp_path / "m.db"), write_timeout=0.2)
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    with held(lock_file(tmp_path)):
+        await give_up_on_held_lock(store, mock_clock, "sha256:" + "2" * 64)
+        await store.aclose()
+
+
+async def test_writes_stop_when_the_database_file_is_removed(tmp_path: Path) -> None:
+    database = tmp_path / "m.db"
+    store = MetadataStore(sqlite_url(database))
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    moved = tmp_path / "elsewhere.db"
+    database.rename(moved)
+    with pytest.raises(MetadataError, match=f"the database file {database} was removed"):
+        await store.link_blob("r", "sha256:" + "2" * 64, 1)
+    # No empty database was created in its place.
+    assert not database.exists()
+    # Put back, the same file is accepted again.
+    moved.rename(database)
+    await store.link_blob("r", "sha256:" + "3" * 64, 1)
+    assert await store.global_blob_size("sha256:" + "2" * 64) is None
+    assert await store.global_blob_size("sha256:" + "3" * 64) == 1
+    await store.aclose()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,22 +11,22 @@ import trio
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from regd.metadata import MetadataError, MetadataStore, sqlite_url
+from regd.metadata import MetadataError, MetadataStore
 
 DIGEST = "sha256:" + "5" * 64
 
+# SQLite only: the store fixture on its embedded database.
+pytestmark = pytest.mark.parametrize("database_url", [None])
+
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
-    s = MetadataStore(sqlite_url(tmp_path / "m.db"))
-    s.create_schema()
-    await s.link_blob("repo", DIGEST, 123)
-    yield s
-    await s.aclose()
+async def a_blob(store: MetadataStore) -> None:
+    # Asked for by name: pytest-trio sets up only the async fixtures a test names.
+    await store.link_blob("repo", DIGEST, 123)
 
 
 async def test_point_reads_need_no_worker_thread(
-    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    store: MetadataStore, a_blob: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_threads(*args: object, **kwargs: object) -> None:
         raise AssertionError("a point read went to a worker thread")
@@ -53,7 +51,7 @@ class _BusyConnection:
 
 
 async def test_a_busy_database_moves_the_read_to_a_thread(
-    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    store: MetadataStore, a_blob: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     busy = _BusyConnection()
     store._here[threading.get_ident()] = busy  # type: ignore[assignment]
@@ -75,7 +73,9 @@ async def test_a_busy_database_moves_the_read_to_a_thread(
         assert threads == 1
 
 
-async def test_other_database_errors_are_metadata_errors(store: MetadataStore) -> None:
+async def test_other_database_errors_are_metadata_errors(
+    store: MetadataStore, a_blob: None
+) -> None:
     def broken(conn: Connection) -> None:
         conn.exec_driver_sql("SELECT * FROM no_such_table")
 

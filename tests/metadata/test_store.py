@@ -1,24 +1,26 @@
 """The metadata conformance suite: every backend (SQLite, PostgreSQL) passes it.
 
-The `database_url` fixture runs each test on both; the suite talks only to the store's
-public methods.
+The `store` fixture (conftest.py) runs each test on both, on a clock the test advances;
+the suite talks to the store's public methods, and reads rows only to see what a deletion
+left behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import trio
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
+from regd.clock import ManualClock
 from regd.metadata import (
     MetadataError,
     MetadataStore,
     MissingReferences,
     NewManifest,
-    lifecycle,
-    sqlite_url,
+    collection,
 )
 
 D1 = "sha256:" + "1" * 64
@@ -26,15 +28,6 @@ D2 = "sha256:" + "2" * 64
 D3 = "sha256:" + "3" * 64
 M1 = "sha256:" + "a" * 64
 M2 = "sha256:" + "b" * 64
-
-
-@pytest.fixture
-async def store(tmp_path: Path, database_url: str | None) -> AsyncIterator[MetadataStore]:
-    s = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"))
-    s.create_schema()
-    s.create_schema()  # idempotent
-    yield s
-    await s.aclose()
 
 
 def manifest(
@@ -67,7 +60,7 @@ async def test_blob_links(store: MetadataStore) -> None:
     assert await store.global_blob_size(D1) == 5
 
 
-async def test_uploads_and_leases(store: MetadataStore) -> None:
+async def test_uploads_and_leases(store: MetadataStore, clock: ManualClock) -> None:
     uid = "00000000-0000-4000-8000-000000000001"
     await store.create_upload(uid, "r")
     info = await store.get_upload(uid)
@@ -83,7 +76,7 @@ async def test_uploads_and_leases(store: MetadataStore) -> None:
     assert await store.acquire_upload(uid, "lease-3", expected_size=0, ttl=60) is None
     assert await store.acquire_upload(uid, "lease-3", expected_size=7, ttl=0) is not None
     # An expired lease can be taken over.
-    await trio.sleep(0.01)
+    clock.advance(0.01)
     assert await store.acquire_upload(uid, "lease-4", expected_size=None, ttl=60) is not None
     assert await store.delete_upload(uid)
     assert await store.get_upload(uid) is None
@@ -213,13 +206,13 @@ async def test_an_upload_taken_with_a_lease(store: MetadataStore) -> None:
     assert await take("lease-5", "h5", 20, 100) == (False, False)
 
 
-async def test_mounts(store: MetadataStore) -> None:
+async def test_mounts(store: MetadataStore, clock: ManualClock) -> None:
     async def linked_at() -> float:
-        return (await lifecycle.snapshot(store)).blobs[D1][1]
+        return (await collection.snapshot(store)).blobs[D1][1]
 
     await store.link_blob("src", D1, 5)
     before = await linked_at()
-    await trio.sleep(0.01)
+    clock.advance(0.01)
     # Not in the named repository, or not stored at all: nothing happens.
     assert await store.mount_blob("dst", D1, "other") is None
     assert await store.mount_blob("dst", D1, "dst") is None
@@ -236,16 +229,58 @@ async def test_mounts(store: MetadataStore) -> None:
     assert await store.blob_size("auto", D1) == 5
 
 
-async def test_a_lease_is_extended_by_its_holder_only(store: MetadataStore) -> None:
-    assert await store.acquire_lock("gc", "sweeper", 0.3)
+async def test_a_lease_is_extended_by_its_holder_only(
+    store: MetadataStore, clock: ManualClock
+) -> None:
+    assert await store.acquire_lock("gc", "sweeper", 30)
     assert not await store.acquire_lock("gc", "intruder", 60)
     # The holder renews before it runs out...
-    await trio.sleep(0.2)
-    assert await store.acquire_lock("gc", "sweeper", 0.3)
+    clock.advance(20)
+    assert await store.acquire_lock("gc", "sweeper", 30)
     # ...so past the first lifetime it is still held.
-    await trio.sleep(0.2)
+    clock.advance(20)
     assert not await store.acquire_lock("gc", "intruder", 60)
     # Not renewed, it lapses and anyone may take it.
-    await trio.sleep(0.35)
+    clock.advance(35)
     assert await store.acquire_lock("gc", "intruder", 60)
     assert not await store.acquire_lock("gc", "sweeper", 60)
+
+
+async def test_an_upload_lease_lasts_as_long_as_it_is_renewed(
+    store: MetadataStore, clock: ManualClock
+) -> None:
+    uid = "00000000-0000-4000-8000-000000000004"
+    await store.create_upload(uid, "r")
+    assert await store.acquire_upload(uid, "lease-1", expected_size=0, ttl=10) is not None
+    clock.advance(8)
+    assert await store.renew_upload(uid, "lease-1", 10)
+    clock.advance(8)
+    assert await store.acquire_upload(uid, "lease-2", expected_size=None, ttl=10) is None
+    clock.advance(3)
+    assert await store.acquire_upload(uid, "lease-2", expected_size=None, ttl=10) is not None
+    # Taken over: the first holder's renewal fails.
+    assert not await store.renew_upload(uid, "lease-1", 10)
+
+
+async def test_close_lets_go_of_the_database(store: MetadataStore) -> None:
+    await store.link_blob("r", "sha256:" + "1" * 64, 1)
+    assert await store.acquire_lock("x", "me", 60)
+    store.close()
+    if store.dialect == "sqlite":
+        # The write-ahead log is folded in and removed when the last connection closes.
+        database = store.engine.url.database
+        assert database is not None
+        assert not await trio.Path(database + "-wal").exists()
+        return
+    others = create_engine(store.url, poolclass=NullPool)
+    try:
+        with others.connect() as conn:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        others.dispose()
+    assert count == 0

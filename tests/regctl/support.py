@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci import mediatypes as mt
+from regd.oci.reference import Reference
 from tests.helpers.servers import DistributionServer, ServerProcess
 from tests.regctl import support as content
 from tests.regctl.support import CliResult
@@ -226,6 +227,13 @@ def test_rm_by_digest(
 ) -> None:
     image = populated["image"]
     target = f"{registry.host}/team/app@{image.digest}"
+
+    async def second_tag() -> None:
+        async with RegistryClient() as client:
+            ref = Reference(registry.host, "team/app", "stable")
+            await client.put_manifest(ref, image.data, image.media_type)
+
+    trio.run(second_tag)
     dry = cli("rm", target, "--dry-run", "--json")
     assert dry.json() == {
         "dryRun": True,
@@ -235,9 +243,15 @@ def test_rm_by_digest(
                 "digest": str(image.digest),
                 "mediaType": mt.OCI_MANIFEST,
                 "size": image.size,
+                "tags": ["stable", "v1"],
             }
         ],
     }
+    # The dry run names every tag the deletion would take with it.
+    dry = cli("rm", target, "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "would delete tag stable" in dry.out
+    assert "would delete tag v1" in dry.out
     assert cli("digest", f"{registry.host}/team/app:v1").code == 0
     done = cli("rm", target, "--json")
     assert done.code == 0
@@ -269,6 +283,12 @@ def test_rm_by_digest(
 )
 def test_usage_errors_exit_2(cli: Cli, args: list[str]) -> None:
     assert_one_line_error(cli(*args), 2, "--help")
+
+
+def test_ls_sort_time_of_repositories_is_refused(cli: Cli, registry: ServerProcess) -> None:
+    # The catalog has no push times: sorting by them was silently ignored.
+    result = cli("ls", registry.host, "--sort", "time")
+    assert_one_line_error(result, 2, "--sort time", "repositories")
 
 
 def test_unreachable_registry(cli: Cli) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from regctl.client import (
+from regd.client import (
+    MONOLITHIC_LIMIT,
     ConnectError,
     CredentialStore,
     DigestMismatchError,
@@ -17,8 +18,7 @@ from regctl.client import (
     UnsupportedError,
     is_loopback,
 )
-from regctl.client.auth import Credentials, normalize_host, parse_challenges
-from regctl.client.registry import MONOLITHIC_LIMIT
+from regd.client.auth import Credentials, normalize_host, parse_challenges
 from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference

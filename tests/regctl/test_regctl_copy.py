@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import trio
 
-from regctl.client import BlobOutcome, RegistryClient, copy
-from regctl.client.registry import MONOLITHIC_LIMIT
+from regd.client import MONOLITHIC_LIMIT, BlobOutcome, RegistryClient, copy
 from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from tests.helpers.servers import ServerProcess, free_port
 from tests.regctl import support as content
 from tests.regctl.support import CliResult

@@ -6,11 +6,12 @@ import json
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 import trio
 
-from regctl.client import RegistryClient
+from regd.client import RegistryClient
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 from tests.helpers.servers import DistributionServer, RegdServer
@@ -58,7 +59,7 @@ def test_gc_dry_run_and_real(regd_registry: RegdServer, cli: Cli) -> None:
     assert blob_exists(regd_registry, "app", loose)
     r = cli("gc", regd_registry.host, "--grace", "0")
     assert r.code == 0, r.err
-    assert "freed 13 B: 0 manifests, 1 blobs" in r.out
+    assert "freed 13 B: 0 manifests, 1 blob," in r.out
     assert not blob_exists(regd_registry, "app", loose)
 
 
@@ -110,12 +111,21 @@ def test_prune_and_rm_repo(regd_registry: RegdServer, cli: Cli) -> None:
     assert r.code == 0, r.err
     result = json.loads(r.out)
     assert [t["tag"] for t in result["removed"]] == ["v1.2.0", "v1.1.0", "v1.0.0"]
+    # ISO 8601, under the name ls --json gives the same moment.
+    for tag in result["removed"]:
+        assert "pushed_at" not in tag
+        assert datetime.fromisoformat(tag["pushed"]).tzinfo is not None
     r = cli("prune", f"{regd_registry.host}/app", "--keep-last", "2", "--older-than", "0s")
     assert r.code == 0, r.err
     assert "2 tags removed, 2 kept" in r.out
     r = cli("rm-repo", f"{regd_registry.host}/app", "--dry-run")
     assert r.code == 0
     assert "would delete app and its 2 tags" in r.out
+    r = cli("prune", f"{regd_registry.host}/app", "--keep-last", "1")
+    assert r.code == 0, r.err
+    assert "1 tag removed, 1 kept" in r.out
+    r = cli("rm-repo", f"{regd_registry.host}/app", "--dry-run")
+    assert "would delete app and its 1 tag\n" in r.out
     r = cli("rm-repo", f"{regd_registry.host}/app", "--json")
     assert r.code == 0, r.err
     assert json.loads(r.out)["manifests"] == 4
@@ -147,6 +157,21 @@ def test_not_a_regd(distribution_registry: DistributionServer, cli: Cli) -> None
     r = cli("gc", distribution_registry.host, "--dry-run")
     assert r.code == 1
     assert "has no regd admin API" in r.err
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_du_of_an_unknown_repository(regd_registry: RegdServer, cli: Cli, as_json: bool) -> None:
+    # It used to exit 0 with the registry's total, as if the repository were empty.
+    push(regd_registry, "app", "v1")
+    r = cli("du", f"{regd_registry.host}/nonexist/x", *(["--json"] if as_json else []))
+    assert r.code == 1
+    assert r.out == ""
+    assert r.err.strip() == (
+        f"regctl: error: repository nonexist/x is not known to {regd_registry.host}"
+    )
+    r = cli("du", f"{regd_registry.host}/app")
+    assert r.code == 0, r.err
+    assert "app:" in r.out
 
 
 def test_unreachable(cli: Cli) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from regctl.client import AuthError, Credentials, CredentialStore, RegistryClient
-from regctl.client.registry import MONOLITHIC_LIMIT
+from regd.client import MONOLITHIC_LIMIT, AuthError, Credentials, CredentialStore, RegistryClient
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 from tests.helpers.servers import DistributionServer, ServerStartError, distribution_binary

@@ -10,7 +10,7 @@ import httpx
 from regd.oci.digest import Digest
 from regd.registry import Registry
 from regd.storage import layout
-from tests.api.conftest import digest_of, push_blob
+from tests.helpers.inprocess import digest_of, push_blob
 
 
 def on_disk(tmp_path: Path, digest: str) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from regd.oci.digest import Digest
 from regd.registry import Policy, Registry, SweepInProgress
 from regd.storage import layout
-from tests.api.conftest import digest_of, push_blob, push_image
+from tests.helpers.inprocess import digest_of, push_blob, push_image
 
 NOW = Policy(grace_seconds=0)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -2,6 +2,11 @@
 
 Two `Uploads` objects over one storage and one database stand for two regd processes: they
 share nothing in memory, so a session moved between them must be re-hashed from storage.
+
+Time is the test's: tests about leases run trio on a MockClock, and the store writes lease
+times from a wall clock that moves with it (tests/registry/clocks.py). Bodies that should
+be slow wait for an event instead of sleeping, so nothing depends on how fast the
+machine is.
 """
 
 from __future__ import annotations
@@ -9,23 +14,28 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from regd.errors import BlobUploadInvalid, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.metadata import MetadataStore, sqlite_url
+from regd.metadata.rules import blob_lease
 from regd.oci.digest import Digest
 from regd.registry import Uploads
 from regd.registry.uploads import WRITE_CHUNK
 from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
+from tests.registry.clocks import TrioWallClock, open_store
 
 
 @pytest.fixture
 async def metadata(tmp_path: Path, database_url: str | None) -> AsyncIterator[MetadataStore]:
-    store = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"))
+    url = database_url or sqlite_url(tmp_path / "m.db")
+    store = open_store(url, TrioWallClock())
     store.create_schema()
     yield store
     await store.aclose()
@@ -36,11 +46,49 @@ def storage(tmp_path: Path) -> FilesystemDriver:
     return FilesystemDriver(tmp_path / "blobs")
 
 
-async def chunks(parts: Iterable[bytes], delay: float = 0.0) -> AsyncIterator[bytes]:
+async def chunks(parts: Iterable[bytes]) -> AsyncIterator[bytes]:
     for part in parts:
-        if delay:
-            await trio.sleep(delay)
         yield part
+
+
+class HeldBody:
+    """A request body that sends `first`, then waits until the test lets it send `rest`:
+    a client as slow as the test needs."""
+
+    def __init__(self, first: bytes, rest: bytes) -> None:
+        self.first, self.rest = first, rest
+        self.waiting = trio.Event()  # everything before `rest` was consumed
+        self.go = trio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.first:
+            yield self.first
+        self.waiting.set()
+        await self.go.wait()
+        yield self.rest
+
+
+class Calls:
+    """Counts the finished calls of one store method, so a test can wait for them."""
+
+    def __init__(self, metadata: MetadataStore, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.results: list[Any] = []
+        self._changed = trio.Event()
+        method = getattr(metadata, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            result = await method(*args, **kwargs)
+            self.results.append(result)
+            self._changed.set()
+            self._changed = trio.Event()
+            return result
+
+        monkeypatch.setattr(metadata, name, counted)
+
+    async def wait_for(self, count: int, result: Any = True) -> None:
+        """Until `count` calls have returned `result`."""
+        while self.results.count(result) < count:
+            await self._changed.wait()
 
 
 def sha256(data: bytes) -> str:
@@ -85,42 +133,56 @@ async def test_finish_elsewhere_detects_a_wrong_digest(
         await two.finish("repo", session.id, sha256(b"other"), chunks([]))
 
 
+@pytest.mark.timeout(30)  # without renewal, the wait for the first one never ends
 async def test_lease_is_renewed_while_a_slow_body_streams(
-    storage: StorageDriver, metadata: MetadataStore
+    storage: StorageDriver,
+    metadata: MetadataStore,
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uploads = Uploads(storage, metadata, lease_seconds=0.3)
     rival = Uploads(storage, metadata, lease_seconds=0.3)
     session = await uploads.start("repo")
-    finished: list[tuple[str, int]] = []
+    renewals = Calls(metadata, "renew_upload", monkeypatch)
+    body = HeldBody(b"a" * 6, b"a" * 6)
+    done = trio.Event()
 
     async def slow() -> None:
-        status = await uploads.append("repo", session.id, chunks([b"a"] * 12, delay=0.1))
-        finished.append(("slow", status.size))
-
-    async def second() -> None:
-        status = await rival.append("repo", session.id, chunks([b"b"]))
-        finished.append(("rival", status.size))
+        assert (await uploads.append("repo", session.id, body)).size == 12
+        done.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(slow)
-        await trio.sleep(0.2)
-        # Well past the lease's lifetime the first request still holds it (renewed), so
-        # the second waits and then appends after it, never in between.
-        nursery.start_soon(second)
-    assert finished == [("slow", 12), ("rival", 13)]
+        await body.waiting.wait()
+        # Time moves only here, a third of the lease at a time, each step once the
+        # renewal it triggers is written.
+        for step in range(1, 5):
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(0.11)
+            await renewals.wait_for(step)
+        # Well past the lease's lifetime the request still holds it.
+        intruder = await metadata.acquire_upload(session.id, "x", expected_size=None, ttl=5)
+        assert intruder is None
+        body.go.set()
+        await done.wait()
+    # The rival appends after the slow request, never in between.
+    assert (await rival.append("repo", session.id, chunks([b"b"]))).size == 13
     data = await storage.get_content(layout.upload_data("repo", session.id))
     assert data == b"a" * 12 + b"b"
 
 
+# The clock stands still (the writer's bounded waits are on trio's clock too, so an
+# autojumping clock would time them out while a worker thread runs): a wait for a lease
+# would never end, and the timeout fails the test.
+@pytest.mark.timeout(60)
 async def test_a_chunk_at_the_wrong_offset_fails_at_once(
-    storage: StorageDriver, metadata: MetadataStore
+    storage: StorageDriver, metadata: MetadataStore, mock_clock: trio.testing.MockClock
 ) -> None:
     uploads = Uploads(storage, metadata)
     session = await uploads.start("repo")
     await uploads.append("repo", session.id, chunks([b"abc"]))
-    with trio.fail_after(2):
-        with pytest.raises(RangeInvalid):
-            await uploads.append("repo", session.id, chunks([b"x"]), start=1)
+    with pytest.raises(RangeInvalid):
+        await uploads.append("repo", session.id, chunks([b"x"]), start=1)
 
 
 class FailingWrites:
@@ -235,7 +297,7 @@ async def test_a_small_put_takes_both_leases_at_once(
     assert spy.writes == 2
     assert spy.folded == [True]
     assert await metadata.blob_size("repo", sha256(b"small")) == 5
-    assert await metadata.acquire_lock(f"blob:{sha256(b'small')}", "probe", 60)
+    assert await metadata.acquire_lock(blob_lease(sha256(b"small")), "probe", 60)
 
 
 async def test_a_wrong_digest_releases_both_leases(
@@ -248,13 +310,17 @@ async def test_a_wrong_digest_releases_both_leases(
     with pytest.raises(DigestInvalid):
         await uploads.finish("repo", session.id, claimed, chunks([b"content"]), length=7)
     assert spy.folded == [True]
-    assert await metadata.acquire_lock(f"blob:{claimed}", "probe", 60)
+    assert await metadata.acquire_lock(blob_lease(claimed), "probe", 60)
     assert await metadata.get_upload(session.id) is None
     assert await metadata.global_blob_size(claimed) is None
 
 
+@pytest.mark.timeout(60)
 async def test_a_failing_disk_releases_both_leases(
-    storage: FilesystemDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    storage: FilesystemDriver,
+    metadata: MetadataStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
     good = Uploads(storage, metadata)
     bad = Uploads(FailingWrites(storage, budget=0), metadata)  # type: ignore[arg-type]
@@ -263,68 +329,103 @@ async def test_a_failing_disk_releases_both_leases(
     with pytest.raises(StorageError):
         await bad.finish("repo", session.id, sha256(b"data"), chunks([b"data"]), length=4)
     assert spy.folded == [True]
-    assert await metadata.acquire_lock(f"blob:{sha256(b'data')}", "probe", 60)
-    await metadata.release_lock(f"blob:{sha256(b'data')}", "probe")
-    # The session is free and as it was: it can still be completed.
-    with trio.fail_after(2):
-        await good.finish("repo", session.id, sha256(b"data"), chunks([b"data"]), length=4)
+    assert await metadata.acquire_lock(blob_lease(sha256(b"data")), "probe", 60)
+    await metadata.release_lock(blob_lease(sha256(b"data")), "probe")
+    # The session is free and as it was: it can still be completed without a wait (on
+    # the standing clock a wait would never end).
+    await good.finish("repo", session.id, sha256(b"data"), chunks([b"data"]), length=4)
     assert await metadata.blob_size("repo", sha256(b"data")) == 4
 
 
+class Put:
+    """A PUT completing a session, run as a task, with the times it was refused the
+    blob's lease (a holder other than "sweeper" asking).
+
+    Once a refusal is counted the PUT is asleep before its next try: trio runs it on to
+    that sleep before the test sees the count. So a test that jumps the clock only then
+    knows each jump wakes it exactly once."""
+
+    def __init__(self, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done = trio.Event()
+        self.refusals = 0
+        self._changed = trio.Event()
+        acquire = metadata.acquire_lock
+
+        async def noting(name: str, holder: str, ttl: float) -> bool:
+            taken = await acquire(name, holder, ttl)
+            if not taken and holder != "sweeper":
+                self.refusals += 1
+                self._signal()
+            return taken
+
+        monkeypatch.setattr(metadata, "acquire_lock", noting)
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run(self, uploads: Uploads, session: str, digest: str, body: Any) -> None:
+        await uploads.finish("repo", session, digest, body, length=7)
+        self.done.set()
+        self._signal()
+
+    async def refused_or_done(self, refusals: int = 1) -> None:
+        while self.refusals < refusals and not self.done.is_set():
+            await self._changed.wait()
+
+
 async def test_a_put_waits_for_a_busy_blob_lease(
-    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    storage: StorageDriver,
+    metadata: MetadataStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
     uploads = Uploads(storage, metadata)
     digest = sha256(b"payload")
     # As a sweep holds it while it removes the blob.
-    assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
+    assert await metadata.acquire_lock(blob_lease(digest), "sweeper", 60)
     session = await uploads.start("repo")
     spy = Spy(metadata, monkeypatch)
-    done = trio.Event()
-
-    async def put() -> None:
-        await uploads.finish("repo", session.id, digest, chunks([b"payload"]), length=7)
-        done.set()
-
+    put = Put(metadata, monkeypatch)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put)
-        await trio.sleep(0.5)
-        assert not done.is_set()
+        nursery.start_soon(put.run, uploads, session.id, digest, chunks([b"payload"]))
+        await put.refused_or_done()
+        assert not put.done.is_set()
         assert await metadata.blob_size("repo", digest) is None
-        await metadata.release_lock(f"blob:{digest}", "sweeper")
-        with trio.fail_after(5):
-            await done.wait()
+        await metadata.release_lock(blob_lease(digest), "sweeper")
+        mock_clock.jump(1)  # past the PUT's next try
+        await put.done.wait()
     assert spy.folded == [False]
     assert await metadata.blob_size("repo", digest) == 7
 
 
 async def test_a_blob_lease_held_too_long_is_taken_again(
-    storage: StorageDriver, metadata: MetadataStore, monkeypatch: pytest.MonkeyPatch
+    storage: StorageDriver,
+    metadata: MetadataStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
     uploads = Uploads(storage, metadata, blob_lease_seconds=0.5)
     digest = sha256(b"trickle")
     session = await uploads.start("repo")
     spy = Spy(metadata, monkeypatch)
-    done = trio.Event()
-
-    async def put() -> None:
-        body = chunks([b"trickle"], delay=1.0)
-        await uploads.finish("repo", session.id, digest, body, length=7)
-        done.set()
-
+    put = Put(metadata, monkeypatch)
+    body = HeldBody(b"", b"trickle")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put)
-        await trio.sleep(0.75)
+        nursery.start_soon(put.run, uploads, session.id, digest, body)
+        await body.waiting.wait()
+        assert spy.folded == [True]
+        mock_clock.jump(0.75)
         # The slow body outlived the blob's lease: someone else may take it over, and
         # the upload must not place its file while they hold it.
-        assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
-        await trio.sleep(0.75)
-        assert not done.is_set()
+        assert await metadata.acquire_lock(blob_lease(digest), "sweeper", 60)
+        body.go.set()
+        await put.refused_or_done()
+        assert not put.done.is_set()
         assert await metadata.blob_size("repo", digest) is None
-        await metadata.release_lock(f"blob:{digest}", "sweeper")
-        with trio.fail_after(5):
-            await done.wait()
-    assert spy.folded == [True]
+        await metadata.release_lock(blob_lease(digest), "sweeper")
+        mock_clock.jump(1)  # past the PUT's next try
+        await put.done.wait()
     assert await metadata.blob_size("repo", digest) == 7
 
 
@@ -335,20 +436,15 @@ async def test_a_large_body_streams_without_the_blob_lease(
     data = os.urandom(WRITE_CHUNK + 1)
     digest = sha256(data)
     session = await uploads.start("repo")
-    done = trio.Event()
-
-    async def put() -> None:
-        body = chunks([data[:1000], data[1000:]], delay=0.5)
-        await uploads.finish("repo", session.id, digest, body, length=len(data))
-        done.set()
-
+    body = HeldBody(data[:1000], data[1000:])
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put)
-        await trio.sleep(0.75)
-        assert await metadata.acquire_lock(f"blob:{digest}", "probe", 60)
-        await metadata.release_lock(f"blob:{digest}", "probe")
-        with trio.fail_after(5):
-            await done.wait()
+        nursery.start_soon(
+            partial(uploads.finish, "repo", session.id, digest, body, length=len(data))
+        )
+        await body.waiting.wait()
+        assert await metadata.acquire_lock(blob_lease(digest), "probe", 60)
+        await metadata.release_lock(blob_lease(digest), "probe")
+        body.go.set()
     assert await metadata.blob_size("repo", digest) == len(data)
 
 
@@ -400,29 +496,35 @@ async def test_a_small_body_shorter_than_announced_keeps_the_session(
     assert blob.size == 3
 
 
+@pytest.mark.timeout(30)  # without renewal, the wait for the first one never ends
 async def test_the_session_stays_held_while_a_put_waits_for_the_blob_lease(
-    storage: StorageDriver, metadata: MetadataStore
+    storage: StorageDriver,
+    metadata: MetadataStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
 ) -> None:
     uploads = Uploads(storage, metadata, lease_seconds=0.6)
     digest = sha256(b"payload")
-    assert await metadata.acquire_lock(f"blob:{digest}", "sweeper", 60)
+    assert await metadata.acquire_lock(blob_lease(digest), "sweeper", 60)
     session = await uploads.start("repo")
-    done = trio.Event()
-
-    async def put() -> None:
-        await uploads.finish("repo", session.id, digest, chunks([b"payload"]), length=7)
-        done.set()
-
+    renewals = Calls(metadata, "renew_upload", monkeypatch)
+    put = Put(metadata, monkeypatch)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put)
+        nursery.start_soon(put.run, uploads, session.id, digest, chunks([b"payload"]))
+        await put.refused_or_done()
+        # Time moves only here, a third of the session's lease at a time, each step once
+        # the renewal it triggers is written and the PUT has tried the blob's lease again.
+        for step in range(1, 5):
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(0.21)
+            await renewals.wait_for(step)
+            await put.refused_or_done(step + 1)
         # Well past the session lease's life, the waiting PUT still holds the session:
         # no other request may take it and write to the file about to become the blob.
-        await trio.sleep(1.5)
-        assert not done.is_set()
-        assert (
-            await metadata.acquire_upload(session.id, "intruder", expected_size=None, ttl=5) is None
-        )
-        await metadata.release_lock(f"blob:{digest}", "sweeper")
-        with trio.fail_after(5):
-            await done.wait()
+        assert not put.done.is_set()
+        intruder = await metadata.acquire_upload(session.id, "x", expected_size=None, ttl=5)
+        assert intruder is None
+        await metadata.release_lock(blob_lease(digest), "sweeper")
+        mock_clock.jump(0.15)  # past the PUT's next try (at most 0.1 s away)
+        await put.done.wait()
     assert await metadata.blob_size("repo", digest) == 7

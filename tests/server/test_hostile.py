@@ -7,14 +7,18 @@ Content-Length that lies, paths that try to climb out of the API.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers.servers import RegdServer
+from tests.helpers.servers import RegdFactory, RegdServer
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +174,81 @@ def test_pull_abandoned_by_the_client_stops_reading_the_blob(regd_server: RegdSe
     time.sleep(2)
     assert _bytes_read(pid) - before < 48 * 1024 * 1024
     assert httpx.get(f"{base}/v2/").status_code == 200
+
+
+def test_content_length_with_chunked_encoding_is_refused(regd_server: RegdServer) -> None:
+    # Both framings on one request is the shape of request smuggling: whichever one a
+    # proxy in front believes, the two would disagree on where the next request starts.
+    for path in ("/v2/smuggle/blobs/uploads/", "/admin/v1/gc"):
+        response = raw(
+            regd_server,
+            (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            ).encode(),
+        )
+        assert status_line(response).split()[1] == "400", response[:300]
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert b"docker-distribution-api-version: registry/2.0" in head.lower()
+        assert b'"code":"UNSUPPORTED"' in body
+        assert b"Transfer-Encoding" in body
+    # Nothing was started by the refused request.
+    r = httpx.get(f"{regd_server.url}/v2/smuggle/tags/list")
+    assert r.status_code == 404
+
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs, mounted for the test and unmounted after it."""
+    mountpoint = tmp_path / "volume"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_disk_is_answered_and_recovered_from(
+    regd_factory: RegdFactory, small_volume: Path, database_url: str | None
+) -> None:
+    server = regd_factory(database_url=database_url, data_dir=small_volume)
+    base = server.url
+    too_big = os.urandom(12 * MiB)
+    digest = "sha256:" + hashlib.sha256(too_big).hexdigest()
+
+    r = httpx.post(f"{base}/v2/full/blobs/uploads/", params={"digest": digest}, content=too_big)
+    assert r.status_code == 507, r.text
+    assert r.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
+    assert int(r.headers["Retry-After"]) > 0
+    error = r.json()["errors"][0]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert "full" in error["message"]
+    # The same through a chunked session: the session is refused, not left half-written.
+    location = httpx.post(f"{base}/v2/full/blobs/uploads/").headers["Location"]
+    r = httpx.patch(base + location, content=too_big)
+    assert r.status_code == 507, r.text
+
+    # No partial data is visible, and the space it took is free again.
+    assert httpx.head(f"{base}/v2/full/blobs/{digest}").status_code == 404
+    assert shutil.disk_usage(small_volume).used < 2 * MiB
+    log = server.output()
+    assert "Traceback" not in log
+    full_lines = [line for line in log.splitlines() if "no space left" in line]
+    assert len(full_lines) == 2, log
+
+    # Without a restart, what fits is accepted again.
+    fits = os.urandom(3 * MiB)
+    fits_digest = "sha256:" + hashlib.sha256(fits).hexdigest()
+    r = httpx.post(f"{base}/v2/full/blobs/uploads/", params={"digest": fits_digest}, content=fits)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{base}/v2/full/blobs/{fits_digest}").content == fits

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from regctl.client.errors import RegistryError
+from regd.client.errors import ClientError
 
 # Docker Hub's historical credential key; docker itself still writes this one.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -87,13 +87,13 @@ class CredentialStore:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise RegistryError(f"cannot read {path}: {exc.strerror}") from None
+            raise ClientError(f"cannot read {path}: {exc.strerror}") from None
         try:
             doc = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
-            raise RegistryError(f"{path} is not valid JSON: {exc}") from None
+            raise ClientError(f"{path} is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
-            raise RegistryError(f"{path} must hold a JSON object")
+            raise ClientError(f"{path} must hold a JSON object")
         return doc
 
     def get(self, host: str) -> Credentials | None:
@@ -167,7 +167,7 @@ class CredentialStore:
         doc = self._load(self.path)
         auths = doc.setdefault("auths", {})
         if not isinstance(auths, dict):
-            raise RegistryError(f"{self.path}: 'auths' must be an object")
+            raise ClientError(f"{self.path}: 'auths' must be an object")
         wanted = normalize_host(host)
         for key in [k for k in auths if normalize_host(k) == wanted]:
             del auths[key]

@@ -1,13 +1,14 @@
-"""Rows for storage lifecycle: graph snapshots, rechecked deletions, bulk leases, purges.
+"""The rows garbage collection and integrity checks work on: graph snapshots, rechecked
+deletions, bulk leases, purges.
 
 The registry layer decides what is garbage; this module reads the rows it decides from and
 deletes what it chose, re-checking inside each transaction so that a push that raced the
-decision wins.
+decision wins. These are functions of a store rather than its methods: they serve only
+the registry's collection and repair jobs, never a request.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, and_, delete, exists, select, true
 
 from regd.metadata import schema as t
-from regd.metadata.store import UPLOAD_COLUMNS, MetadataStore, UploadInfo
+from regd.metadata.records import UPLOAD_COLUMNS, UploadInfo
+from regd.metadata.rules import BATCH_SIZE
+from regd.metadata.store import MetadataStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +143,9 @@ async def delete_manifests(
             return []
         doomed = [graph.manifests[i] for i in decide(graph) if i in graph.manifests]
         ids = [m.id for m in doomed]
-        for start in range(0, len(ids), 500):
-            batch = ids[start : start + 500]
-            conn.execute(delete(t.tags).where(t.tags.c.manifest_id.in_(batch)))
-            conn.execute(delete(t.manifest_blobs).where(t.manifest_blobs.c.manifest_id.in_(batch)))
-            conn.execute(
-                delete(t.manifest_children).where(t.manifest_children.c.manifest_id.in_(batch))
-            )
+        for start in range(0, len(ids), BATCH_SIZE):
+            # Their tags and references go with them (ON DELETE CASCADE).
+            batch = ids[start : start + BATCH_SIZE]
             conn.execute(delete(t.manifests).where(t.manifests.c.id.in_(batch)))
         return doomed
 
@@ -159,10 +158,10 @@ async def acquire_locks(
     """Take every free (or expired) lease among `names`; the names taken."""
 
     def w(conn: Connection) -> set[str]:
-        now = time.time()
+        now = store.clock.now()
         taken: set[str] = set()
-        for start in range(0, len(names), 500):
-            batch = names[start : start + 500]
+        for start in range(0, len(names), BATCH_SIZE):
+            batch = names[start : start + BATCH_SIZE]
             ins = store.insert(t.locks).values(
                 [{"name": n, "holder": holder, "until": now + ttl} for n in batch]
             )
@@ -183,10 +182,11 @@ async def acquire_locks(
 
 async def release_locks(store: MetadataStore, names: Sequence[str], holder: str) -> None:
     def w(conn: Connection) -> None:
-        for start in range(0, len(names), 500):
+        for start in range(0, len(names), BATCH_SIZE):
             conn.execute(
                 delete(t.locks).where(
-                    t.locks.c.name.in_(names[start : start + 500]), t.locks.c.holder == holder
+                    t.locks.c.name.in_(names[start : start + BATCH_SIZE]),
+                    t.locks.c.holder == holder,
                 )
             )
 
@@ -221,8 +221,8 @@ async def delete_unreferenced_blobs(
         return [(d, int(size)) for d, size in unreferenced]
 
     out: list[tuple[str, int]] = []
-    for start in range(0, len(digests), 500):
-        out += await store.run_write(w, digests[start : start + 500])
+    for start in range(0, len(digests), BATCH_SIZE):
+        out += await store.run_write(w, digests[start : start + BATCH_SIZE])
     return out
 
 
@@ -230,7 +230,7 @@ async def purge_uploads(store: MetadataStore, idle_before: float) -> list[Upload
     """Delete upload sessions idle since `idle_before` that no request is writing to."""
 
     def w(conn: Connection) -> list[UploadInfo]:
-        now = time.time()
+        now = store.clock.now()
         cond = and_(
             t.uploads.c.updated_at < idle_before,
             (t.uploads.c.lease.is_(None)) | (t.uploads.c.lease_until < now),
@@ -260,8 +260,8 @@ async def forget_blobs(store: MetadataStore, digests: Sequence[str]) -> None:
         conn.execute(delete(t.repository_blobs).where(t.repository_blobs.c.digest.in_(batch)))
         conn.execute(delete(t.blobs).where(t.blobs.c.digest.in_(batch)))
 
-    for start in range(0, len(digests), 500):
-        await store.run_write(w, digests[start : start + 500])
+    for start in range(0, len(digests), BATCH_SIZE):
+        await store.run_write(w, digests[start : start + BATCH_SIZE])
 
 
 async def manifest_digests(store: MetadataStore) -> set[str]:
@@ -277,7 +277,7 @@ async def referencing_manifests(
 
     def q(conn: Connection) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for start in range(0, len(digests), 500):
+        for start in range(0, len(digests), BATCH_SIZE):
             rows = conn.execute(
                 select(t.manifest_blobs.c.digest, t.repositories.c.name, t.manifests.c.digest)
                 .select_from(
@@ -285,7 +285,7 @@ async def referencing_manifests(
                         t.manifests, t.manifests.c.id == t.manifest_blobs.c.manifest_id
                     ).join(t.repositories, t.repositories.c.id == t.manifests.c.repository_id)
                 )
-                .where(t.manifest_blobs.c.digest.in_(digests[start : start + 500]))
+                .where(t.manifest_blobs.c.digest.in_(digests[start : start + BATCH_SIZE]))
             )
             for blob, repo, manifest in rows:
                 out[blob].append((repo, manifest))

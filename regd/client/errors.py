@@ -1,6 +1,7 @@
-"""Everything the registry client raises.
+"""Everything the registry client raises: its own hierarchy, apart from regd.errors (which
+is what the daemon answers with).
 
-    RegistryError                 any failure talking to a registry
+    ClientError                   any failure talking to a registry
     ├── ConnectError              the registry could not be reached at all
     ├── ResponseError             the registry answered with an HTTP error
     │   ├── AuthError             401/403, or credentials/tokens were refused
@@ -16,18 +17,18 @@ and, for HTTP errors, the status and the registry's error code.
 from __future__ import annotations
 
 
-class RegistryError(Exception):
-    """Base of every error the client raises."""
+class ClientError(Exception):
+    """Base of every error the registry client raises."""
 
 
-class ConnectError(RegistryError):
+class ConnectError(ClientError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"cannot reach {url}: {reason}")
         self.url = url
         self.reason = reason
 
 
-class ResponseError(RegistryError):
+class ResponseError(ClientError):
     """The registry answered, but not with success."""
 
     def __init__(
@@ -63,12 +64,12 @@ class UnsupportedError(ResponseError):
     """The registry does not implement or allow this operation (e.g. deletion)."""
 
 
-class DigestMismatchError(RegistryError):
+class DigestMismatchError(ClientError):
     def __init__(self, where: str, expected: str, actual: str) -> None:
         super().__init__(f"{where}: content has digest {actual}, expected {expected}")
         self.expected = expected
         self.actual = actual
 
 
-class ProtocolError(RegistryError):
+class ProtocolError(ClientError):
     """An answer that breaks the distribution protocol (bad headers, bad JSON...)."""

@@ -14,9 +14,10 @@ from typing import Any, Literal, Protocol
 
 import trio
 
-from regctl.client._tasks import task_group
-from regctl.client.errors import RegistryError
-from regctl.client.registry import MONOLITHIC_LIMIT, RegistryClient
+from regd.client.blobs import MONOLITHIC_LIMIT
+from regd.client.errors import ClientError
+from regd.client.registry import RegistryClient
+from regd.client.tasks import task_group
 from regd.oci.digest import Digest
 from regd.oci.manifest import Descriptor
 from regd.oci.reference import Reference
@@ -164,7 +165,7 @@ class _Copier:
                     ]
                     if not children:
                         wanted = ", ".join(str(p) for p in self.platforms)
-                        raise RegistryError(
+                        raise ClientError(
                             f"{self._src(src_ident)}: no manifest in the index matches {wanted}"
                         )
                     filtered = len(children) != len(manifest.manifests)
@@ -248,7 +249,7 @@ class _Copier:
                 if len(body) <= MONOLITHIC_LIMIT:
                     await self.client.push_blob(target, bytes(body), len(body))
                     return "copied"
-                raise RegistryError(
+                raise ClientError(
                     f"blob {blob.digest} is larger than the {blob.size} bytes its descriptor says"
                 )
             await self.client.push_blob(
@@ -275,7 +276,7 @@ def _platform_text(platform: dict[str, Any] | None) -> str:
 def _filtered_index(doc: Any, keep: set[Digest]) -> bytes:
     """A new index with only the kept children, everything else as the source had it."""
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
-        raise RegistryError("index has no manifests list")
+        raise ClientError("index has no manifests list")
     out = dict(doc)
     out["manifests"] = [
         m for m in doc["manifests"] if isinstance(m, dict) and _parse_or_none(m) in keep

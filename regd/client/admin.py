@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from regctl.client.errors import NotFoundError, UnsupportedError
-from regctl.client.registry import RegistryClient
+from regd.client.errors import NotFoundError, UnsupportedError
+from regd.client.registry import RegistryClient
 
 
 class AdminClient:
@@ -37,7 +37,7 @@ class AdminClient:
                 method, self._host, url, headers=headers, params=params, content=content
             )
         except NotFoundError as exc:
-            if exc.code in (None, "NOT_FOUND"):
+            if exc.code in (None, "NOT_FOUND", "UNSUPPORTED"):
                 raise UnsupportedError(
                     exc.method,
                     exc.url,

@@ -1,38 +1,12 @@
-"""In-process API tests: the real app and stores, driven through httpx's ASGI transport."""
+"""Helpers for tests that drive the in-process app (the `client` fixture) over httpx."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-
-from regd.app import create_app
-from regd.config import Config
-from regd.metadata import MetadataStore, sqlite_url
-from regd.registry import Registry
-from regd.storage import FilesystemDriver
-
-
-@pytest.fixture
-async def registry(tmp_path: Path, database_url: str | None) -> AsyncIterator[Registry]:
-    store = MetadataStore(database_url or sqlite_url(tmp_path / "regd.db"))
-    store.create_schema()
-    reg = Registry.create(FilesystemDriver(tmp_path / "blobs"), store)
-    yield reg
-    await reg.aclose()
-
-
-@pytest.fixture
-async def client(registry: Registry) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(registry, Config(access_log=False, upload_purge_interval=0))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://regd") as c:
-        yield c
 
 
 def digest_of(data: bytes) -> str:

@@ -1,4 +1,0 @@
-# The in-process app and registry fixtures, shared with the API tests.
-from tests.api.conftest import client, registry
-
-__all__ = ["client", "registry"]
