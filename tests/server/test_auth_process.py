@@ -1,6 +1,6 @@
 """A real `regd serve` with an htpasswd file and a policy: skopeo and raw HTTP clients log in,
 push where the policy allows and are refused where it does not; and an open registry refuses
-to start on a public address."""
+to start on a public address; a verified client certificate logs its account in."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pytest
 from tests.helpers.clients import Skopeo
 from tests.helpers.oci import LayoutImage, build_image, machine_files, sha256
 from tests.helpers.servers import RegdFactory, free_port
+from tests.server.test_tls import Pki, access_lines, tls_env, wait_for
+from tests.server.test_tls import pki as pki  # a fixture, for the mutual-TLS test
 
 pytestmark = pytest.mark.e2e
 
@@ -163,3 +165,63 @@ def test_workers_share_keys_and_accounts(
                 assert fresh.get("/v2/alice/app/tags/list", headers=headers).status_code == 404
                 assert fresh.get("/v2/team/app/tags/list", headers=headers).status_code == 403
         assert len(list((server.data_dir / "auth").glob("signing-*.key"))) == 1
+
+
+def test_client_certificate_logs_its_account_in(
+    regd_factory: RegdFactory, database_url: str | None, pki: Pki
+) -> None:
+    """With mutual TLS and authentication on, a verified client certificate whose name is a
+    stored account is that account; the access log names whoever was let in."""
+    admin_token = "an-admin-token-for-the-tls-test"
+    rules = [{"who": "alice", "actions": ["catalog"]}]
+    server = regd_factory(
+        database_url=database_url,
+        env=tls_env(
+            pki,
+            REGD_TLS_CLIENT_CA=str(pki.ca_file),
+            REGD_TLS_CLIENT_AUTH="optional",
+            REGD_ACCESS_LOG="1",
+            REGD_ADMIN_TOKEN=admin_token,
+            REGD_ACCESS=json.dumps(rules),
+        ),
+        log_level="info",
+        tls_verify=pki.client_context(),
+    )
+    alice = pki.ca.issue_cert("alice@example.org", common_name="alice")
+    mallory = pki.ca.issue_cert("mallory@example.org", common_name="mallory")
+    catalog = f"https://{server.host}/v2/_catalog"
+    with httpx.Client(verify=pki.client_context()) as http:
+        added = http.post(
+            f"https://{server.host}/admin/v1/users",
+            json={"name": "alice", "password": "alice-password-1", "groups": []},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+        assert added.status_code == 201, added.text
+        anonymous = http.get(catalog)
+        assert anonymous.status_code == 401
+        assert anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        assert anonymous.headers["WWW-Authenticate"].startswith("Bearer realm=")
+        by_password = http.get(catalog, auth=("alice", "alice-password-1"))
+        assert by_password.status_code == 200, by_password.text
+    with httpx.Client(verify=pki.client_context(alice)) as http:
+        assert http.get(catalog).status_code == 200
+    with httpx.Client(verify=pki.client_context(mallory)) as http:
+        # Issued by the trusted CA, but no account has that name.
+        stranger = http.get(catalog)
+        assert stranger.status_code == 401
+        assert "mallory" in stranger.json()["errors"][0]["message"]
+    wait_for(
+        lambda: sum("path=/v2/_catalog" in line for line in access_lines(server)) == 4,
+        "four access log lines for the catalog",
+    )
+    answers = [
+        (line.split(" status=")[1].split(" ")[0], line.rsplit(" ", 1)[1])
+        for line in access_lines(server)
+        if "path=/v2/_catalog" in line
+    ]
+    assert answers == [
+        ("401", "user=-"),
+        ("200", "user=alice"),
+        ("200", "user=alice"),
+        ("401", "user=mallory"),
+    ]
