@@ -15,6 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from regd import config as cfg
 from regd import tls
 from regd.app import RegdApp, create_app
+from regd.auth.wiring import check_exposure
 from regd.clock import SYSTEM_CLOCK
 from regd.metadata import MetadataStore
 from regd.registry import Registry
@@ -131,6 +132,7 @@ def serve(config: cfg.Config) -> None:
     tls.check(config)
     prepare(config)
     warn_if_metadata_lost(config)
+    check_exposure(config)  # auth: no open registry on a public address unless asked
     hc = hypercorn_config(config)
     log.info(
         "serving addr=%s data_dir=%s database=%s workers=%d",

@@ -102,13 +102,14 @@ class ServerProcess:
                 except httpx.TransportError as exc:
                     last_error = repr(exc)
                 else:
-                    if answer.status_code == 200:
+                    # 401: up, and asking for credentials (authentication is on).
+                    if answer.status_code in (200, 401):
                         return
                     last_error = f"GET /v2/ answered {answer.status_code}: {answer.text[:500]}"
                 time.sleep(0.05)
         self._kill_group(signal.SIGKILL)
         raise ServerStartError(
-            f"{self.kind} did not answer 200 on {self.url}/v2/ within {timeout:.0f} s "
+            f"{self.kind} did not answer 200 or 401 on {self.url}/v2/ within {timeout:.0f} s "
             f"({last_error})\ncommand: {' '.join(self.argv)}\n--- output ---\n{self.output()}"
         )
 
