@@ -157,6 +157,15 @@ class Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _ready_or_stopped(server: Server) -> None:
+    """Wait until `server` answers; a server that never does is not left running."""
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop(keep=True)
+        raise
+
+
 def _spawn(
     cmd: list[str], workdir: Path, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
@@ -206,7 +215,7 @@ def start_regd(
     server = Server(
         "regd", port, proc, workdir, f"regd --workers {workers}", log_path, notes, credentials
     )
-    server.wait_ready()
+    _ready_or_stopped(server)
     return server
 
 
@@ -289,5 +298,5 @@ def start_reference(
     server = Server(
         "reference", port, proc, workdir, reference_version(binary), log_path, {}, credentials
     )
-    server.wait_ready()
+    _ready_or_stopped(server)
     return server
