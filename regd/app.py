@@ -13,8 +13,11 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from regd import api
-from regd.api.errors import answer_for, refusal
+from regd.api.auth import Gate
+from regd.api.auth import install as install_auth
+from regd.api.errors import Answer, answer_for, refusal
 from regd.api.exchange import API_VERSION, EXCHANGE_KEY, Exchange, framing_problem, log_access
+from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
 from regd.registry import Policy, Registry, RetentionPolicy
@@ -30,13 +33,16 @@ log = logging.getLogger("regd.housekeeping")
 class RegdApp(QuartTrio):
     """Quart's control plane, behind the data plane's router and the shared plumbing.
 
-    Every HTTP request passes through `__call__`: its `Exchange` is made there, and the
-    common headers and the access log line are applied there for both dispatchers.
+    Every HTTP request passes through `__call__`: its `Exchange` is made there, the
+    authentication gate (regd.api.auth) decides there who is asking and whether they may,
+    and the common headers and the access log line are applied there for both dispatchers.
     """
 
     registry: Registry
     direct: api.Router
     access_logging: bool = True
+    # None when authentication is off (regd.auth.wiring).
+    gate: Gate | None = None
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -48,19 +54,33 @@ class RegdApp(QuartTrio):
         x.user = client_cn(scope)
         problem = framing_problem(scope["headers"])
         if problem is not None:
-            await self._refuse(x, send, problem)
-        elif not await self.direct.handle(x, scope, receive, send):
+            status, headers, body = refusal(400, problem)
+            # The body's end is unknowable, so the connection cannot carry another request.
+            headers["connection"] = "close"
+            await self._answer(x, send, (status, headers, body))
+        elif (
+            self.gate is None or await self._admitted(x, scope, send)
+        ) and not await self.direct.handle(x, scope, receive, send):
             # Quart's handlers find it in their request's scope (regd.api.http.exchange).
             cast(dict[str, Any], scope)[EXCHANGE_KEY] = x
             await super().__call__(scope, receive, _answering(x, send))
         if self.access_logging:
             log_access(x)
 
+    async def _admitted(self, x: Exchange, scope: Scope, send: ASGISendCallable) -> bool:
+        """Whether the gate lets the request through; if not, it has been answered."""
+        assert self.gate is not None
+        try:
+            await self.gate.admit_exchange(x, scope, x.user)
+        except Exception as error:
+            await self._answer(x, send, answer_for(error, x.method, x.path))
+            return False
+        return True
+
     @staticmethod
-    async def _refuse(x: Exchange, send: ASGISendCallable, message: str) -> None:
-        status, headers, body = refusal(400, message)
-        # The body's end is unknowable, so the connection cannot carry another request.
-        headers["connection"] = "close"
+    async def _answer(x: Exchange, send: ASGISendCallable, answer: Answer) -> None:
+        """An answer made here, before either dispatcher ran."""
+        status, headers, body = answer
         x.status, x.length = status, len(body)
         raw = [(k.encode(), v.encode()) for k, v in headers.items()]
         raw += [API_VERSION, (b"content-length", str(len(body)).encode())]
@@ -89,6 +109,10 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     app = RegdApp("regd")
     app.registry = registry
     app.direct = api.Router(api.DIRECT_ROUTES)
+    authenticator = build_authenticator(config, registry.metadata, registry.metadata.clock)
+    if authenticator is not None:
+        app.gate = Gate(authenticator, admin_token=config.admin_token)
+        install_auth(app, app.gate)
     app.access_logging = config.access_log
     app.config.update(
         REGD_ADMIN_TOKEN=config.admin_token,

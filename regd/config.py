@@ -98,6 +98,83 @@ def _retention(value: Any, where: str) -> tuple[RetentionRule, ...]:
     return tuple(rules)
 
 
+# -- auth (regd.auth wiring): the `[auth]` table and `[[access]]` rules -------------------
+AUTH_KEYS = ("htpasswd", "realm", "service", "issuer", "token_ttl", "key_dir", "trust", "open")
+
+
+@dataclass(frozen=True)
+class TrustedIssuerConfig:
+    """One `[[auth.trust]]` table: another token service whose JWTs regd accepts. Its keys
+    come from a PEM certificate bundle (`certificates`) or a JWKS file (`jwks`)."""
+
+    issuer: str
+    service: str
+    certificates: Path | None = None
+    jwks: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "service": self.service,
+            "certificates": None if self.certificates is None else str(self.certificates),
+            "jwks": None if self.jwks is None else str(self.jwks),
+        }
+
+
+def _json_list(value: Any, where: str, what: str) -> list[Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: {what} must be a JSON list: {exc}") from None
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: {what} must be a list of tables")
+    return list(value)
+
+
+def _trust(value: Any, where: str) -> tuple[TrustedIssuerConfig, ...]:
+    out = []
+    for i, entry in enumerate(_json_list(value, where, "auth.trust")):
+        at = f"{where}: auth.trust[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table")
+        unknown = set(entry) - {"issuer", "service", "certificates", "jwks"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r}")
+        issuer, service = entry.get("issuer"), entry.get("service")
+        if not isinstance(issuer, str) or not issuer or not isinstance(service, str) or not service:
+            raise ConfigError(f"{at} needs issuer and service strings")
+        certs, jwks = entry.get("certificates"), entry.get("jwks")
+        if (certs is None) == (jwks is None):
+            raise ConfigError(f"{at} needs exactly one of certificates (a PEM bundle) or jwks")
+        for name, path in (("certificates", certs), ("jwks", jwks)):
+            if path is not None and not isinstance(path, str):
+                raise ConfigError(f"{at}.{name} must be a file path")
+        out.append(
+            TrustedIssuerConfig(
+                issuer,
+                service,
+                None if certs is None else Path(certs).expanduser(),
+                None if jwks is None else Path(jwks).expanduser(),
+            )
+        )
+    return tuple(out)
+
+
+def _access(value: Any, where: str) -> tuple[dict[str, Any], ...]:
+    from regd.auth.policy import Policy
+
+    rules = _json_list(value, where, "access")
+    try:
+        Policy.parse(rules)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return tuple(dict(rule) for rule in rules)
+
+
+# -- end auth ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Config:
     addr: str = "127.0.0.1:5000"
@@ -130,6 +207,26 @@ class Config:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tls_client_auth: str = "require"
+    # auth (the `[auth]` table; regd.auth.wiring says what turns authentication on)
+    auth_htpasswd: Path | None = None
+    auth_realm: str | None = None
+    auth_service: str = "regd"
+    auth_issuer: str = "regd"
+    auth_token_ttl: float = 300.0
+    auth_key_dir: Path | None = None
+    auth_trust: tuple[TrustedIssuerConfig, ...] = ()
+    auth_open: bool = False
+    access: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def auth_keys_dir(self) -> Path:
+        return self.auth_key_dir or self.data_dir / "auth"
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether the configuration alone turns authentication on (accounts stored in the
+        database turn it on too; see regd.auth.wiring.auth_enabled)."""
+        return bool(self.auth_htpasswd or self.auth_trust or self.access)
 
     @property
     def bind(self) -> str:
@@ -162,6 +259,10 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "retention":
                 out["REGD_RETENTION"] = json.dumps([rule.to_json() for rule in value])
+            elif f.name == "auth_trust":
+                out["REGD_AUTH_TRUST"] = json.dumps([entry.to_json() for entry in value])
+            elif f.name == "access":
+                out["REGD_ACCESS"] = json.dumps(list(value))
             elif value is not None:
                 out[f"REGD_{f.name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
@@ -181,6 +282,7 @@ _FLOATS = frozenset(
         "header_timeout",
         "body_timeout",
         "keep_alive_timeout",
+        "auth_token_ttl",
     }
 )
 _INTS = frozenset(
@@ -192,7 +294,7 @@ _INTS = frozenset(
         "max_header_size",
     }
 )
-_BOOLS = frozenset({"access_log", "gc_delete_untagged"})
+_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open"})
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -205,6 +307,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             result = parse_duration(value, source)
         elif key == "retention":
             result = _retention(value, source)
+        elif key == "auth_trust":
+            result = _trust(value, source)
+        elif key == "access":
+            result = _access(value, source)
         elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value
@@ -214,13 +320,38 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 result = False
             else:
                 raise ValueError(value)
-        elif key in ("data_dir", "storage_root", "tls_cert", "tls_key", "tls_client_ca"):
+        elif key in (
+            "data_dir",
+            "storage_root",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "auth_htpasswd",
+            "auth_key_dir",
+        ):
             result = Path(str(value)).expanduser()
         else:
             result = str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: invalid value {value!r} for {key}") from None
     return result
+
+
+def _flatten_auth(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The `[auth]` table's keys as the flat `auth_*` settings."""
+    table = doc.get("auth")
+    if table is None:
+        return doc
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: auth must be a table ([auth])")
+    out = {k: v for k, v in doc.items() if k != "auth"}
+    for key, value in table.items():
+        if key.replace("-", "_") not in AUTH_KEYS:
+            raise ConfigError(
+                f"{path}: unknown setting auth.{key} (expected one of {', '.join(AUTH_KEYS)})"
+            )
+        out["auth_" + key.replace("-", "_")] = value
+    return out
 
 
 def load(
@@ -240,7 +371,7 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in doc.items():
+        for key, value in _flatten_auth(doc, path).items():
             key = key.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -293,6 +424,10 @@ def validate(config: Config) -> None:
     for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "database_write_timeout"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be more than 0 seconds")
+    if config.auth_token_ttl < 10 or config.auth_token_ttl > 86400:
+        raise ConfigError("auth.token_ttl must be between 10 seconds and 1 day")
+    if config.auth_realm is not None and not config.auth_realm.startswith(("http://", "https://")):
+        raise ConfigError(f"auth.realm must be an http(s) URL, not {config.auth_realm[:100]!r}")
     if config.admin_token is not None and len(config.admin_token) < 16:
         raise ConfigError("admin_token must be at least 16 characters")
     if (config.tls_cert is None) != (config.tls_key is None):

@@ -54,6 +54,8 @@ class RegistryError(RegdError):
         super().__init__(message)
         self.message = message
         self.detail = detail
+        # Headers the answer carries besides the common ones (a 401's WWW-Authenticate).
+        self.headers: dict[str, str] = {}
 
 
 class BlobUnknown(RegistryError):

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from regd import config as cfg
 from regd import tls
 from regd.app import create_app
+from regd.auth.wiring import check_exposure
 from regd.clock import SYSTEM_CLOCK
 from regd.connections import (
     Limits,
@@ -281,6 +282,7 @@ def serve(config: cfg.Config) -> None:
     tls.check(config)
     prepare(config)
     warn_if_metadata_lost(config)
+    check_exposure(config)  # auth: no open registry on a public address unless asked
     hc = hypercorn_config(config)
     sockets = bind(config, hc)
     log.info(

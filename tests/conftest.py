@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from regd.app import create_app
+from regd.clock import ManualClock
 from regd.config import Config
 from regd.metadata import MetadataStore, sqlite_url
 from regd.registry import Registry
@@ -41,6 +42,7 @@ from tests.helpers.servers import (
     ServerProcess,
     ServerStartError,
 )
+from tests.helpers.store import metadata_store
 
 DATABASE_KINDS = ["sqlite", "postgresql"]
 
@@ -90,6 +92,21 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     url: str = request.getfixturevalue("fresh_pg_url")
     return url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """Wall-clock time that moves only when a test advances it."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(
+    tmp_path: Path, database_url: str | None, clock: ManualClock
+) -> AsyncIterator[MetadataStore]:
+    """A metadata store with its schema, on each backend, on the test's `clock`."""
+    async with metadata_store(database_url, tmp_path, clock=clock) as s:
+        yield s
 
 
 @pytest.fixture

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from regd.api import admin, base, blobs, listings, manifests, uploads
+from regd.api import accounts, admin, base, blobs, listings, manifests, uploads
 from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
     base.bp,
     listings.bp,
     admin.bp,
+    accounts.bp,
 )
 
 # Served below Quart (see regd.api.direct); matched before any blueprint.

@@ -1,7 +1,9 @@
 """`/admin/v1/...`: storage lifecycle for operators (garbage collection, usage, retention).
 
-Not part of the distribution API. Without an `admin_token` only loopback clients may call
-it; with one, every call must carry `Authorization: Bearer <token>`.
+Not part of the distribution API. With authentication on (regd.api.auth) it needs the admin
+right, or `Authorization: Bearer <admin_token>`; being on loopback grants nothing. With it off,
+only loopback clients may call it without an `admin_token`; with one, every call must carry
+`Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class BadRequest(RegistryError):
 
 
 @bp.before_request
-async def _authorize() -> None:
+async def authorize() -> None:
+    if current_app.config.get("REGD_AUTH") is not None:
+        return  # the gate (regd.api.auth) has asked for the admin right already
     token: str | None = current_app.config.get("REGD_ADMIN_TOKEN")
     if token:
         header = request.headers.get("Authorization", "")
@@ -44,7 +48,7 @@ async def _authorize() -> None:
         raise Denied("the admin API answers loopback clients only unless admin_token is set")
 
 
-async def _body() -> dict[str, Any]:
+async def body() -> dict[str, Any]:
     # Bounded by the app's MAX_CONTENT_LENGTH: a longer body is refused with 413.
     raw = cast(bytes, await request.get_data(as_text=False))
     if not raw:
@@ -79,7 +83,7 @@ def _number(doc: dict[str, Any], key: str, default: float | None) -> float | Non
 
 @bp.route("/gc", methods=["POST"])
 async def collect() -> Response:
-    doc = await _body()
+    doc = await body()
     defaults: Policy = current_app.config["REGD_GC_POLICY"]
     policy = Policy(
         grace_seconds=_number(doc, "grace_seconds", defaults.grace_seconds) or 0.0,
@@ -103,12 +107,16 @@ async def usage() -> Response:
 @bp.route("/repositories/<path:name>", methods=["DELETE"])
 async def delete_repository(name: str) -> Response:
     dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
-    return json_response(await exchange().registry.repositories.delete(name, dry_run=dry_run))
+    x = exchange()
+    result = await x.registry.repositories.delete(name, dry_run=dry_run)
+    if x.viewer is not None and not dry_run:  # audit (regd.api.auth)
+        await x.viewer.audit("delete-repository", name)
+    return json_response(result)
 
 
 @bp.route("/repositories/<path:name>/prune", methods=["POST"])
 async def prune(name: str) -> Response:
-    doc = await _body()
+    doc = await body()
     keep_last = doc.get("keep_last")
     if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int)):
         raise BadRequest("keep_last must be an integer")
@@ -126,7 +134,7 @@ async def prune(name: str) -> Response:
 
 @bp.route("/verify", methods=["POST"])
 async def verify() -> Response:
-    doc = await _body()
+    doc = await body()
     defaults: Policy = current_app.config["REGD_GC_POLICY"]
     report = await exchange().registry.integrity.verify(
         repair=_flag(doc, "repair"),
@@ -137,7 +145,7 @@ async def verify() -> Response:
 
 @bp.route("/import-registry2", methods=["POST"])
 async def import_registry2() -> Response:
-    doc = await _body()
+    doc = await body()
     root = doc.get("root")
     if not isinstance(root, str) or not root:
         raise BadRequest("root must be the path of a Distribution storage root on this host")

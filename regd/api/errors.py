@@ -87,6 +87,7 @@ def answer_for(error: BaseException, method: str, path: str) -> Answer:
         headers = {"content-type": JSON_TYPE}
         if isinstance(error, e.TooManyRequests):
             headers["retry-after"] = str(error.retry_after)
+        headers.update(error.headers)
         return status_of(error), headers, error_body(error.code, error.message, error.detail)
     if isinstance(error, e.BackendError):
         # Not the client's fault, and not a bug: one line for the operator, no traceback.

@@ -12,9 +12,12 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regd.registry import Registry
+
+if TYPE_CHECKING:
+    from regd.api.auth import Viewer
 
 access_log = logging.getLogger("regd.access")
 
@@ -39,6 +42,7 @@ class Exchange:
         "started",
         "status",
         "user",
+        "viewer",
     )
 
     def __init__(self, scope: Any, registry: Registry) -> None:
@@ -53,6 +57,8 @@ class Exchange:
         # Who is asking, for the log: a verified client certificate's name until
         # authentication says otherwise.
         self.user: str | None = None
+        # Who is asking, as handlers see it (regd.api.auth); None when authentication is off.
+        self.viewer: Viewer | None = None
         # Filled in as the answer starts.
         self.status = 0
         self.length: int | None = None

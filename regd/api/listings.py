@@ -26,7 +26,10 @@ async def tags_list(name: str) -> Response:
 async def catalog() -> Response:
     n = page_size(request.args.get("n"))
     last = request.args.get("last") or None
-    page = await exchange().registry.listings.catalog(n, last)
+    x = exchange()
+    # Only what the caller may pull (regd.api.auth); everything with authentication off.
+    visible = None if x.viewer is None else x.viewer.may_pull
+    page = await x.registry.listings.catalog(n, last, visible)
     headers = {}
     if page.more and n and page.items:
         headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])

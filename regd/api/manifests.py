@@ -51,6 +51,11 @@ async def put_manifest(x: Exchange, request: direct.Request, match: re.Match[str
     if pushed.subject is not None:
         reply.headers["oci-subject"] = str(pushed.subject)
     reply.repeated = [("oci-tag", tag) for tag in pushed.tags]
+    if x.viewer is not None:  # audit (regd.api.auth)
+        await x.viewer.audit("push", name, reference)
+        for tag in pushed.tags:
+            if tag != reference:
+                await x.viewer.audit("tag", name, tag)
     return reply
 
 
@@ -60,6 +65,9 @@ async def delete_manifest(x: Exchange, request: direct.Request, match: re.Match[
         await x.registry.manifests.delete(match[1], match[2])
     except TagInvalid:
         raise _cannot_exist(match[1], match[2]) from None
+    if x.viewer is not None:  # audit (regd.api.auth)
+        kind = "delete-manifest" if ":" in match[2] else "delete-tag"
+        await x.viewer.audit(kind, match[1], match[2])
     return Reply(202)
 
 

@@ -74,7 +74,9 @@ async def start_upload(x: Exchange, request: Request, match: re.Match[str]) -> R
     name = match[1]
     mount = request.arg("mount")
     if mount is not None:
-        blob = await x.registry.blobs.mount(name, mount, request.arg("from"))
+        # Only from repositories the caller may pull (regd.api.auth).
+        may_pull = None if x.viewer is None else x.viewer.may_pull
+        blob = await x.registry.blobs.mount(name, mount, request.arg("from"), may_pull)
         if blob is not None:
             return _created(name, blob)
         # Nothing to mount: fall back to an ordinary session, as the spec asks.

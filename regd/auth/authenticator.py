@@ -222,12 +222,18 @@ class Authenticator:
     # -- challenges ---------------------------------------------------------------------
 
     def challenge(
-        self, scope_needed: Sequence[Scope] | None = None, error: str | None = None
+        self,
+        scope_needed: Sequence[Scope] | None = None,
+        error: str | None = None,
+        *,
+        realm: str | None = None,
     ) -> str:
-        """The WWW-Authenticate value for a 401 (or a 403 with insufficient_scope)."""
+        """The WWW-Authenticate value for a 401 (or a 403 with insufficient_scope).
+        `realm` overrides the configured one (e.g. derived from the request's Host)."""
+        realm = realm or self.realm
         if not self.bearer:
-            return f"Basic realm={_quote(self.realm)}"
-        parts = [f"realm={_quote(self.realm)}", f"service={_quote(self.service)}"]
+            return f"Basic realm={_quote(realm)}"
+        parts = [f"realm={_quote(realm)}", f"service={_quote(self.service)}"]
         if scope_needed:
             parts.append(f"scope={_quote(' '.join(str(s) for s in scope_needed))}")
         if error is not None:

@@ -172,6 +172,12 @@ async def add_account(
         raise AccountExists(f"account {name!r} already exists")
 
 
+def has_accounts(store: MetadataStore) -> bool:
+    """Whether any account is stored. Blocking: for start-up only."""
+    with store.engine.connect() as conn:
+        return conn.execute(select(accounts.c.name).limit(1)).first() is not None
+
+
 async def get_account(store: MetadataStore, name: str) -> Account | None:
     def q(conn: Connection) -> Account | None:
         row = conn.execute(select(*_ACCOUNT_COLUMNS).where(accounts.c.name == name)).first()

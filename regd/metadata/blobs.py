@@ -6,6 +6,7 @@ from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from regd.metadata import schema as t
 from regd.metadata.engine import insert_for
+from regd.metadata.records import Page
 from regd.metadata.rules import blob_lease
 from regd.metadata.uploads import Uploads
 
@@ -67,6 +68,26 @@ class Blobs(Uploads):
     async def global_blob_size(self, digest: str) -> int | None:
         def q(conn: Connection) -> int | None:
             return conn.execute(select(t.blobs.c.size).where(t.blobs.c.digest == digest)).scalar()
+
+        return await self.run_query(q)
+
+    async def blob_repositories(self, digest: str, after: str | None, limit: int) -> Page:
+        """Names of repositories the blob is linked in, by name, after `after`: how an
+        automatic mount finds a source the caller may read."""
+
+        def q(conn: Connection) -> Page:
+            repos, links = t.repositories, t.repository_blobs
+            stmt = (
+                select(repos.c.name)
+                .select_from(links.join(repos, repos.c.id == links.c.repository_id))
+                .where(links.c.digest == digest)
+                .order_by(repos.c.name)
+                .limit(limit + 1)
+            )
+            if after is not None:
+                stmt = stmt.where(repos.c.name > after)
+            names = [row[0] for row in conn.execute(stmt)]
+            return Page(names[:limit], more=len(names) > limit)
 
         return await self.run_query(q)
 

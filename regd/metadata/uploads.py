@@ -54,21 +54,13 @@ class Uploads(Leases):
         super()._prepare()
         self._upload_sql = _UploadStatements()
 
-    async def create_upload(self, upload_id: str, repository: str) -> None:
-        def w(conn: Connection) -> None:
-            now = self.clock.now()
-            conn.execute(
-                self._upload_sql.add,
-                {
-                    "id": upload_id,
-                    "repository": repository,
-                    "size": 0,
-                    "started_at": now,
-                    "updated_at": now,
-                },
-            )
+    def _add_upload(self, conn: Connection, upload_id: str, repository: str) -> None:
+        now = self.clock.now()
+        params = {"id": upload_id, "repository": repository, "size": 0}
+        conn.execute(self._upload_sql.add, {**params, "started_at": now, "updated_at": now})
 
-        await self.run_write(w)
+    async def create_upload(self, upload_id: str, repository: str) -> None:
+        await self.run_write(lambda conn: self._add_upload(conn, upload_id, repository))
 
     async def create_upload_within(self, upload_id: str, repository: str, limit: int) -> int:
         """create_upload unless `repository` already has `limit` sessions; returns how many
@@ -84,17 +76,7 @@ class Uploads(Leases):
             ).subquery()
             open_now = int(conn.execute(select(func.count()).select_from(upto)).scalar_one())
             if open_now < limit:
-                now = self.clock.now()
-                conn.execute(
-                    self._upload_sql.add,
-                    {
-                        "id": upload_id,
-                        "repository": repository,
-                        "size": 0,
-                        "started_at": now,
-                        "updated_at": now,
-                    },
-                )
+                self._add_upload(conn, upload_id, repository)
             return open_now
 
         return await self.run_write(w)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from regd.errors import BlobUnknown, NameInvalid
 from regd.metadata import MetadataStore
+from regd.metadata.rules import BATCH_SIZE
 from regd.oci.digest import Digest
 from regd.registry import validation
 from regd.storage import PathNotFound, Reader, StorageDriver, layout
@@ -78,11 +79,19 @@ class Blobs:
         if not await self._metadata.unlink_blob(name, str(d)):
             raise BlobUnknown(f"blob {d} is not in repository {name}", {"digest": str(d)})
 
-    async def mount(self, repository: str, digest: str, source: str | None) -> BlobStat | None:
+    async def mount(
+        self,
+        repository: str,
+        digest: str,
+        source: str | None,
+        may_pull: Callable[[str], bool] | None = None,
+    ) -> BlobStat | None:
         """Make a stored blob available in `repository` without moving bytes.
 
         With `source`, only a blob that repository holds is mounted; without it, any
         blob the registry stores (automatic mount). None when nothing can be mounted.
+        `may_pull` (None: everyone may read everything) limits both to repositories the
+        caller may pull, so a mount never tells anyone that a digest exists elsewhere.
         """
         name = validation.repository_name(repository)
         d = validation.digest(digest)
@@ -91,7 +100,24 @@ class Blobs:
                 source = validation.repository_name(source)
             except NameInvalid:
                 return None
+            if may_pull is not None and not may_pull(source):
+                return None
+        elif may_pull is not None:
+            source = await self._readable_source(str(d), may_pull)
+            if source is None:
+                return None
         size = await self._metadata.mount_blob(name, str(d), source)
         if size is None:
             return None
         return BlobStat(d, size)
+
+    async def _readable_source(self, digest: str, may_pull: Callable[[str], bool]) -> str | None:
+        after: str | None = None
+        while True:
+            page = await self._metadata.blob_repositories(digest, after, BATCH_SIZE)
+            for candidate in page.items:
+                if may_pull(candidate):
+                    return candidate
+            if not page.more or not page.items:
+                return None
+            after = page.items[-1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from regd.errors import NameUnknown, PaginationInvalid
 from regd.metadata import MetadataStore, Page
+from regd.metadata.rules import BATCH_SIZE
 from regd.oci import mediatypes as mt
 from regd.registry import validation
 
@@ -43,10 +45,27 @@ class Listings:
             raise NameUnknown(f"repository {name} is not known", {"name": name})
         return page
 
-    async def catalog(self, n: int | None, last: str | None) -> Page:
+    async def catalog(
+        self, n: int | None, last: str | None, visible: Callable[[str], bool] | None = None
+    ) -> Page:
+        """Repository names after `last`, at most `n`. With `visible`, only the names it
+        accepts, and `n` counts those, so every page but the last is full."""
         if n == 0:
             return Page([], more=False)
-        return await self._metadata.list_repositories(last, n)
+        if visible is None:
+            return await self._metadata.list_repositories(last, n)
+        items: list[str] = []
+        cursor = last
+        while True:
+            page = await self._metadata.list_repositories(cursor, BATCH_SIZE)
+            for name in page.items:
+                if visible(name):
+                    items.append(name)
+                    if n is not None and len(items) > n:
+                        return Page(items[:n], more=True)
+            if not page.more or not page.items:
+                return Page(items, more=False)
+            cursor = page.items[-1]
 
     async def referrers(self, repository: str, digest: str, artifact_type: str | None) -> Referrers:
         name = validation.repository_name(repository)

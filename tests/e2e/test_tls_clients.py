@@ -62,7 +62,13 @@ def tls_regd(regd_factory: RegdFactory, database_url: str | None, tmp_path: Path
         port=port,
         # On every address, so regctl can reach it by one that is not loopback.
         extra_args=["--addr", f"0.0.0.0:{port}"] if outward else [],
-        env={"REGD_TLS_CERT": str(pki / "cert.pem"), "REGD_TLS_KEY": str(pki / "key.pem")},
+        env={
+            "REGD_TLS_CERT": str(pki / "cert.pem"),
+            "REGD_TLS_KEY": str(pki / "key.pem"),
+            # Off loopback regd refuses to serve everyone unless told that is meant; these
+            # tests are about TLS, not accounts.
+            "REGD_AUTH_OPEN": "1",
+        },
         tls_verify=trust,
     )
     return TlsRegd(server, cert_dir, ca_file, outward)

@@ -30,16 +30,8 @@ async def body(data: bytes) -> AsyncIterator[bytes]:
 
 
 @pytest.fixture
-async def metadata(tmp_path: Path, database_url: str | None) -> AsyncIterator[MetadataStore]:
-    store = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"))
-    store.create_schema()
-    yield store
-    await store.aclose()
-
-
-@pytest.fixture
-def uploads(tmp_path: Path, metadata: MetadataStore) -> Uploads:
-    return Uploads(FilesystemDriver(tmp_path / "blobs"), metadata, max_uploads_per_repository=CAP)
+def uploads(tmp_path: Path, store: MetadataStore) -> Uploads:
+    return Uploads(FilesystemDriver(tmp_path / "blobs"), store, max_uploads_per_repository=CAP)
 
 
 async def test_the_session_past_the_cap_is_refused(uploads: Uploads) -> None:
@@ -102,9 +94,9 @@ def test_sessions_are_counted_by_an_index(tmp_path: Path, database_url: str | No
 
 
 @pytest.fixture
-async def capped(tmp_path: Path, metadata: MetadataStore) -> AsyncIterator[httpx.AsyncClient]:
+async def capped(tmp_path: Path, store: MetadataStore) -> AsyncIterator[httpx.AsyncClient]:
     reg = Registry.create(
-        FilesystemDriver(tmp_path / "blobs"), metadata, max_uploads_per_repository=CAP
+        FilesystemDriver(tmp_path / "blobs"), store, max_uploads_per_repository=CAP
     )
     app = create_app(reg, Config(access_log=False, upload_purge_interval=0))
     transport = httpx.ASGITransport(app=app)
