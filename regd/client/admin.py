@@ -38,7 +38,13 @@ class AdminClient:
         url = self._client.base_url(self._host) + "/admin/v1" + path
         try:
             response = await self._client._call(
-                method, self._host, url, headers=headers, params=params, content=content
+                method,
+                self._host,
+                url,
+                ok=(200, 201),
+                headers=headers,
+                params=params,
+                content=content,
             )
         except NotFoundError as exc:
             if exc.code in (None, "NOT_FOUND", "UNSUPPORTED"):
