@@ -261,7 +261,8 @@ def test_token_owner_defaults_to_the_logged_in_account(
         "token", "create", "--name", "ci", "--scope", "repository:a:pull", "-q", "-r", host
     )
     assert secret.code == 0, secret.err
-    assert secret.out.startswith("regd_") and len(secret.out.strip().splitlines()) == 1
+    assert secret.out.startswith("regd_")
+    assert len(secret.out.strip().splitlines()) == 1
     listed = cli("token", "ls", "-r", host, "--json").json()
     assert [(t["owner"], t["expires"]) for t in listed] == [("root", None)]
     bad_scope = cli(
