@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
+import select
+import subprocess
 import sys
+import termios
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -328,3 +334,57 @@ def test_the_first_account_asks_for_a_restart(
     listed = cli("user", "ls", "-r", server.host, "--json")
     assert listed.code == 0, listed.err
     assert [u["name"] for u in listed.json()] == ["root"]
+
+
+def test_the_password_prompt_asks_twice_on_a_terminal(server: RegdServer, tmp_path: Path) -> None:
+    """The hidden prompt, typed at a real terminal (a pseudo-terminal) by a real process."""
+    leader, follower = pty.openpty()
+    env = {
+        **os.environ,
+        "REGCTL_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DOCKER_CONFIG": str(tmp_path / "docker-config"),
+        "NO_COLOR": "1",
+    }
+    regctl = Path(sys.executable).parent / "regctl"
+    process = subprocess.Popen(
+        [str(regctl), "user", "add", "carol", "-r", server.host],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
+    os.close(follower)
+    seen = b""
+
+    def read() -> bytes:
+        # Bounded: a process that never prompts fails the test instead of hanging it.
+        ready, _, _ = select.select([leader], [], [], 30)
+        assert ready, seen
+        try:
+            return os.read(leader, 1024)
+        except OSError:  # the terminal closes with the process
+            return b""
+
+    try:
+        for prompt in (b"Password:", b"Repeat the password:"):
+            while prompt not in seen:
+                chunk = read()
+                assert chunk, seen
+                seen += chunk
+            seen = seen.replace(prompt, b"", 1)
+            # Type only once echo is off: the prompt turns it off with TCSAFLUSH, which
+            # would discard anything typed before.
+            deadline = time.monotonic() + 30
+            while termios.tcgetattr(leader)[3] & termios.ECHO:
+                assert time.monotonic() < deadline, seen
+                time.sleep(0.01)
+            os.write(leader, b"carol-pw\n")
+            seen += read()  # the line end the prompt prints after the hidden input
+        while chunk := read():
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert process.wait(timeout=60) == 0, seen
+    assert b"carol-pw" not in seen  # never echoed
+    assert b"added user carol" in seen
+    assert _can_log_in(server, "carol", "carol-pw")
