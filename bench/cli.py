@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench import machine, report, servers
+from bench import auth, machine, report, servers
 from bench.settings import Settings
 from bench.suite import WORKLOADS, Suite
 
@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="leave these workloads out",
     )  # fmt: skip
     p.add_argument("--no-reference", action="store_true", help="measure regd alone")
+    p.add_argument(
+        "--auth", choices=auth.MODES, default="none",
+        help="authentication on both registries: none (default); basic (one htpasswd file, "
+        "Basic credentials on every request); token (regd's token service, which "
+        "Distribution trusts; Bearer tokens fetched before the timed run)",
+    )  # fmt: skip
     p.add_argument(
         "--growth-sizes", metavar="N,N,...",
         help="entry counts for the page-cost growth (default 1000,10000,100000; --quick: 1000)",
@@ -103,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         console.log(message, highlight=False)
 
-    log(f"starting regd --workers {args.regd_workers}")
+    log(f"starting regd --workers {args.regd_workers} (auth: {args.auth})")
     running: list[servers.Server] = []
     try:
-        running.append(servers.start_regd(args.regd_workers, args.database, args.tmp))
+        regd = servers.start_regd(args.regd_workers, args.database, args.tmp, auth_mode=args.auth)
+        running.append(regd)
         if not args.no_reference:
-            log("starting the reference registry")
-            running.append(servers.start_reference(args.reference_binary, args.tmp))
+            log(f"starting the reference registry (auth: {args.auth})")
+            running.append(servers.start_reference(args.reference_binary, args.tmp, regd))
         cpu_at_start = {srv.name: srv.cpu() for srv in running}
         load_before = machine.load_average()
         results = Suite(running, settings, selected, log).run()
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     reference = running[-1].description if len(running) > 1 else "no reference"
     title = f"regd --workers {args.regd_workers} vs {reference}{' (quick)' if args.quick else ''}"
+    if args.auth != "none":
+        title += f", auth {args.auth}"
     verdicts = report.render(console, results, title)
     document = {
         "timestamp": stamp,

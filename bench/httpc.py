@@ -39,10 +39,18 @@ def _no_body(method: str, status: int) -> bool:
 class Connection:
     """One persistent connection to host:port; reconnects when the server closes it."""
 
-    def __init__(self, host: str, port: int, timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 120.0,
+        authorize: Callable[[str], Mapping[str, str]] | None = None,
+    ) -> None:
+        """`authorize(target)` gives the headers that authenticate a request to `target`."""
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.authorize = authorize
         self._sock: socket.socket | None = None
         self._reader: io.BufferedReader | None = None
         self.host_header = f"{host}:{port}"
@@ -84,6 +92,8 @@ class Connection:
         `body` is sent whole; `chunks` (with `length`) is streamed piece by piece. A
         `sink` receives the response body in pieces instead of it being kept.
         """
+        if self.authorize is not None:
+            headers = {**(headers or {}), **self.authorize(target)}
         reused = self._sock is not None
         try:
             return self._exchange(method, target, headers, body, chunks, length, sink)

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
+from bench.auth import NO_AUTH, Credentials
 from bench.httpc import Connection
 from bench.stats import ms, percentile, rate
 
@@ -76,25 +77,41 @@ def run_in_processes(
 
 
 def _closed_loop_job(
-    host: str, port: int, specs: list[RequestSpec], threads: int, start_at: float, seconds: float
+    host: str,
+    port: int,
+    specs: list[RequestSpec],
+    threads: int,
+    start_at: float,
+    seconds: float,
+    credentials: Credentials = NO_AUTH,
 ) -> dict[str, Any]:
     """One process: `threads` clients, each on its own keep-alive connection, each sending
-    its next request as soon as the previous answer is read."""
+    its next request as soon as the previous answer is read. Each client gets its
+    credentials (a Bearer token: fetched here) before the clock starts."""
     end_at = start_at + seconds
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors = [0] * threads
     conns = [Connection(host, port, timeout=30) for _ in range(threads)]
-    for conn in conns:  # connect and warm up before the clock starts
-        spec = specs[0]
+    own_specs = [
+        [
+            RequestSpec(
+                s.method, s.target, {**s.headers, **credentials.headers_for(s.target)}, s.status
+            )
+            for s in specs
+        ]
+        for _ in range(threads)
+    ]
+    for conn, mine in zip(conns, own_specs, strict=True):  # warm up before the clock starts
+        spec = mine[0]
         conn.request(spec.method, spec.target, spec.headers)
 
     def client(index: int) -> None:
-        conn, mine = conns[index], latencies[index]
+        conn, mine, client_specs = conns[index], latencies[index], own_specs[index]
         n = index
         wait_until(start_at)
         clock = time.perf_counter
         while time.time() < end_at:
-            spec = specs[n % len(specs)]
+            spec = client_specs[n % len(client_specs)]
             n += 1
             t0 = clock()
             try:
@@ -125,13 +142,14 @@ def closed_loop(
     clients: int,
     seconds: float,
     processes: int,
+    credentials: Credentials = NO_AUTH,
 ) -> LoadResult:
     processes = max(1, min(processes, clients))
     start_at = time.time() + START_DELAY_S
     shares = [
         clients // processes + (1 if i < clients % processes else 0) for i in range(processes)
     ]
-    argsets = [(host, port, specs, n, start_at, seconds) for n in shares]
+    argsets = [(host, port, specs, n, start_at, seconds, credentials) for n in shares]
     parts = run_in_processes(_closed_loop_job, argsets)
     latencies = [v for part in parts for v in part["latencies"]]
     return LoadResult(

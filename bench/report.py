@@ -133,6 +133,8 @@ def rows_for(results: Results) -> list[Row]:
             ("totals", "peak_rss_max_worker_mib"),
             ("regd<=", 150),
         ),
+        Row("token issue (regd's token service)", "tokens/s", ("token_issue", "tokens_s")),
+        Row("token issue (regd's token service)", "p99 ms", ("token_issue", "p99_ms")),
         Row("peak RSS, all processes", "MiB", ("totals", "peak_rss_sum_mib")),
         Row("server CPU, whole run", "s", ("totals", "cpu_s")),
     ]

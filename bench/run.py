@@ -1,6 +1,6 @@
 """Benchmark regd against the reference registry (Distribution), on this machine.
 
-    python bench/run.py [--quick] [--regd-workers N] [--only WORKLOAD ...]
+    python bench/run.py [--quick] [--regd-workers N] [--auth none|basic|token] [--only WORKLOAD ...]
 
 Both registries are started here on temporary storage and free ports of 127.0.0.1; every
 workload runs on one, then on the other. A table of both results, their ratio and the

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import auth
 from bench.httpc import Connection
 
 HOST = "127.0.0.1"
@@ -87,13 +88,16 @@ class Server:
     description: str
     log_path: Path
     notes: dict[str, str] = field(default_factory=dict)
+    credentials: auth.Credentials = auth.NO_AUTH
 
     @property
     def host(self) -> str:
         return HOST
 
     def connect(self, timeout: float = 120.0) -> Connection:
-        return Connection(HOST, self.port, timeout)
+        if self.credentials.mode == "none":
+            return Connection(HOST, self.port, timeout)
+        return Connection(HOST, self.port, timeout, auth.TokenCache(self.credentials).headers_for)
 
     def cpu(self) -> float:
         """CPU seconds of the server and every process under it so far."""
@@ -121,11 +125,25 @@ class Server:
             try:
                 with self.connect(timeout=2) as conn:
                     if conn.request("GET", "/v2/").status == 200:
+                        self._check_auth_enforced()
                         return
-            except OSError:
+            except (OSError, auth.AuthError):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not answer /v2/ within {timeout} s")
+
+    def _check_auth_enforced(self) -> None:
+        """With authentication asked for, a request without credentials must be refused:
+        otherwise the numbers would be those of an open registry."""
+        if self.credentials.mode == "none":
+            return
+        with Connection(HOST, self.port, timeout=10) as conn:
+            status = conn.request("GET", "/v2/").status
+        if status != 401:
+            raise RuntimeError(
+                f"{self.name} answered {status} to a request without credentials; "
+                f"--auth {self.credentials.mode} is not in force (see {self.log_path})"
+            )
 
     def stop(self, keep: bool = False) -> None:
         if self.proc.poll() is None:
@@ -137,6 +155,15 @@ class Server:
                 self.proc.wait(10)
         if not keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _ready_or_stopped(server: Server) -> None:
+    """Wait until `server` answers; a server that never does is not left running."""
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop(keep=True)
+        raise
 
 
 def _spawn(
@@ -155,8 +182,12 @@ def start_regd(
     database: str | None = None,
     tmp_root: str | None = None,
     data_dir: Path | None = None,
+    auth_mode: str = "none",
 ) -> Server:
-    """Start regd on a free port; on a fresh data dir unless `data_dir` names one."""
+    """Start regd on a free port; on a fresh data dir unless `data_dir` names one.
+
+    With `auth_mode` basic or token, regd reads an htpasswd file holding the benchmark's
+    account (every account may do everything when no `[[access]]` rule is given)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-", dir=tmp_root))
     port = free_port()
     cmd = [
@@ -169,10 +200,22 @@ def start_regd(
     ]  # fmt: skip
     if database:
         cmd += ["--database", database]
+    credentials = auth.NO_AUTH
+    notes: dict[str, str] = {}
+    if auth_mode != "none":
+        htpasswd = workdir / "htpasswd"
+        auth.write_htpasswd(htpasswd)
+        config = workdir / "regd.toml"
+        config.write_text(f'[auth]\nhtpasswd = "{htpasswd}"\n')
+        cmd += ["--config", str(config)]
+        credentials = auth.Credentials(auth_mode, token_host=HOST, token_port=port)
+        notes["htpasswd"] = str(htpasswd)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc, log_path = _spawn(cmd, workdir, env)
-    server = Server("regd", port, proc, workdir, f"regd --workers {workers}", log_path)
-    server.wait_ready()
+    server = Server(
+        "regd", port, proc, workdir, f"regd --workers {workers}", log_path, notes, credentials
+    )
+    _ready_or_stopped(server)
     return server
 
 
@@ -200,14 +243,60 @@ def reference_version(binary: str) -> str:
     return (out.stdout or out.stderr).strip()
 
 
-def start_reference(binary: str = "docker-registry", tmp_root: str | None = None) -> Server:
+REFERENCE_BASIC_AUTH = """\
+auth:
+  htpasswd:
+    realm: bench
+    path: {path}
+"""
+
+REFERENCE_TOKEN_AUTH = """\
+auth:
+  token:
+    realm: http://{host}:{port}/auth/token
+    service: {service}
+    issuer: {issuer}
+    rootcertbundle: {bundle}
+"""
+
+
+def _reference_auth(workdir: Path, regd: Server) -> str:
+    """Distribution's `auth:` section for regd's mode: the same htpasswd file (basic) or
+    trust in regd's token service (token)."""
+    mode = regd.credentials.mode
+    if mode == "basic":
+        htpasswd = workdir / "htpasswd"
+        shutil.copyfile(regd.notes["htpasswd"], htpasswd)
+        return REFERENCE_BASIC_AUTH.format(path=htpasswd)
+    with Connection(HOST, regd.port, timeout=30) as conn:
+        certs = conn.request("GET", "/auth/certs.pem")
+    if certs.status != 200:
+        raise RuntimeError(f"regd's /auth/certs.pem answered {certs.status}")
+    bundle = workdir / "regd-certs.pem"
+    bundle.write_bytes(certs.body)
+    return REFERENCE_TOKEN_AUTH.format(
+        host=HOST, port=regd.port, service=auth.SERVICE, issuer=auth.ISSUER, bundle=bundle
+    )
+
+
+def start_reference(
+    binary: str = "docker-registry", tmp_root: str | None = None, regd: Server | None = None
+) -> Server:
+    """Distribution on a free port; with the authentication of `regd` when it has some."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-ref-", dir=tmp_root))
     port = free_port()
     config = workdir / "config.yml"
     root = workdir / "root"
     root.mkdir()
-    config.write_text(REFERENCE_CONFIG.format(root=root, host=HOST, port=port))
+    text = REFERENCE_CONFIG.format(root=root, host=HOST, port=port)
+    credentials = auth.NO_AUTH
+    if regd is not None and regd.credentials.mode != "none":
+        text += _reference_auth(workdir, regd)
+        credentials = regd.credentials
+    config.write_text(text)
     proc, log_path = _spawn([binary, "serve", str(config)], workdir)
-    server = Server("reference", port, proc, workdir, reference_version(binary), log_path)
-    server.wait_ready()
+    server = Server(
+        "reference", port, proc, workdir, reference_version(binary), log_path, {}, credentials
+    )
+    _ready_or_stopped(server)
     return server

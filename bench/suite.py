@@ -10,7 +10,7 @@ from typing import Any
 from bench import machine, oci
 from bench.servers import Server
 from bench.settings import MIB, Settings
-from bench.workloads import blob, hot, listings, mixed, mounts, small
+from bench.workloads import blob, hot, listings, mixed, mounts, small, tokens
 
 WORKLOADS = [
     "push_monolithic",
@@ -25,6 +25,7 @@ WORKLOADS = [
     "mounts",
     "mixed",
     "listings",
+    "token_issue",
 ]
 
 Step = Callable[[Server], dict[str, Any]]
@@ -59,10 +60,15 @@ class Suite:
         self.log = log
         self.results: dict[str, dict[str, Any]] = {s.name: {} for s in servers}
 
-    def _each(self, name: str, step: Step) -> None:
+    def _each(self, name: str, step: Step, on: tuple[str, ...] | None = None) -> None:
+        """Run `step` on each server, or only on those named in `on` (the others get a
+        `skipped` result naming why)."""
         if name not in self.selected:
             return
         for server in self.servers:
+            if on is not None and server.name not in on:
+                self.results[server.name][name] = {"skipped": f"runs on {', '.join(on)} only"}
+                continue
             self.log(f"{name} on {server.name}")
             out = measured(server, step)
             if "error" in out:
@@ -119,4 +125,6 @@ class Suite:
                 s.regd_populate_budget_s if srv.name == "regd" else s.reference_populate_budget_s,
             ),
         )
+        # Distribution issues no tokens: the reference column stays empty.
+        self._each("token_issue", lambda srv: tokens.run(srv, s), on=("regd",))
         return self.results

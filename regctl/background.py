@@ -23,10 +23,12 @@ from typing import Any
 
 import httpx
 
-from regctl.runtime import STATE_FILE, CommandError
+from regctl.runtime import STATE_FILE, CommandError, default_data_dir
 
 PID_FILE = "regd.pid"
 LOG_FILE = "regd.log"
+# How many data directories `regctl start` remembers, newest first.
+REMEMBERED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,3 +347,84 @@ def follow(path: Path, *, tail: int | None, forever: bool) -> None:
                 out.flush()
             else:
                 time.sleep(0.25)
+
+
+# -- finding the local regd ----------------------------------------------------------------
+#
+# `regctl start --data-dir X` records X outside X too, so later commands find that regd
+# without being told where its data lives.
+
+
+def _started_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "regctl" / "started.json"
+
+
+def _started_dirs() -> list[Path]:
+    try:
+        doc: Any = json.loads(_started_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    entries = doc.get("dataDirs") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [Path(e) for e in entries if isinstance(e, str) and e]
+
+
+def remember_started(data_dir: Path) -> None:
+    """Put `data_dir` first among the data directories host-less commands look in."""
+    path = _started_file()
+    mine = data_dir.resolve()
+    dirs = [mine, *(d for d in _started_dirs() if d != mine)][:REMEMBERED]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}")
+        scratch.write_text(json.dumps({"dataDirs": [str(d) for d in dirs]}, indent=2) + "\n")
+        scratch.replace(path)
+    except OSError:
+        # Only a convenience: $REGD_DATA_DIR or --data-dir still find this daemon.
+        pass
+
+
+def candidate_data_dirs() -> list[Path]:
+    """$REGD_DATA_DIR, the directories `regctl start` used (newest first), the default."""
+    out: list[Path] = []
+    env = os.environ.get("REGD_DATA_DIR")
+    for d in [Path(env)] if env else []:
+        out.append(d)
+    out += _started_dirs()
+    out.append(Path.home() / ".local" / "share" / "regd")
+    seen: set[Path] = set()
+    unique = []
+    for d in out:
+        key = d.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def running_local() -> tuple[LocalDaemon, DaemonState] | None:
+    """The first regd started by regctl that still runs, in candidate_data_dirs() order."""
+    for directory in candidate_data_dirs():
+        daemon = LocalDaemon(directory)
+        if daemon.running() is not None:
+            state = daemon.state()
+            if state is not None:
+                return daemon, state
+    return None
+
+
+def local_daemon() -> LocalDaemon:
+    """The daemon start/stop/status/logs act on when not given --data-dir."""
+    found = running_local()
+    return found[0] if found is not None else LocalDaemon(default_data_dir())
+
+
+def probe(url: str, timeout: float = 2.0) -> bool:
+    """Whether a registry answers /v2/ at `url` (any HTTP answer counts: 401 too)."""
+    try:
+        httpx.get(url.rstrip("/") + "/v2/", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True

@@ -83,6 +83,17 @@ def _root(
             help="Also trust the CA certificates in FILE (PEM) besides the system's.",
         ),
     ] = None,
+    admin_token: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-token",
+            envvar="REGCTL_ADMIN_TOKEN",
+            metavar="TOKEN",
+            help="regd's admin_token for gc, du, prune, rm-repo, verify and "
+            "import-registry2 (a regd without one answers loopback clients only).",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -92,13 +103,22 @@ def _root(
 ) -> None:
     r"""Operate regd and any OCI registry.
 
-    A reference is [HOST[:PORT]/]REPO[:TAG]\[@DIGEST], as docker spells it; without a host
-    it means the regd that `regctl start` runs ($REGCTL_REGISTRY overrides).
+    A reference is [HOST[:PORT]/]REPO[:TAG]\[@DIGEST], as docker spells it (a docker://
+    prefix is accepted). A reference without a host means the local regd, found in this
+    order: $REGCTL_REGISTRY; the regd that `regctl start` runs for $REGD_DATA_DIR, for the
+    --data-dir of the latest `regctl start`, or for ~/.local/share/regd; else
+    127.0.0.1:5000, however regd was started there.
     """
     global _debug_requested, _subcommand
     _debug_requested = _debug_requested or debug
     _subcommand = ctx.invoked_subcommand
-    ctx.obj = Globals(debug=debug, plain_http=plain_http, insecure=insecure, ca_cert=ca_cert)
+    ctx.obj = Globals(
+        debug=debug,
+        plain_http=plain_http,
+        insecure=insecure,
+        ca_cert=ca_cert,
+        admin_token=admin_token,
+    )
 
 
 # Daemon control, then reading, then writing, then storage lifecycle.
@@ -121,6 +141,15 @@ def _fail(message: str, code: int) -> int:
     first = message.strip().splitlines()[0] if message.strip() else "unknown error"
     sys.stderr.write(f"regctl: error: {first}\n")
     return code
+
+
+def _auth_hint(exc: AuthError) -> str:
+    """What cures a refusal: regd's admin API takes its own token, not registry logins."""
+    path = "/" + exc.url.split("://", 1)[-1].split("/", 1)[-1]
+    if path.startswith("/admin/"):
+        return " (give regd's admin token: --admin-token TOKEN or $REGCTL_ADMIN_TOKEN)"
+    host = exc.url.split("://", 1)[-1].split("/", 1)[0]
+    return f" (check credentials: regctl login {host})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OSError) and exc.filename:
             message = f"{exc.filename}: {exc.strerror}"
         if isinstance(exc, AuthError):
-            host = exc.url.split("://", 1)[-1].split("/", 1)[0]
-            message += f" (check credentials: regctl login {host})"
+            message += _auth_hint(exc)
         return _fail(message, 1)
     except Exception as exc:
         if _debug_requested:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,12 +12,14 @@ import trio
 import typer
 
 from regd.client import RegistryClient
+from regd.client.admin import AdminClient
 from regd.oci.reference import Reference, ReferenceError_, parse_reference
 
 T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:5000"
 STATE_FILE = "regctl.json"
+DOCKER_TRANSPORT = "docker://"
 
 
 class CommandError(Exception):
@@ -37,6 +38,7 @@ class Globals:
     plain_http: bool = False
     insecure: bool = False
     ca_cert: str | None = None
+    admin_token: str | None = None
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -44,6 +46,11 @@ def globals_of(ctx: typer.Context) -> Globals:
     if not isinstance(root.obj, Globals):
         root.obj = Globals()
     return root.obj
+
+
+def admin_client(ctx: typer.Context, client: RegistryClient, host: str) -> AdminClient:
+    """regd's admin API at `host`, with the global --admin-token when one was given."""
+    return AdminClient(client, host, globals_of(ctx).admin_token)
 
 
 def default_data_dir() -> Path:
@@ -54,17 +61,16 @@ def default_data_dir() -> Path:
 
 
 def default_registry() -> str:
-    """Where a reference without a host points: $REGCTL_REGISTRY, else the local regd."""
+    """Where a reference without a host points, in the order `regctl --help` states."""
     env = os.environ.get("REGCTL_REGISTRY", "").strip()
     if env:
         return env.split("://", 1)[-1].rstrip("/")
-    try:
-        state = json.loads((default_data_dir() / STATE_FILE).read_text())
-        url = state.get("url") if isinstance(state, dict) else None
-        if isinstance(url, str) and url:
-            return url.split("://", 1)[-1].rstrip("/")
-    except (OSError, json.JSONDecodeError):
-        pass
+    # background imports this module; the daemon's bookkeeping lives there.
+    from regctl.background import running_local
+
+    found = running_local()
+    if found is not None:
+        return found[1].url.split("://", 1)[-1].rstrip("/")
     return DEFAULT_ADDR
 
 
@@ -76,7 +82,11 @@ def parse_ref(
     tag: bool = True,
     digest: bool = True,
 ) -> Reference:
-    """Parse a reference and fill in the default registry; bad input is a usage error."""
+    """Parse a reference and fill in the default registry; bad input is a usage error.
+
+    A `docker://` prefix, as skopeo writes references, is accepted and dropped.
+    """
+    text = text.removeprefix(DOCKER_TRANSPORT)
     try:
         ref = parse_reference(text, require_repository=not allow_registry_only)
     except ReferenceError_ as exc:

@@ -26,9 +26,9 @@ def run(server: Server, settings: Settings, layer: str, name: str) -> dict[str, 
     manifest = f"/v2/{REPO}/manifests/{TAG}"
     procs = settings.loadgen_processes
     if name == "manifest_get":
-        result = loadgen.wrk(
-            server.host, server.port, manifest, oci.MANIFEST_ACCEPT, clients, seconds
-        )
+        # wrk sends one set of headers on every connection: one token for all of them.
+        headers = {**oci.MANIFEST_ACCEPT, **server.credentials.headers_for(manifest)}
+        result = loadgen.wrk(server.host, server.port, manifest, headers, clients, seconds)
     else:
         method, target = {
             "manifest_head": ("HEAD", manifest),
@@ -36,5 +36,7 @@ def run(server: Server, settings: Settings, layer: str, name: str) -> dict[str, 
             "manifest_get_py": ("GET", manifest),
         }[name]
         spec = loadgen.RequestSpec(method, target, oci.MANIFEST_ACCEPT)
-        result = loadgen.closed_loop(server.host, server.port, [spec], clients, seconds, procs)
+        result = loadgen.closed_loop(
+            server.host, server.port, [spec], clients, seconds, procs, server.credentials
+        )
     return result.as_dict()

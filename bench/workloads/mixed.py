@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from bench import oci
+from bench.auth import NO_AUTH, Credentials, TokenCache
 from bench.httpc import Connection
 from bench.loadgen import START_DELAY_S, run_in_processes, self_cpu, wait_until
 from bench.servers import Server
@@ -43,6 +44,7 @@ def _mixed_job(
     threads: int,
     start_at: float,
     seconds: float,
+    credentials: Credentials = NO_AUTH,
 ) -> dict[str, Any]:
     end_at = start_at + seconds
     lock = threading.Lock()
@@ -53,8 +55,12 @@ def _mixed_job(
         lat: dict[str, list[float]] = {"pull": [], "push": []}
         errors, first, n = 0, "", 0
         repo = f"mixed/w{process}-{index}"
-        with Connection(host, port, timeout=30) as conn:
+        authorize = None if credentials.mode == "none" else TokenCache(credentials).headers_for
+        with Connection(host, port, timeout=30, authorize=authorize) as conn:
             conn.request("GET", "/v2/")
+            # Tokens for both repositories before the clock starts, as for the other loads.
+            conn.request("HEAD", f"/v2/{POOL_REPO}/manifests/warm-up")
+            conn.request("HEAD", f"/v2/{repo}/manifests/warm-up")
             wait_until(start_at)
             while time.time() < end_at:
                 kind = "pull" if rng.random() < PULL_SHARE else "push"
@@ -94,7 +100,8 @@ def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     start_at = time.time() + START_DELAY_S
     argsets = [
-        (server.host, server.port, pool, p, n, start_at, seconds) for p, n in enumerate(shares)
+        (server.host, server.port, pool, p, n, start_at, seconds, server.credentials)
+        for p, n in enumerate(shares)
     ]
     parts = run_in_processes(_mixed_job, argsets)
     pulls = [v for p in parts for v in p["pull"]]

@@ -9,8 +9,8 @@ import trio
 import typer
 
 from regctl import output
-from regctl.runtime import UsageProblem, globals_of
-from regd.client import Credentials, CredentialStore, RegistryClient
+from regctl.runtime import CommandError, UsageProblem, globals_of
+from regd.client import AuthError, Credentials, CredentialStore, RegistryClient
 from regd.client.auth import normalize_host
 
 
@@ -29,6 +29,14 @@ def _registry_host(text: str) -> str:
     if not host or "/" in text.split("://", 1)[-1].rstrip("/"):
         raise UsageProblem(f"{text!r} is not a registry host (expected HOST[:PORT])")
     return host
+
+
+def _refusal(exc: AuthError) -> str:
+    # A 401 to credentials just sent means they are wrong; registries' own words for it
+    # ("authentication required") describe the request, not the cause.
+    if exc.status == 401 or not exc.detail:
+        return "wrong user name or password"
+    return exc.detail
 
 
 def login(
@@ -68,7 +76,10 @@ def login(
             insecure=options.insecure,
             ca_cert=options.ca_cert,
         ) as client:
-            await client.ping(host)
+            try:
+                await client.ping(host)
+            except AuthError as exc:
+                raise CommandError(f"login to {host} failed: {_refusal(exc)}") from None
 
     trio.run(check)
     store = CredentialStore()

@@ -18,6 +18,12 @@ from regctl import output
 from regctl.runtime import UsageProblem, parse_ref, run_client
 from regd.client import BlobOutcome, CopyReport, Platform, RegistryClient, copy_repository
 from regd.client import copy as copy_image
+from regd.client.layout import (
+    LayoutReference,
+    copy_from_layout,
+    copy_to_layout,
+    parse_layout_reference,
+)
 from regd.oci.digest import Digest
 
 
@@ -63,6 +69,8 @@ def _summary(report: CopyReport) -> str:
     if report.referrers:
         parts.append(f"{report.referrers} referrer{'s' if report.referrers != 1 else ''}")
     text += ": " + ", ".join(parts)
+    if report.index_digest is not None:
+        text += f"\nplatform {report.platforms[0]} of index {report.index_digest}"
     if report.filtered:
         text += (
             f"\nplatform filter: pushed a new index with {', '.join(report.platforms)}; "
@@ -71,21 +79,82 @@ def _summary(report: CopyReport) -> str:
     return text
 
 
+def _layout(text: str) -> LayoutReference | None:
+    try:
+        return parse_layout_reference(text)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def _copy_layout(
+    ctx: typer.Context,
+    source: str,
+    destination: str,
+    src_layout: LayoutReference | None,
+    dst_layout: LayoutReference | None,
+    platforms: list[Platform],
+    *,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    wanted = platforms[0] if platforms else None
+    if dst_layout is not None:
+        src = parse_ref(source, what="source")
+        if dst_layout.digest is not None:
+            raise UsageProblem("a copy destination cannot name a digest: digests are preserved")
+        layout_dst = dst_layout
+
+        async def pull(client: RegistryClient) -> CopyReport:
+            return await copy_to_layout(client, src, layout_dst, platform=wanted)
+
+        report = run_client(ctx, pull)
+    else:
+        assert src_layout is not None
+        layout_src = src_layout
+        dst = parse_ref(destination, what="destination", digest=False)
+
+        async def push(client: RegistryClient) -> CopyReport:
+            return await copy_from_layout(client, layout_src, dst, platform=wanted)
+
+        report = run_client(ctx, push)
+    if as_json:
+        output.emit_json(report.to_json())
+    elif not quiet:
+        output.stdout().print(_summary(report), markup=False)
+
+
 def copy(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST] to copy from.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="[REGISTRY/]REPO[:TAG]\\[@DIGEST], or oci:DIR[:TAG] (an OCI image layout), "
+            "to copy from."
+        ),
+    ],
     destination: Annotated[
-        str, typer.Argument(help="[REGISTRY/]REPO[:TAG] to copy to (default tag: the source's).")
+        str,
+        typer.Argument(
+            help="[REGISTRY/]REPO[:TAG], or oci:DIR[:TAG], to copy to (default tag: the source's)."
+        ),
     ],
     platform: Annotated[
         list[str] | None,
         typer.Option(
             "--platform",
-            help="Copy only this os/arch or os/arch/variant of an index (repeatable); "
-            "a new index listing them is pushed.",
+            help="Copy only this os/arch or os/arch/variant of an index: its own manifest, "
+            "digest preserved (repeatable with --keep-index).",
             show_default=False,
         ),
     ] = None,
+    keep_index: Annotated[
+        bool,
+        typer.Option(
+            "--keep-index",
+            help="With --platform: push a new index listing only the chosen platforms "
+            "(its digest differs from the source's).",
+        ),
+    ] = False,
     referrers: Annotated[
         bool, typer.Option("--referrers", help="Also copy attached artifacts (signatures, SBOMs).")
     ] = False,
@@ -105,13 +174,45 @@ def copy(
     Blobs the destination has are skipped, blobs within one registry are mounted, the
     rest stream from source to destination without being held in memory. Running an
     interrupted copy again sends only what is missing.
+
+    Either side may be an OCI image layout directory, as skopeo names one:
+    oci:DIR[:TAG] or oci:DIR@DIGEST (oci-dir: also works); a destination directory is
+    created, its index.json names the image by TAG.
     """
-    src = parse_ref(source, what="source")
-    dst = parse_ref(destination, what="destination", digest=False)
     try:
         platforms = [Platform.parse(p) for p in platform or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--platform") from None
+    if len(platforms) > 1 and not keep_index:
+        raise UsageProblem("several --platform options need --keep-index (one index for them)")
+    if keep_index and not platforms:
+        raise UsageProblem("--keep-index only applies with --platform")
+    src_layout, dst_layout = _layout(source), _layout(destination)
+    if src_layout is not None or dst_layout is not None:
+        if src_layout is not None and dst_layout is not None:
+            raise UsageProblem(
+                "copy between two OCI layouts is not supported; one side is a registry"
+            )
+        for flag, given in (
+            ("--all-tags", all_tags),
+            ("--referrers", referrers),
+            ("--keep-index", keep_index),
+        ):
+            if given:
+                raise UsageProblem(f"{flag} does not apply to an OCI layout")
+        _copy_layout(
+            ctx,
+            source,
+            destination,
+            src_layout,
+            dst_layout,
+            platforms,
+            as_json=as_json,
+            quiet=quiet,
+        )
+        return
+    src = parse_ref(source, what="source")
+    dst = parse_ref(destination, what="destination", digest=False)
     if all_tags and (src.tag or src.digest or dst.tag):
         raise UsageProblem("--all-tags copies whole repositories: give REPO, not REPO:TAG")
 
@@ -130,10 +231,24 @@ def copy(
     async def work(client: RegistryClient) -> list[CopyReport]:
         if all_tags:
             return await copy_repository(
-                client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=sink
+                client,
+                src,
+                dst,
+                platforms=platforms,
+                keep_index=keep_index,
+                referrers=referrers,
+                jobs=jobs,
+                progress=sink,
             )
         report = await copy_image(
-            client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=sink
+            client,
+            src,
+            dst,
+            platforms=platforms,
+            keep_index=keep_index,
+            referrers=referrers,
+            jobs=jobs,
+            progress=sink,
         )
         return [report]
 

@@ -10,9 +10,21 @@ from typing import Annotated
 import typer
 
 from regctl import output
-from regctl.background import LocalDaemon, StartOptions, follow
-from regctl.runtime import DEFAULT_ADDR, default_data_dir, run_client
-from regd.client import ClientError
+from regctl.background import (
+    LocalDaemon,
+    StartOptions,
+    follow,
+    local_daemon,
+    probe,
+    remember_started,
+)
+from regctl.runtime import (
+    DEFAULT_ADDR,
+    default_data_dir,
+    default_registry,
+    run_client,
+)
+from regd.client import ClientError, is_loopback
 
 DataDir = Annotated[
     Path | None,
@@ -27,7 +39,8 @@ QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on
 
 
 def _daemon(data_dir: Path | None) -> LocalDaemon:
-    return LocalDaemon(data_dir if data_dir is not None else default_data_dir())
+    """The given data directory's daemon, else the local one host-less commands use."""
+    return LocalDaemon(data_dir) if data_dir is not None else local_daemon()
 
 
 def start(
@@ -54,10 +67,11 @@ def start(
 ) -> None:
     """Start regd in the background and wait until it serves /v2/.
 
-    The pid file, log file and the URL (which host-less references then use) are kept
-    in the data directory.
+    The pid file, log file and the URL are kept in the data directory, and the data
+    directory is remembered, so host-less references and stop/status/logs find this regd
+    without --data-dir.
     """
-    daemon = _daemon(data_dir)
+    daemon = LocalDaemon(data_dir if data_dir is not None else default_data_dir())
     pid = daemon.running()
     if pid is not None:
         state = daemon.state()
@@ -80,6 +94,7 @@ def start(
             timeout=timeout,
         )
     )
+    remember_started(daemon.data_dir)
     if as_json:
         output.emit_json(
             {
@@ -123,32 +138,46 @@ def status(
 ) -> None:
     """Show whether regd runs, its pid, URL, uptime, repositories and bytes stored.
 
+    Without --data-dir, a regd that regctl did not start (scripts/serve, `regd serve`,
+    a container) is found as host-less references find it, by asking its /v2/.
     Exits 0 when regd is running and 1 when it is not.
     """
     daemon = _daemon(data_dir)
     pid = daemon.running()
     state = daemon.state() if pid is not None else None
+    foreign: str | None = None
+    if pid is None and data_dir is None:
+        host = default_registry()
+        candidate = ("http://" if is_loopback(host) else "https://") + host
+        if probe(candidate):
+            foreign = candidate
+    url = state.url if state else foreign
     info: dict[str, object] = {
-        "running": pid is not None,
+        "running": pid is not None or foreign is not None,
+        "startedByRegctl": pid is not None,
         "pid": pid,
-        "url": state.url if state else None,
+        "url": url,
         "uptimeSeconds": round(time.time() - state.started, 1) if state else None,
-        "dataDir": str(daemon.data_dir),
+        "dataDir": str(daemon.data_dir) if pid is not None or foreign is None else None,
         "repositories": None,
         "storedBytes": None,
     }
+    if url is not None:
+        host = url.split("://", 1)[-1]
+        with contextlib.suppress(ClientError):
+            info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
     if pid is not None:
-        if state is not None:
-            host = state.url.split("://", 1)[-1]
-            with contextlib.suppress(ClientError):
-                info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
         info["storedBytes"] = daemon.stored_bytes()
     if as_json:
         output.emit_json(info)
     elif not quiet:
         console = output.stdout()
-        if pid is None:
+        if pid is None and foreign is None:
             console.print("regd is [bold red]not running[/]")
+        elif pid is None:
+            console.print(f"regd at {foreign} (not started by regctl)", markup=False)
+            if info["repositories"] is not None:
+                console.print(f"[bold]{'repositories:':<14}[/]{info['repositories']}")
         else:
             uptime = info["uptimeSeconds"]
             rows = [
@@ -170,7 +199,7 @@ def status(
             ]
             for key, value in rows:
                 console.print(f"[bold]{key + ':':<14}[/]{value}")
-    if pid is None:
+    if not info["running"]:
         raise typer.Exit(1)
 
 

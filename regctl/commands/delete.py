@@ -1,4 +1,4 @@
-"""tag rm and rm: deleting tags and manifests."""
+"""tag add, tag rm and rm: retagging, deleting tags and manifests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from regctl.commands.listing import describe_tags
 from regctl.runtime import CommandError, UsageProblem, parse_ref, run_client
 from regd.client import NotFoundError, RegistryClient, UnsupportedError
 from regd.oci.digest import Digest
+from regd.oci.names import is_valid_tag
 from regd.oci.reference import Reference
 
 tag_app = typer.Typer(help="Manage tags.", no_args_is_help=True, rich_markup_mode="rich")
@@ -34,6 +35,45 @@ def _report(rows: list[dict[str, Any]], *, dry_run: bool, as_json: bool, quiet: 
         console.print(f"{verb} {row['reference']} ({row['digest']})")
         for tag in row.get("tags", ()):
             console.print(f"  {verb} tag {tag}")
+
+
+@tag_app.command("add")
+def tag_add(
+    ctx: typer.Context,
+    source: Annotated[
+        str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST] to tag.", show_default=False)
+    ],
+    tags: Annotated[
+        list[str], typer.Argument(help="New tag names, in the same repository.", show_default=False)
+    ],
+    as_json: JsonFlag = False,
+    quiet: QuietFlag = False,
+) -> None:
+    """Add tags to a manifest without moving a blob: its exact bytes are pushed again
+    under each new tag, so the digest is unchanged."""
+    src = parse_ref(source, what="source")
+    for tag in tags:
+        if not is_valid_tag(tag):
+            raise UsageProblem(f"invalid tag {tag!r}: expected [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
+
+    async def work(client: RegistryClient) -> list[dict[str, Any]]:
+        fetched = await client.get_manifest(src)
+        rows = []
+        for tag in tags:
+            target = Reference(src.host, src.repository, tag)
+            # The subject's referrers already list this manifest, whatever its tags.
+            await client.put_manifest(
+                target, fetched.data, fetched.media_type, maintain_referrers_tag=False
+            )
+            rows.append({"reference": str(target), "tag": tag, "digest": str(fetched.digest)})
+        return rows
+
+    rows = run_client(ctx, work)
+    if as_json:
+        output.emit_json({"source": str(src), "tagged": rows})
+    elif not quiet:
+        for row in rows:
+            output.stdout().print(f"tagged {row['reference']} ({row['digest']})", markup=False)
 
 
 @tag_app.command("rm")

@@ -63,7 +63,7 @@ def _config_summary(raw: bytes) -> dict[str, Any]:
     }
 
 
-async def _pick_platform(
+async def pick_platform(
     client: RegistryClient, ref: Reference, fetched: FetchedManifest, wanted: Platform
 ) -> tuple[Reference, FetchedManifest]:
     manifest = fetched.parse()
@@ -86,7 +86,7 @@ async def gather(
     index_digest = None
     if platform is not None:
         index_digest = fetched.digest
-        ref, fetched = await _pick_platform(client, ref, fetched, platform)
+        ref, fetched = await pick_platform(client, ref, fetched, platform)
     manifest = fetched.parse()
     info: dict[str, Any] = {
         "reference": str(ref),
@@ -214,7 +214,7 @@ def inspect(
 ) -> None:
     """Show a manifest or index: platforms, layers, config summary and referrers."""
     ref = parse_ref(reference)
-    wanted = _platform_option(platform)
+    wanted = platform_option(platform)
     info = run_client(ctx, lambda client: gather(client, ref, wanted, referrers))
     if as_json:
         output.emit_json(info)
@@ -222,7 +222,7 @@ def inspect(
         _render(info)
 
 
-def _platform_option(text: str | None) -> Platform | None:
+def platform_option(text: str | None) -> Platform | None:
     if text is None:
         return None
     try:
@@ -231,15 +231,35 @@ def _platform_option(text: str | None) -> Platform | None:
         raise typer.BadParameter(str(exc), param_hint="--platform") from None
 
 
+PlatformOption = Annotated[
+    str | None,
+    typer.Option(
+        "--platform",
+        help="For an index: the os/arch or os/arch/variant child's manifest.",
+        show_default=False,
+    ),
+]
+
+
 def digest(
     ctx: typer.Context,
     reference: Annotated[str, typer.Argument(help="[REGISTRY/]REPO[:TAG]\\[@DIGEST]")],
+    platform: PlatformOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print the digest of the manifest a reference points at."""
     ref = parse_ref(reference)
+    wanted = platform_option(platform)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
+        if wanted is not None:
+            _, child = await pick_platform(client, ref, await client.get_manifest(ref), wanted)
+            return {
+                "digest": str(child.digest),
+                "mediaType": child.media_type,
+                "size": len(child.data),
+                "platform": str(wanted),
+            }
         info = await client.head_manifest(ref)
         if info is None:
             # Let GET produce the registry's own 404 error with its code.

@@ -9,23 +9,20 @@ from typing import Annotated, Any
 import typer
 
 from regctl import output
-from regctl.runtime import CommandError, UsageProblem, default_registry, parse_ref, run_client
+from regctl.runtime import (
+    CommandError,
+    UsageProblem,
+    admin_client,
+    default_registry,
+    parse_ref,
+    run_client,
+)
 from regd.client import RegistryClient
-from regd.client.admin import AdminClient
 from regd.durations import duration_seconds
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietFlag = Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--admin-token",
-        envvar="REGCTL_ADMIN_TOKEN",
-        help="regd's admin_token, when it has one (loopback needs none).",
-        show_default=False,
-    ),
-]
 RegistryArg = Annotated[
     str | None,
     typer.Argument(help="HOST[:PORT] of a regd (default: the local one)", show_default=False),
@@ -45,6 +42,24 @@ def _host(registry: str | None) -> str:
     if not registry:
         return default_registry()
     return registry.split("://", 1)[-1].rstrip("/")
+
+
+def _held_note(held: Any, grace: Any) -> str | None:
+    """Garbage the grace period still protects: how much, and how to collect it now."""
+    if not isinstance(held, int) or held <= 0:
+        return None
+    period = f"the {_period(grace)} grace period" if isinstance(grace, int | float) else "grace"
+    return (
+        f"{output.human_size(held)} of unreferenced blobs is held back by {period} "
+        "(pushed or linked too recently); `regctl gc --grace 0` collects it now"
+    )
+
+
+def _period(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def gc(
@@ -72,7 +87,6 @@ def gc(
             show_default=False,
         ),
     ] = None,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -82,7 +96,7 @@ def gc(
     host = _host(registry)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).collect(
+        return await admin_client(ctx, client, host).collect(
             dry_run=dry_run,
             delete_untagged=delete_untagged,
             delete_orphan_referrers=delete_orphan_referrers,
@@ -115,6 +129,9 @@ def gc(
         f"{output.count(totals['uploads'], 'stale upload')} "
         f"({plan['seconds']:.2f} s)"
     )
+    held = _held_note(totals.get("held_bytes"), plan["policy"]["grace_seconds"])
+    if held:
+        output.stdout().print(held)
 
 
 def du(
@@ -127,7 +144,6 @@ def du(
             show_default=False,
         ),
     ] = None,
-    token: Token = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Disk usage: per repository and tag, the total, the bytes unique to it (what deleting
@@ -142,7 +158,7 @@ def du(
         repository = ref.repository or None
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).usage(repository)
+        return await admin_client(ctx, client, host).usage(repository)
 
     usage = run_client(ctx, work)
     if repository is not None and not any(r["name"] == repository for r in usage["repositories"]):
@@ -181,6 +197,9 @@ def du(
         f"registry total {size(usage['total_bytes'])} in {output.count(usage['blobs'], 'blob')}; "
         f"gc would free {size(usage['reclaimable_bytes'])} now"
     )
+    held = _held_note(usage.get("held_bytes"), usage.get("grace_seconds"))
+    if held:
+        output.stdout().print(held)
 
 
 def prune(
@@ -201,7 +220,6 @@ def prune(
         ),
     ] = None,
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -219,7 +237,7 @@ def prune(
     assert ref.host is not None
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, ref.host or "", token).prune(
+        return await admin_client(ctx, client, ref.host or "").prune(
             ref.repository, keep_last=keep_last, keep=keep, older_than=seconds, dry_run=dry_run
         )
 
@@ -245,7 +263,6 @@ def rm_repo(
     ctx: typer.Context,
     repository: Annotated[str, typer.Argument(help="[HOST[:PORT]/]REPO", show_default=False)],
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -253,7 +270,7 @@ def rm_repo(
     ref = parse_ref(repository, what="repository", tag=False, digest=False)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, ref.host or "", token).delete_repository(
+        return await admin_client(ctx, client, ref.host or "").delete_repository(
             ref.repository, dry_run=dry_run
         )
 
@@ -285,7 +302,6 @@ def verify(
             "them again) and remove old files nothing knows about.",
         ),
     ] = False,
-    token: Token = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Re-hash every stored blob; report corrupt, missing and unknown ones. Exits 1 when
@@ -293,7 +309,7 @@ def verify(
     host = _host(registry)
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).verify(repair=repair)
+        return await admin_client(ctx, client, host).verify(repair=repair)
 
     report = run_client(ctx, work)
     if as_json:
@@ -325,7 +341,6 @@ def import_registry2(
     ],
     registry: RegistryArg = None,
     dry_run: DryRun = False,
-    token: Token = None,
     as_json: JsonFlag = False,
     quiet: QuietFlag = False,
 ) -> None:
@@ -337,7 +352,7 @@ def import_registry2(
     absolute = str(root.expanduser().resolve())
 
     async def work(client: RegistryClient) -> dict[str, Any]:
-        return await AdminClient(client, host, token).import_registry2(absolute, dry_run=dry_run)
+        return await admin_client(ctx, client, host).import_registry2(absolute, dry_run=dry_run)
 
     report = run_client(ctx, work)
     if as_json:

@@ -11,6 +11,7 @@ never on the daemon's own packages (config, metadata, storage, registry, api).
     registry    RegistryClient, all of the above in one object
     admin       regd's admin API
     copy        images, indexes and artifacts between repositories
+    layout      OCI image layout directories as a copy source and destination
     auth        docker config.json credentials and auth challenges
     errors      ClientError and its subclasses
     tasks       a nursery that raises its first real error

@@ -8,6 +8,7 @@ the destination is asked first (HEAD) so whatever already arrived is never sent 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -18,6 +19,7 @@ from regd.client.blobs import MONOLITHIC_LIMIT
 from regd.client.errors import ClientError
 from regd.client.registry import RegistryClient
 from regd.client.tasks import task_group
+from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.manifest import Descriptor
 from regd.oci.reference import Reference
@@ -67,6 +69,8 @@ class CopyReport:
     digest: Digest | None = None
     media_type: str = ""
     source_digest: Digest | None = None
+    # Set when --platform picked one manifest out of this index.
+    index_digest: Digest | None = None
     filtered: bool = False
     platforms: list[str] = field(default_factory=list)
     manifests: int = 0
@@ -82,6 +86,7 @@ class CopyReport:
             "destination": self.destination,
             "digest": str(self.digest) if self.digest else None,
             "sourceDigest": str(self.source_digest) if self.source_digest else None,
+            "indexDigest": str(self.index_digest) if self.index_digest else None,
             "mediaType": self.media_type,
             "filtered": self.filtered,
             "platforms": self.platforms,
@@ -104,11 +109,15 @@ class _Copier:
         dst: Reference,
         *,
         platforms: Sequence[Platform],
+        keep_index: bool = False,
         referrers: bool,
         jobs: int,
         progress: CopyProgress | None,
     ) -> None:
+        if len(platforms) > 1 and not keep_index:
+            raise ValueError("several platforms can only be copied as an index: keep_index")
         self.client = client
+        self.keep_index = keep_index
         self.src = Reference(src.host, src.repository)
         self.dst = Reference(dst.host, dst.repository)
         self.platforms = tuple(platforms)
@@ -119,6 +128,11 @@ class _Copier:
         self._blobs: dict[Digest, trio.Event] = {}
         self._manifests: dict[Digest, trio.Event] = {}
         self.report = CopyReport("", "")
+
+    @property
+    def copied_manifests(self) -> set[Digest]:
+        """Digests of every manifest this copier has pushed (or found already there)."""
+        return set(self._manifests)
 
     def _src(self, identifier: str | Digest) -> Reference:
         if isinstance(identifier, Digest):
@@ -133,6 +147,8 @@ class _Copier:
     async def copy_top(self, source: Reference, tag: str | None) -> CopyReport:
         self.report = CopyReport(str(source), str(self._dst(tag) if tag else self.dst))
         src_ident: str | Digest = source.digest if source.digest else (source.tag or "latest")
+        if self.platforms and not self.keep_index:
+            src_ident = await self._pick_platform(src_ident)
         digest, media_type, filtered = await self._copy_manifest(src_ident, tag, top=True)
         self.report.digest = digest
         self.report.media_type = media_type
@@ -140,6 +156,21 @@ class _Copier:
         if tag is None:
             self.report.destination = str(self._dst(digest))
         return self.report
+
+    async def _pick_platform(self, src_ident: str | Digest) -> str | Digest:
+        """The digest of the index's manifest for the one wanted platform, as regclient
+        and crane copy it: that manifest itself, its digest preserved."""
+        fetched = await self.client.get_manifest(self._src(src_ident))
+        manifest = fetched.parse()
+        if not manifest.is_index:
+            return src_ident
+        wanted = self.platforms[0]
+        for child in manifest.manifests:
+            if wanted.matches(child.platform):
+                self.report.index_digest = fetched.digest
+                self.report.platforms = [platform_text(child.platform)]
+                return child.digest
+        raise ClientError(f"{self._src(src_ident)}: no manifest in the index matches {wanted}")
 
     async def _copy_manifest(
         self, src_ident: str | Digest, tag: str | None, *, top: bool
@@ -159,7 +190,7 @@ class _Copier:
             present = await self.client.head_manifest(self._dst(fetched.digest))
             if manifest.is_index:
                 children = list(manifest.manifests)
-                if top and self.platforms:
+                if top and self.platforms and self.keep_index:
                     children = [
                         c for c in children if any(p.matches(c.platform) for p in self.platforms)
                     ]
@@ -169,7 +200,7 @@ class _Copier:
                             f"{self._src(src_ident)}: no manifest in the index matches {wanted}"
                         )
                     filtered = len(children) != len(manifest.manifests)
-                    self.report.platforms = [_platform_text(c.platform) for c in children]
+                    self.report.platforms = [platform_text(c.platform) for c in children]
                 if filtered:
                     data = _filtered_index(fetched.json(), {c.digest for c in children})
                     present = None
@@ -264,7 +295,7 @@ class _Copier:
             yield chunk
 
 
-def _platform_text(platform: dict[str, Any] | None) -> str:
+def platform_text(platform: dict[str, Any] | None) -> str:
     if not platform:
         return "unknown"
     text = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
@@ -303,6 +334,7 @@ async def copy(
     dst: Reference,
     *,
     platforms: Sequence[Platform] = (),
+    keep_index: bool = False,
     referrers: bool = False,
     jobs: int = 4,
     progress: CopyProgress | None = None,
@@ -310,11 +342,19 @@ async def copy(
     """Copy what `src` names (image, index or artifact) to `dst`.
 
     Without a tag on `dst`, the source's tag is used; a source named only by digest is
-    pushed by digest. With `platforms`, an index is reduced to the matching children and
-    pushed as a new index (its digest then differs from the source's).
+    pushed by digest. With one of `platforms`, an index's manifest for that platform is
+    copied itself, digest preserved. With `keep_index`, an index is instead reduced to the
+    children matching `platforms` and pushed as a new index (its digest then differs).
     """
     copier = _Copier(
-        client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=progress
+        client,
+        src,
+        dst,
+        platforms=platforms,
+        keep_index=keep_index,
+        referrers=referrers,
+        jobs=jobs,
+        progress=progress,
     )
     return await copier.copy_top(src, _destination_tag(src, dst))
 
@@ -325,15 +365,51 @@ async def copy_repository(
     dst: Reference,
     *,
     platforms: Sequence[Platform] = (),
+    keep_index: bool = False,
     referrers: bool = False,
     jobs: int = 4,
     progress: CopyProgress | None = None,
 ) -> list[CopyReport]:
     """Copy every tag of `src`'s repository to `dst`'s, one tag after another."""
     copier = _Copier(
-        client, src, dst, platforms=platforms, referrers=referrers, jobs=jobs, progress=progress
+        client,
+        src,
+        dst,
+        platforms=platforms,
+        keep_index=keep_index,
+        referrers=referrers,
+        jobs=jobs,
+        progress=progress,
     )
+    tags = await client.tags(src)
+    fallback = [t for t in tags if _referrers_subject(t) is not None] if referrers else []
     reports = []
-    for tag in await client.tags(src):
+    for tag in tags:
+        if tag not in fallback:
+            reports.append(await copier.copy_top(Reference(src.host, src.repository, tag), tag))
+    for tag in fallback:
+        # A registry without the referrers API keeps a subject's referrers in this tag.
+        # When the subject was copied, its referrers went with it as referrers (and
+        # put_manifest rebuilt the tag where the destination lacks the API), so the tag
+        # itself is not copied as an ordinary one.
+        subject = _referrers_subject(tag)
+        if subject in copier.copied_manifests and await _is_index(
+            client, Reference(src.host, src.repository, tag)
+        ):
+            continue
         reports.append(await copier.copy_top(Reference(src.host, src.repository, tag), tag))
     return reports
+
+
+_REFERRERS_TAG = re.compile(r"sha256-([0-9a-f]{64})")
+
+
+def _referrers_subject(tag: str) -> Digest | None:
+    """The subject whose referrers-tag-schema fallback tag this is, if it is one."""
+    match = _REFERRERS_TAG.fullmatch(tag)
+    return Digest.parse(f"sha256:{match.group(1)}") if match else None
+
+
+async def _is_index(client: RegistryClient, ref: Reference) -> bool:
+    head = await client.head_manifest(ref)
+    return head is not None and head.media_type == mt.OCI_INDEX

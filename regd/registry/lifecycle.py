@@ -57,6 +57,9 @@ class Plan:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     blobs: list[dict[str, Any]] = field(default_factory=list)
     uploads: list[dict[str, Any]] = field(default_factory=list)
+    # Unreferenced blobs spared only because they are younger than the grace period.
+    held_blobs: int = 0
+    held_bytes: int = 0
     seconds: float = 0.0
 
     @property
@@ -93,6 +96,8 @@ class Plan:
                 "blobs": len(self.blobs),
                 "uploads": len(self.uploads),
                 "bytes_freed": self.bytes_freed,
+                "held_blobs": self.held_blobs,
+                "held_bytes": self.held_bytes,
             },
             "seconds": round(self.seconds, 3),
         }
@@ -240,6 +245,12 @@ class Lifecycle:
         candidates = sorted(
             d for d, (_, linked) in snap.blobs.items() if d not in referenced and linked < cutoff
         )
+        held = [
+            size
+            for d, (size, linked) in snap.blobs.items()
+            if d not in referenced and linked >= cutoff
+        ]
+        plan.held_blobs, plan.held_bytes = len(held), int(sum(held))
         if dry_run:
             plan.blobs = [self._blob_entry(d, snap.blobs[d][0], snap, names) for d in candidates]
         else:
@@ -331,7 +342,10 @@ class Lifecycle:
         self, repository: str | None = None, *, grace_seconds: float = 3600.0
     ) -> dict[str, Any]:
         snap = await rows.snapshot(self._metadata)
-        return compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
+        usage = compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
+        usage["grace_seconds"] = grace_seconds
+        usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
+        return usage
 
 
 def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:

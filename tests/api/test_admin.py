@@ -39,7 +39,14 @@ async def test_gc_dry_run_then_real(client: httpx.AsyncClient) -> None:
     plan = r.json()
     assert plan["dry_run"] is True
     assert [b["digest"] for b in plan["blobs"]] == [loose]
-    assert plan["totals"] == {"manifests": 0, "blobs": 1, "uploads": 0, "bytes_freed": 11}
+    assert plan["totals"] == {
+        "manifests": 0,
+        "blobs": 1,
+        "uploads": 0,
+        "bytes_freed": 11,
+        "held_blobs": 0,
+        "held_bytes": 0,
+    }
     assert plan["repositories"] == {
         "app": {"manifests": 0, "manifest_bytes": 0, "blobs": 1, "blob_bytes": 11}
     }

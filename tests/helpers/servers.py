@@ -231,14 +231,17 @@ class DistributionServer(ServerProcess):
 
     kind = "distribution"
 
-    def __init__(self, *, root: Path, scratch: Path, port: int | None = None) -> None:
+    def __init__(
+        self, *, root: Path, scratch: Path, port: int | None = None, extra_config: str = ""
+    ) -> None:
+        """`extra_config`: more top-level YAML, e.g. an `auth:` section."""
         binary = distribution_binary()
         if binary is None:
             raise ServerStartError("docker-registry is not installed; run scripts/setup")
         port = port or free_port()
         scratch.mkdir(parents=True, exist_ok=True)
         config = scratch / f"distribution-{port}.yml"
-        config.write_text(DISTRIBUTION_CONFIG.format(root=root, port=port))
+        config.write_text(DISTRIBUTION_CONFIG.format(root=root, port=port) + extra_config)
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
         env.pop("AWS_CA_BUNDLE", None)
         super().__init__([binary, "serve", str(config)], port=port, log_dir=scratch, env=env)

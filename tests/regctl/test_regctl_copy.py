@@ -119,6 +119,7 @@ def test_copy_with_platform_filter_pushes_a_new_index(
         "linux/arm64",
         "--platform",
         "linux/s390x",
+        "--keep-index",
         "--json",
     )
     assert result.code == 0, result
@@ -139,15 +140,52 @@ def test_copy_with_platform_filter_pushes_a_new_index(
 
     human = cli(
         "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
-        "--platform", "linux/arm64",
+        "--platform", "linux/arm64", "--keep-index",
     )  # fmt: skip
     assert "new index" in human.out
+    several = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
+        "--platform", "linux/arm64", "--platform", "linux/s390x",
+    )  # fmt: skip
+    assert several.code == 2
+    assert "--keep-index" in several.err
     nothing = cli(
         "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v4",
         "--platform", "windows/amd64",
     )  # fmt: skip
     assert nothing.code == 1
     assert "windows/amd64" in nothing.err
+
+
+def test_copy_with_one_platform_copies_that_manifest_itself(
+    cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    registry, second_registry = registry_pair
+
+    async def build() -> tuple[content.Pushed, list[content.Pushed]]:
+        async with RegistryClient() as client:
+            return await content.push_index(client, registry.host, "multi", "v2")
+
+    index, (amd64, arm64, _) = trio.run(build)
+    result = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v2",
+        "--platform", "linux/arm64", "--json",
+    )  # fmt: skip
+    assert result.code == 0, result
+    report = result.json()
+    # As regclient and crane do: the platform's manifest, byte for byte, under the tag.
+    assert report["digest"] == str(arm64.digest)
+    assert report["indexDigest"] == str(index.digest)
+    assert report["platforms"] == ["linux/arm64/v8"]
+    assert report["filtered"] is False
+    assert manifest_bytes(second_registry.host, "arm", "v2") == arm64.data
+    assert not has_blob(second_registry.host, "arm", json.loads(amd64.data)["config"]["digest"])
+    human = cli(
+        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v3",
+        "--platform", "linux/arm64",
+    )  # fmt: skip
+    assert f"platform linux/arm64/v8 of index {index.digest}" in human.out
+    assert "new index" not in human.out
 
 
 def test_copy_artifact_with_referrers(
@@ -216,6 +254,42 @@ def test_copy_all_tags(cli: Cli, registry_pair: tuple[ServerProcess, ServerProce
     assert sum(r["blobs"]["copied"] for r in reports) == 1 + 3 + 3
     for tag, image in zip(("a", "b", "c"), images, strict=True):
         assert manifest_bytes(second_registry.host, "copy", tag) == image.data
+
+
+def test_all_tags_with_referrers_moves_fallback_tags_as_referrers(
+    cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
+) -> None:
+    src, dst = registry_pair
+
+    async def build() -> tuple[content.Pushed, content.Pushed]:
+        async with RegistryClient() as client:
+            image = await content.push_image(client, src.host, "signed", "v1")
+            sbom = await content.push_artifact(client, src.host, "signed", image)
+            return image, sbom
+
+    image, sbom = trio.run(build)
+    fallback = f"sha256-{image.digest.hex}"
+
+    async def state(host: str) -> tuple[list[str], list[str], str]:
+        async with RegistryClient() as client:
+            tags = await client.tags(Reference(host, "signed"))
+            found = await client.referrers(Reference(host, "signed", None, image.digest))
+            return sorted(tags), [str(d.digest) for d in found.descriptors], found.source
+
+    src_tags, _, src_source = trio.run(state, src.host)
+    result = cli(
+        "copy", f"{src.host}/signed", f"{dst.host}/signed", "--all-tags", "--referrers", "--json"
+    )
+    assert result.code == 0, result
+    tags, referrers, source = trio.run(state, dst.host)
+    assert referrers == [str(sbom.digest)]
+    # Where the destination indexes referrers itself they arrive as referrers only; where
+    # it does not, the fallback tag is how its clients find them, so it stays.
+    expected = ["v1"] if source == "api" else sorted(["v1", fallback])
+    assert tags == expected
+    if src_source == "tag-schema":
+        assert fallback in src_tags
+        assert all(r["destination"] != f"{dst.host}/signed:{fallback}" for r in result.json())
 
 
 def test_copy_within_a_registry_mounts(cli: Cli, registry: ServerProcess) -> None:

@@ -9,14 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from regd.client import RegistryClient
-from tests.helpers.servers import ServerProcess, free_port
+from tests.helpers.servers import RegdServer, ServerProcess, free_port
 from tests.regctl import support as content
 from tests.regctl.support import CliResult
 
@@ -146,3 +146,52 @@ def test_bad_addresses_and_missing_log(data_dir: Path) -> None:
     logs = regctl("logs", "--data-dir", str(data_dir))
     assert logs.code == 1
     assert "no log file" in logs.err
+
+
+def test_host_less_commands_find_a_daemon_started_with_data_dir(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing tells later commands where the data lives: they must find it themselves.
+    monkeypatch.delenv("REGD_DATA_DIR")
+    port = free_port()
+    started = regctl("start", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data_dir))
+    assert started.code == 0, started
+    pid = int((data_dir / "regd.pid").read_text())
+
+    async def push() -> None:
+        async with RegistryClient() as client:
+            await content.push_image(client, f"127.0.0.1:{port}", "found/app", "v1")
+
+    trio.run(push)
+    listed = regctl("ls", "-q")
+    assert listed.code == 0, listed
+    assert listed.out.split() == ["found/app"]
+    assert regctl("digest", "found/app:v1").code == 0
+    status = regctl("status", "--json")
+    assert status.code == 0, status
+    info = json.loads(status.out)
+    assert (info["pid"], info["url"], info["startedByRegctl"]) == (
+        pid,
+        f"http://127.0.0.1:{port}",
+        True,
+    )
+    stopped = regctl("stop")
+    assert stopped.out.strip() == f"regd (pid {pid}) stopped", stopped
+
+
+def test_status_reports_a_regd_it_did_not_start(
+    regd_factory: Callable[..., RegdServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = regd_factory()
+    monkeypatch.setenv("REGCTL_REGISTRY", server.host)
+    human = regctl("status")
+    assert human.code == 0, human
+    assert f"regd at http://{server.host} (not started by regctl)" in human.out
+    info = json.loads(regctl("status", "--json").out)
+    assert info["running"] is True
+    assert info["startedByRegctl"] is False
+    assert info["pid"] is None
+    assert info["repositories"] == 0
+    # An address where nothing answers is still "not running".
+    monkeypatch.setenv("REGCTL_REGISTRY", f"127.0.0.1:{free_port()}")
+    assert regctl("status").code == 1

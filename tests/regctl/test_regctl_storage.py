@@ -206,3 +206,53 @@ def test_ls_sorts_regd_tags_by_push_time(regd_registry: RegdServer, cli: Cli) ->
     tags = r.json()["tags"]
     assert [t["tag"] for t in tags] == ["a-new", "b-old"]
     assert all(t["pushed"] for t in tags)
+
+
+ADMIN_TOKEN = "a-long-admin-token-0123456789"
+
+
+def test_admin_token_is_a_global_option_and_its_refusal_names_it(
+    regd_factory: Callable[..., RegdServer], cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = regd_factory(env={"REGD_ADMIN_TOKEN": ADMIN_TOKEN})
+    push(server, "app", "v1")
+    refused = cli("du", server.host)
+    assert refused.code == 1, refused
+    line = refused.err.strip()
+    for needle in ("HTTP 401", "--admin-token", "$REGCTL_ADMIN_TOKEN"):
+        assert needle in line
+    assert "regctl login" not in line
+    # Global: before the command, as every other global option.
+    assert cli("--admin-token", ADMIN_TOKEN, "du", server.host, "--json").code == 0
+    assert cli("--admin-token", ADMIN_TOKEN, "gc", server.host, "--dry-run").code == 0
+    monkeypatch.setenv("REGCTL_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert cli("prune", f"{server.host}/app", "--keep-last", "1", "--dry-run").code == 0
+
+
+def test_grace_period_holdback_is_reported_after_rm_repo(
+    regd_registry: RegdServer, cli: Cli
+) -> None:
+    layer = os.urandom(300_000)
+    push(regd_registry, "doomed", "v1", layer)
+    assert cli("rm-repo", f"{regd_registry.host}/doomed").code == 0
+
+    plan = cli("gc", regd_registry.host, "--dry-run")
+    assert plan.code == 0, plan
+    assert "would free 0 B" in plan.out
+    assert "held back by the 1h grace period" in plan.out
+    assert "regctl gc --grace 0" in plan.out
+    as_json = cli("gc", regd_registry.host, "--dry-run", "--json").json()
+    assert as_json["totals"]["held_bytes"] >= len(layer)
+    assert as_json["totals"]["held_blobs"] == 2  # the layer and the config
+
+    usage = cli("du", regd_registry.host)
+    assert "gc would free 0 B now" in usage.out
+    assert "held back by the 1h grace period" in usage.out
+    usage_json = cli("du", regd_registry.host, "--json").json()
+    assert usage_json["held_bytes"] == as_json["totals"]["held_bytes"]
+    assert usage_json["grace_seconds"] == 3600
+
+    freed = cli("gc", regd_registry.host, "--grace", "0")
+    assert freed.code == 0, freed
+    assert "held back" not in freed.out
+    assert cli("gc", regd_registry.host, "--json").json()["totals"]["held_bytes"] == 0

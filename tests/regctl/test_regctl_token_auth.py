@@ -355,7 +355,7 @@ def test_login_ls_logout(
 
     monkeypatch.setattr("sys.stdin", io.StringIO("not-her-password\n"))
     wrong = cli("login", host, "-u", "alice", "--password-stdin")
-    assert_one_line_error(wrong, "HTTP 401")
+    assert_one_line_error(wrong, f"login to {host} failed: wrong user name or password")
     assert not config.exists()
 
     monkeypatch.setattr("sys.stdin", io.StringIO("secret\n"))
