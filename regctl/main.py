@@ -14,6 +14,7 @@ import typer
 
 from regctl import __version__
 from regctl.commands import (
+    audit,
     auth,
     blob,
     copy,
@@ -23,6 +24,8 @@ from regctl.commands import (
     listing,
     manifest,
     storage,
+    tokens,
+    users,
 )
 from regctl.runtime import CommandError, Globals
 from regd.client import AuthError, ClientError
@@ -128,6 +131,10 @@ blob.register(app)
 copy.register(app)
 delete.register(app)
 storage.register(app)
+# Accounts, machine tokens and the audit trail of a regd.
+users.register(app)
+tokens.register(app)
+audit.register(app)
 
 
 def _fail(message: str, code: int) -> int:

@@ -186,6 +186,7 @@ async def list_tokens() -> Response:
 async def revoke_token(token_id: str) -> Response:
     if not await rows.revoke_machine_token(exchange().registry.metadata, token_id):
         raise AccountUnknown(f"no unrevoked machine token {token_id[:40]!r}")
+    _forget_credentials()
     return json_response({"id": token_id, "revoked": True})
 
 

@@ -272,7 +272,9 @@ class Authenticator:
         (offline_token=true) pass the `login` result of `login()` instead of deriving it."""
         issuer = self._issuer(service)
         granted = self.grant(identity, parse_scopes(scopes))
-        issued = issuer.access_token(identity.name, self.service, granted)
+        issued = issuer.access_token(
+            identity.name, self.service, granted, machine_token=identity.token_id
+        )
         answer: dict[str, Any] = {
             "token": issued.token,
             "access_token": issued.token,
@@ -343,7 +345,9 @@ class Authenticator:
         else:
             raise Forbidden(f"unsupported grant_type {str(grant_type)[:32]!r}")
         granted = self.grant(identity, parse_scopes([form.get("scope", "")]))
-        issued = issuer.access_token(identity.name, self.service, granted)
+        issued = issuer.access_token(
+            identity.name, self.service, granted, machine_token=identity.token_id
+        )
         return {
             "access_token": issued.token,
             "token": issued.token,

@@ -69,7 +69,7 @@ class TokenClaims:
     subject: str | None
     access: tuple[Scope, ...]
     expires_at: float
-    token_id: str | None
+    token_id: str | None  # the machine token it was issued for, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +117,19 @@ class TokenIssuer:
         }
 
     def access_token(
-        self, subject: str | None, audience: str, access: Sequence[Scope]
+        self,
+        subject: str | None,
+        audience: str,
+        access: Sequence[Scope],
+        *,
+        machine_token: str | None = None,
     ) -> IssuedToken:
+        """`machine_token`: the id of the machine token the caller logged in with, so that
+        what the access token does is audited under that token."""
         claims = self._base(subject, audience, self.access_ttl)
         claims["access"] = [scope.claim() for scope in access]
+        if machine_token is not None:
+            claims["regd_tok"] = machine_token
         return IssuedToken(self._sign(claims), int(self.access_ttl), float(claims["iat"]))
 
     def refresh_token(
@@ -337,13 +346,15 @@ class TokenVerifier:
         if claims.get("regd_use") is not None:
             raise Unauthenticated("a refresh token is not an access token", "invalid_token")
         sub = claims.get("sub")
-        jti = claims.get("jti")
+        # The machine token behind it (ours only), not the JWT's own jti: an audit record
+        # must name something an operator can list and revoke.
+        tok = claims.get("regd_tok") if claims["iss"] == self.issuer else None
         result = TokenClaims(
             issuer=str(claims["iss"]),
             subject=sub if isinstance(sub, str) and sub else None,
             access=tuple(access_from_claim(claims.get("access"))),
             expires_at=float(claims["exp"]),
-            token_id=jti if isinstance(jti, str) else None,
+            token_id=tok if isinstance(tok, str) else None,
         )
         self._cache[digest] = result
         while len(self._cache) > self._cache_size:

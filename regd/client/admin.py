@@ -1,12 +1,16 @@
-"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention.
+"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention, accounts,
+machine tokens and the audit trail.
 
-Only regd answers these; another registry's 404 becomes a clear UnsupportedError.
+Only regd answers these; another registry's 404 becomes a clear UnsupportedError. With an
+admin token the client sends it and nothing else; without one, the registry's challenge is
+answered with the credentials stored for the host (an account with the admin right).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from regd.client.errors import NotFoundError, UnsupportedError
 from regd.client.registry import RegistryClient
@@ -34,7 +38,13 @@ class AdminClient:
         url = self._client.base_url(self._host) + "/admin/v1" + path
         try:
             response = await self._client._call(
-                method, self._host, url, headers=headers, params=params, content=content
+                method,
+                self._host,
+                url,
+                ok=(200, 201),
+                headers=headers,
+                params=params,
+                content=content,
             )
         except NotFoundError as exc:
             if exc.code in (None, "NOT_FOUND", "UNSUPPORTED"):
@@ -109,3 +119,71 @@ class AdminClient:
             "POST", "/import-registry2", body={"root": root, "dry_run": dry_run}
         )
         return result
+
+    # -- accounts, machine tokens, audit -------------------------------------------------
+
+    async def users(self) -> list[dict[str, Any]]:
+        result: dict[str, Any] = await self._json("GET", "/users")
+        users: list[dict[str, Any]] = result["users"]
+        return users
+
+    async def add_user(self, name: str, password: str, groups: list[str]) -> dict[str, Any]:
+        """The answer's `restart` is true when the registry serves without authentication:
+        the first account turns it on at the registry's next start."""
+        body = {"name": name, "password": password, "groups": groups}
+        result: dict[str, Any] = await self._json("POST", "/users", body=body)
+        return result
+
+    async def set_password(self, name: str, password: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "PUT", f"/users/{_segment(name)}/password", body={"password": password}
+        )
+        return result
+
+    async def set_groups(self, name: str, groups: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "PUT", f"/users/{_segment(name)}/groups", body={"groups": groups}
+        )
+        return result
+
+    async def remove_user(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("DELETE", f"/users/{_segment(name)}")
+        return result
+
+    async def create_token(
+        self, *, owner: str, name: str, scopes: list[str], expires_in: float | None
+    ) -> dict[str, Any]:
+        """The answer holds the token's `secret`: the only time anyone sees it."""
+        body: dict[str, Any] = {"owner": owner, "name": name, "scopes": scopes}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        result: dict[str, Any] = await self._json("POST", "/tokens", body=body)
+        return result
+
+    async def tokens(self, owner: str | None = None) -> list[dict[str, Any]]:
+        params = {"owner": owner} if owner else None
+        result: dict[str, Any] = await self._json("GET", "/tokens", params=params)
+        tokens: list[dict[str, Any]] = result["tokens"]
+        return tokens
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("DELETE", f"/tokens/{_segment(token_id)}")
+        return result
+
+    async def audit(
+        self, *, repository: str | None = None, since: float | str | None = None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest first. `since` is epoch seconds or an age such as `24h`."""
+        params = {"limit": str(limit)}
+        if repository:
+            params["repository"] = repository
+        if since is not None:
+            params["since"] = str(since)
+        result: dict[str, Any] = await self._json("GET", "/audit", params=params)
+        records: list[dict[str, Any]] = result["records"]
+        return records
+
+
+def _segment(value: str) -> str:
+    """One path segment: a name with a `/` or `..` must not reach another route."""
+    return quote(value, safe="")

@@ -286,13 +286,16 @@ class Transport:
         stream: bool = False,
         follow_redirects: bool = False,
     ) -> httpx.Response:
-        """Send one request, answering an auth challenge once if the body allows a retry."""
+        """Send one request, answering an auth challenge once if the body allows a retry.
+        A caller's own Authorization header (regd's admin token) is sent as it is, and a
+        refusal of it is the answer: stored credentials never stand in for it."""
         wanted = tuple(sorted(set(scopes)))
         replayable = content is None or isinstance(content, bytes)
-        challenge_seen = False
+        own_authorization = headers is not None and "Authorization" in headers
+        challenge_seen = own_authorization
         while True:
             request_headers = dict(headers or {})
-            authorization = await self._authorization(host, wanted)
+            authorization = None if own_authorization else await self._authorization(host, wanted)
             if authorization is not None:
                 request_headers["Authorization"] = authorization
             request = self._http.build_request(
