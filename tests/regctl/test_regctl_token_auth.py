@@ -21,7 +21,8 @@ import trio
 from regd.client import MONOLITHIC_LIMIT, AuthError, Credentials, CredentialStore, RegistryClient
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
-from tests.helpers.servers import DistributionServer, ServerStartError, distribution_binary
+from tests.helpers.reference import require_distribution
+from tests.helpers.servers import DistributionServer, ServerStartError
 from tests.helpers.token_server import SigningKey, TokenAuthDistribution, TokenServer
 from tests.regctl import support as content
 from tests.regctl.support import CliResult
@@ -56,8 +57,7 @@ def token_server(signing_key: SigningKey) -> Iterator[TokenServer]:
 def token_registry(
     token_server: TokenServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TokenAuthDistribution]:
-    if distribution_binary() is None:
-        pytest.skip("the Debian docker-registry package (Distribution) is not installed")
+    require_distribution()
     scratch = tmp_path_factory.mktemp("token-distribution")
     registry = TokenAuthDistribution(
         root=scratch / "root", scratch=scratch, token_server=token_server
