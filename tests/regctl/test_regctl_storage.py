@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import time
+import sqlite3
 from collections.abc import Callable
 from datetime import datetime
 
@@ -197,15 +198,23 @@ def test_verify(regd_registry: RegdServer, cli: Cli) -> None:
 
 
 def test_ls_sorts_regd_tags_by_push_time(regd_registry: RegdServer, cli: Cli) -> None:
-    # Last-Modified has one-second resolution: space the pushes out by more than that.
-    for tag in ("b-old", "a-new"):
+    # Last-Modified has one-second resolution. Rather than wait out the clock between
+    # pushes, the test moves each tag's push time back in regd's database. The time order
+    # (newest first) is neither the names' order nor its reverse.
+    ages = {"b-oldest": 3600.0, "c-middle": 1800.0, "a-newest": 0.0}
+    for tag in ages:
         push(regd_registry, "timed", tag)
-        time.sleep(1.1)
+    with contextlib.closing(sqlite3.connect(regd_registry.data_dir / "regd.db")) as db, db:
+        for tag, age in ages.items():
+            db.execute("UPDATE tags SET updated_at = updated_at - ? WHERE name = ?", (age, tag))
     r = cli("ls", f"{regd_registry.host}/timed", "--sort", "time", "--json")
     assert r.code == 0, r.err
     tags = r.json()["tags"]
-    assert [t["tag"] for t in tags] == ["a-new", "b-old"]
-    assert all(t["pushed"] for t in tags)
+    assert [t["tag"] for t in tags] == ["a-newest", "c-middle", "b-oldest"]
+    pushed = {t["tag"]: datetime.fromisoformat(t["pushed"]) for t in tags}
+    # The times shown are regd's (to the second), not the order of the answers.
+    assert abs((pushed["a-newest"] - pushed["b-oldest"]).total_seconds() - 3600) <= 1
+    assert abs((pushed["a-newest"] - pushed["c-middle"]).total_seconds() - 1800) <= 1
 
 
 ADMIN_TOKEN = "a-long-admin-token-0123456789"
