@@ -33,6 +33,8 @@ import httpx
 from tests.helpers.servers import DistributionServer, ServerStartError
 
 OPENSSL_TIMEOUT = 30.0
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
