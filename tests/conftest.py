@@ -35,6 +35,7 @@ from regd.metadata import MetadataStore, sqlite_url
 from regd.registry import Registry
 from regd.storage import FilesystemDriver
 from tests.helpers.pg import Databases, PostgresUnavailable
+from tests.helpers.reference import require_distribution
 from tests.helpers.servers import (
     DistributionServer,
     RegdFactory,
@@ -178,6 +179,7 @@ def regd_server(regd_factory: RegdFactory, database_url: str | None) -> RegdServ
 @pytest.fixture
 def distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionServer]:
     """The reference registry (Distribution 2.8) on a free port with an empty storage root."""
+    require_distribution()
     scratch = tmp_path_factory.mktemp("distribution")
     server = DistributionServer(root=scratch / "root", scratch=scratch)
     _start_or_fail(server)

@@ -20,6 +20,7 @@ from regctl.background import (
 )
 from regctl.runtime import (
     DEFAULT_ADDR,
+    admin_client,
     default_data_dir,
     default_registry,
     run_client,
@@ -161,11 +162,21 @@ def status(
         "dataDir": str(daemon.data_dir) if pid is not None or foreign is None else None,
         "repositories": None,
         "storedBytes": None,
+        "freeBytes": None,
+        "volumeBytes": None,
+        "freePercent": None,
     }
     if url is not None:
         host = url.split("://", 1)[-1]
         with contextlib.suppress(ClientError):
             info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
+        # The admin API may refuse (no admin right) or be absent (not regd): then unknown.
+        with contextlib.suppress(ClientError):
+            volume = run_client(ctx, lambda c: admin_client(ctx, c, host).usage()).get("volume")
+            if volume:
+                free, size = int(volume["free_bytes"]), int(volume["size_bytes"])
+                info["freeBytes"], info["volumeBytes"] = free, size
+                info["freePercent"] = round(100 * free / size, 1) if size else None
     if pid is not None:
         info["storedBytes"] = daemon.stored_bytes()
     if as_json:
@@ -178,6 +189,8 @@ def status(
             console.print(f"regd at {foreign} (not started by regctl)", markup=False)
             if info["repositories"] is not None:
                 console.print(f"[bold]{'repositories:':<14}[/]{info['repositories']}")
+            if info["freeBytes"] is not None:
+                console.print(f"[bold]{'free space:':<14}[/]{_free_space(info)}")
         else:
             uptime = info["uptimeSeconds"]
             rows = [
@@ -195,12 +208,28 @@ def status(
                         info["storedBytes"] if isinstance(info["storedBytes"], int) else None
                     ),
                 ),
+                ("free space", _free_space(info)),
                 ("data dir", str(daemon.data_dir)),
             ]
             for key, value in rows:
                 console.print(f"[bold]{key + ':':<14}[/]{value}")
     if not info["running"]:
         raise typer.Exit(1)
+
+
+# Below this share of the volume free, `status` warns: pushes fail when it runs out.
+LOW_FREE_PERCENT = 10.0
+
+
+def _free_space(info: dict[str, object]) -> str:
+    """`X of Y (Z %)`, in yellow with a warning when little is left; markup for rich."""
+    free, size, percent = info["freeBytes"], info["volumeBytes"], info["freePercent"]
+    if not isinstance(free, int) or not isinstance(size, int) or not isinstance(percent, float):
+        return "-"
+    text = f"{output.human_size(free)} of {output.human_size(size)} ({percent:g} %)"
+    if percent < LOW_FREE_PERCENT:
+        return f"[bold yellow]{text}: low, pushes fail when it runs out[/]"
+    return text
 
 
 def _duration(seconds: float | None) -> str:

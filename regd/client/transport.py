@@ -11,7 +11,6 @@ import ipaddress
 import json
 import re
 import ssl
-import time
 from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from regd.client.errors import (
     ResponseError,
     UnsupportedError,
 )
+from regd.clock import SYSTEM_CLOCK, Clock
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 
@@ -136,6 +136,7 @@ class Transport:
         ca_cert: str | None = None,
         timeout: float = 300.0,
         user_agent: str = "regctl/0.1",
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._credentials: CredentialSource = (
             credentials if credentials is not None else CredentialStore()
@@ -150,6 +151,8 @@ class Transport:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
         self._auth: dict[str, _HostAuth] = {}
+        # Token lifetimes are wall-clock seconds (a JWT's `exp` is), so tests move `clock`.
+        self._clock = clock
         self._tokens: dict[tuple[str, tuple[Scope, ...]], tuple[str, float]] = {}
         self._creds_cache: dict[str, Credentials | None] = {}
 
@@ -195,7 +198,7 @@ class Transport:
             pair = f"{creds.username}:{creds.password}".encode()
             return "Basic " + base64.b64encode(pair).decode()
         cached = self._tokens.get((host, scopes))
-        if cached is not None and cached[1] > time.monotonic():
+        if cached is not None and cached[1] > self._clock.now():
             return "Bearer " + cached[0]
         token = await self._fetch_token(host, state, scopes)
         return "Bearer " + token
@@ -251,7 +254,7 @@ class Transport:
         if not isinstance(token, str) or not token:
             raise ProtocolError(f"{method} {state.realm}: token server answered without a token")
         # A margin so a token is never sent in the second it expires.
-        self._tokens[(host, scopes)] = (token, time.monotonic() + max(lifetime - 10.0, 1.0))
+        self._tokens[(host, scopes)] = (token, self._clock.now() + max(lifetime - 10.0, 1.0))
         return token
 
     def _learn(self, response: httpx.Response) -> tuple[_HostAuth, tuple[Scope, ...]] | None:

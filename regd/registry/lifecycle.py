@@ -345,6 +345,11 @@ class Lifecycle:
         usage = compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
+        # The room left where the blobs live, so a filling disk is seen before pushes fail.
+        space = await self._storage.free_space()
+        usage["volume"] = (
+            None if space is None else {"free_bytes": space.free, "size_bytes": space.total}
+        )
         return usage
 
 

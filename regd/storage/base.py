@@ -58,6 +58,15 @@ class FileInfo:
     is_dir: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Space:
+    """Room on the volume that holds the data, in bytes."""
+
+    # What regd may still write: without the blocks a filesystem keeps for root.
+    free: int
+    total: int
+
+
 @runtime_checkable
 class Reader(Protocol):
     async def read(self, max_bytes: int) -> bytes:
@@ -133,6 +142,11 @@ class StorageDriver(Protocol):
 
     async def redirect_url(self, path: str) -> str | None:
         """A URL clients may fetch `path` from directly, or None to have regd serve it."""
+        ...
+
+    async def free_space(self) -> Space | None:
+        """Free and total bytes where the data lives, or None when the driver cannot tell
+        (an object store has no fixed size)."""
         ...
 
 

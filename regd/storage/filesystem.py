@@ -22,6 +22,7 @@ from regd.storage.base import (
     FileInfo,
     InvalidOffset,
     PathNotFound,
+    Space,
     StorageError,
     StorageFull,
     check_path,
@@ -371,3 +372,13 @@ class FilesystemDriver:
 
     async def redirect_url(self, path: str) -> str | None:
         return None
+
+    async def free_space(self) -> Space:
+        def measure() -> Space:
+            st = os.statvfs(self.root)
+            return Space(free=st.f_bavail * st.f_frsize, total=st.f_blocks * st.f_frsize)
+
+        try:
+            return await trio.to_thread.run_sync(measure, limiter=self._limiter)
+        except OSError as exc:
+            raise StorageError(f"cannot measure the free space of {self.root}: {exc}") from exc

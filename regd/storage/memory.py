@@ -6,7 +6,14 @@ import contextlib
 import time
 from collections.abc import Sequence
 
-from regd.storage.base import FileInfo, InvalidOffset, PathNotFound, StorageError, check_path
+from regd.storage.base import (
+    FileInfo,
+    InvalidOffset,
+    PathNotFound,
+    Space,
+    StorageError,
+    check_path,
+)
 
 
 class _MemReader:
@@ -142,4 +149,8 @@ class MemoryDriver:
                 await self.delete(path)
 
     async def redirect_url(self, path: str) -> str | None:
+        return None
+
+    async def free_space(self) -> Space | None:
+        # Bounded by the process's memory, which says nothing about room for blobs.
         return None

@@ -18,6 +18,7 @@ from tests.helpers.oci import (
     build_multiplatform,
     sha256,
 )
+from tests.helpers.reference import require_distribution
 from tests.helpers.registry import pattern_digest, pattern_stream
 from tests.helpers.store import check_blob_store, copies_of
 
@@ -93,3 +94,37 @@ def test_artifact_manifest_shape() -> None:
     assert sha256(EMPTY_JSON) == EMPTY_DIGEST
     assert doc["layers"][0]["digest"] == sha256(b"p")
     assert doc["subject"] == {"mediaType": "m", "digest": sha256(b"s"), "size": 1}
+
+
+@pytest.mark.parametrize("ci", ["true", "1"])
+def test_missing_reference_registry_fails_under_ci(
+    ci: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(pytest.fail.Exception, match="docker-registry"):
+        require_distribution()
+
+
+@pytest.mark.parametrize("ci", [None, "", "false"])
+def test_missing_reference_registry_skips_outside_ci(
+    ci: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(pytest.skip.Exception, match="docker-registry"):
+        require_distribution()
+
+
+def test_installed_reference_registry_is_required_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = tmp_path / "docker-registry"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    require_distribution()

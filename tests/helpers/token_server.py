@@ -33,11 +33,6 @@ import httpx
 from tests.helpers.servers import DistributionServer, ServerStartError
 
 OPENSSL_TIMEOUT = 30.0
-# Distribution 2.8 still accepts a token this many seconds past its `exp` (a clock-skew
-# allowance; 2.8.2 takes a token 57 s past `exp` and refuses one 61 s past).
-# `TokenServer.registry_lifetime` relies on it to mint tokens that the registry will
-# refuse soon while the client still believes they are good.
-DISTRIBUTION_LEEWAY = 60
 
 
 def _b64url(data: bytes) -> str:
@@ -165,10 +160,6 @@ class TokenServer:
     refresh_tokens: dict[str, str] = field(default_factory=dict)
     # What the answer's `expires_in` tells the client.
     expires_in: int = 300
-    # When set, the JWT's own `exp` is placed so that Distribution refuses the token this
-    # many seconds after issue, whatever `expires_in` said: a token going stale (revoked,
-    # or a skewed clock) while the client still holds it.
-    registry_lifetime: float | None = None
     _requests: list[TokenRequest] = field(default_factory=list, init=False)
     # Handler threads append while the test thread reads.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -255,8 +246,6 @@ class TokenServer:
     def mint(self, account: str | None, access: list[Access]) -> dict[str, object]:
         now = int(time.time())
         expires = now + self.expires_in
-        if self.registry_lifetime is not None:
-            expires = now + int(self.registry_lifetime) - DISTRIBUTION_LEEWAY
         claims: dict[str, object] = {
             "iss": self.issuer,
             "sub": account or "",
@@ -416,6 +405,20 @@ class TokenAuthDistribution(DistributionServer):
                 bundle=token_server.key.cert_path,
             )
         )
+
+    def rotate_key(self, key: SigningKey) -> None:
+        """Restart trusting only `key`, and have the token server sign with it.
+
+        Tokens issued before are refused from then on, though their holders were told they
+        are good for minutes: a revocation, as a key rotation or a skewed clock makes one.
+        """
+        old = self.token_server.key
+        self.stop()
+        self.config.write_text(
+            self.config.read_text().replace(str(old.cert_path), str(key.cert_path))
+        )
+        self.token_server.key = key
+        self.start()
 
     def _wait_ready(self, timeout: float) -> None:
         # With auth on, an unauthenticated /v2/ answers 401 with a Bearer challenge: that

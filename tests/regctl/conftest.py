@@ -12,19 +12,18 @@ from pathlib import Path
 import pytest
 
 from regctl.main import main
+from tests.helpers.reference import require_distribution
 from tests.helpers.servers import (
     DistributionServer,
     RegdServer,
     ServerProcess,
     ServerStartError,
-    distribution_binary,
 )
 from tests.regctl.support import CliResult, start_auth_distribution
 
 
 def _start_distribution(scratch: Path) -> DistributionServer:
-    if distribution_binary() is None:
-        pytest.skip("the Debian docker-registry package (Distribution) is not installed")
+    require_distribution()
     server = DistributionServer(root=scratch / "root", scratch=scratch)
     try:
         server.start()
@@ -78,8 +77,7 @@ def registry_pair(request: pytest.FixtureRequest) -> tuple[ServerProcess, Server
 @pytest.fixture
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributionServer]:
     """Distribution with htpasswd (Basic) auth: user alice, password right-password."""
-    if distribution_binary() is None:
-        pytest.skip("the Debian docker-registry package (Distribution) is not installed")
+    require_distribution()
     server = start_auth_distribution(tmp_path_factory.mktemp("auth-distribution"))
     yield server
     server.stop()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
-import pytest
 
 from regd.client import RegistryClient
 from regd.oci import mediatypes as mt
@@ -177,24 +176,9 @@ class CliResult:
         return json.loads(self.out)
 
 
-def bcrypt_hash(password: str) -> str | None:
-    """A bcrypt hash for an htpasswd file: python-bcrypt if present, else libcrypt's."""
-    try:
-        import bcrypt  # type: ignore[import-not-found]
-
-        hashed: bytes = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
-        return hashed.decode()
-    except ImportError:
-        pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-
-            value = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
-    except (ImportError, AttributeError, OSError):
-        return None
-    return value if value and value.startswith("$2") else None
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash for an htpasswd file (bcrypt is one of regd's runtime dependencies)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
 
 
 class _AuthDistribution(DistributionServer):
@@ -216,8 +200,6 @@ class _AuthDistribution(DistributionServer):
 
 def start_auth_distribution(scratch: Path) -> DistributionServer:
     hashed = bcrypt_hash("right-password")
-    if hashed is None:
-        pytest.skip("no bcrypt implementation (python bcrypt or libcrypt) for an htpasswd file")
     htpasswd = scratch / "htpasswd"
     htpasswd.write_text(f"alice:{hashed}\n")
     server = _AuthDistribution(root=scratch / "root", scratch=scratch)

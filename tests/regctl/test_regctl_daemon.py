@@ -94,9 +94,11 @@ def test_lifecycle(
     assert info["storedBytes"] > 0
     assert info["uptimeSeconds"] >= 0
     assert info["dataDir"] == str(data_dir)
+    assert 0 < info["freeBytes"] <= info["volumeBytes"]
     human = regctl("status")
     assert "running" in human.out
     assert str(pid) in human.out
+    assert "free space:" in human.out
 
     assert regctl("logs").code == 0
     assert regctl("logs", "--tail", "1").out.count("\n") <= 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import time
-from collections.abc import Callable
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import trio
@@ -197,15 +200,23 @@ def test_verify(regd_registry: RegdServer, cli: Cli) -> None:
 
 
 def test_ls_sorts_regd_tags_by_push_time(regd_registry: RegdServer, cli: Cli) -> None:
-    # Last-Modified has one-second resolution: space the pushes out by more than that.
-    for tag in ("b-old", "a-new"):
+    # Last-Modified has one-second resolution. Rather than wait out the clock between
+    # pushes, the test moves each tag's push time back in regd's database. The time order
+    # (newest first) is neither the names' order nor its reverse.
+    ages = {"b-oldest": 3600.0, "c-middle": 1800.0, "a-newest": 0.0}
+    for tag in ages:
         push(regd_registry, "timed", tag)
-        time.sleep(1.1)
+    with contextlib.closing(sqlite3.connect(regd_registry.data_dir / "regd.db")) as db, db:
+        for tag, age in ages.items():
+            db.execute("UPDATE tags SET updated_at = updated_at - ? WHERE name = ?", (age, tag))
     r = cli("ls", f"{regd_registry.host}/timed", "--sort", "time", "--json")
     assert r.code == 0, r.err
     tags = r.json()["tags"]
-    assert [t["tag"] for t in tags] == ["a-new", "b-old"]
-    assert all(t["pushed"] for t in tags)
+    assert [t["tag"] for t in tags] == ["a-newest", "c-middle", "b-oldest"]
+    pushed = {t["tag"]: datetime.fromisoformat(t["pushed"]) for t in tags}
+    # The times shown are regd's (to the second), not the order of the answers.
+    assert abs((pushed["a-newest"] - pushed["b-oldest"]).total_seconds() - 3600) <= 1
+    assert abs((pushed["a-newest"] - pushed["c-middle"]).total_seconds() - 1800) <= 1
 
 
 ADMIN_TOKEN = "a-long-admin-token-0123456789"
@@ -256,3 +267,63 @@ def test_grace_period_holdback_is_reported_after_rm_repo(
     assert freed.code == 0, freed
     assert "held back" not in freed.out
     assert cli("gc", regd_registry.host, "--json").json()["totals"]["held_bytes"] == 0
+
+
+def test_status_shows_the_free_space_of_regds_volume(
+    regd_registry: RegdServer, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REGCTL_REGISTRY", regd_registry.host)
+    r = cli("status", "--json")
+    assert r.code == 0, r.err
+    info = r.json()
+    st = os.statvfs(regd_registry.data_dir)
+    assert info["volumeBytes"] == st.f_blocks * st.f_frsize
+    assert 0 < info["freeBytes"] <= info["volumeBytes"]
+    assert info["freePercent"] == round(100 * info["freeBytes"] / info["volumeBytes"], 1)
+    human = cli("status")
+    assert human.code == 0, human.err
+    line = next(x for x in human.out.splitlines() if x.startswith("free space:"))
+    assert " of " in line
+    assert line.endswith(" %)") or "low" in line
+
+
+@pytest.fixture
+def small_data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs, so the test can fill the volume regd writes to."""
+    mountpoint = tmp_path / "volume"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_status_warns_when_regds_volume_is_nearly_full(
+    regd_factory: Callable[..., RegdServer],
+    small_data_dir: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = regd_factory(data_dir=small_data_dir / "data")
+    monkeypatch.setenv("REGCTL_REGISTRY", server.host)
+    roomy = cli("status")
+    assert roomy.code == 0, roomy.err
+    assert "low" not in roomy.out
+    # Leave about 1 MiB of the 16: under a tenth.
+    st = os.statvfs(small_data_dir)
+    (small_data_dir / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 1024 * 1024))
+    r = cli("status", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["volumeBytes"] == 16 * 1024 * 1024
+    assert r.json()["freePercent"] < 10
+    line = next(x for x in cli("status").out.splitlines() if x.startswith("free space:"))
+    assert "of 16.0 MiB" in line
+    assert "low, pushes fail when it runs out" in line

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import pytest
 import trio
 
 from regd.client import MONOLITHIC_LIMIT, AuthError, Credentials, CredentialStore, RegistryClient
+from regd.clock import ManualClock
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
-from tests.helpers.servers import DistributionServer, ServerStartError, distribution_binary
+from tests.helpers.reference import require_distribution
+from tests.helpers.servers import DistributionServer, ServerStartError
 from tests.helpers.token_server import SigningKey, TokenAuthDistribution, TokenServer
 from tests.regctl import support as content
 from tests.regctl.support import CliResult
@@ -56,8 +59,7 @@ def token_server(signing_key: SigningKey) -> Iterator[TokenServer]:
 def token_registry(
     token_server: TokenServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TokenAuthDistribution]:
-    if distribution_binary() is None:
-        pytest.skip("the Debian docker-registry package (Distribution) is not installed")
+    require_distribution()
     scratch = tmp_path_factory.mktemp("token-distribution")
     registry = TokenAuthDistribution(
         root=scratch / "root", scratch=scratch, token_server=token_server
@@ -222,33 +224,46 @@ async def test_expired_token_is_replaced(
     host = token_registry.host
     await alice_pushes(host, tmp_path)
     token_server.reset()
-    token_server.expires_in = 2
+    token_server.expires_in = 60
+    # The client's clock, moved by the test; the JWTs stay valid in real time throughout.
+    clock = ManualClock(time.time())
     store = store_with(tmp_path / "alice", host, ALICE)
-    async with RegistryClient(credentials=store) as client:
+    async with RegistryClient(credentials=store, clock=clock) as client:
         assert await client.tags(ref(host)) == ["v1"]
         assert token_server.token_count == 1
-        await trio.sleep(2.5)
+        # Kept until shortly before `expires_in` runs out ...
+        clock.advance(45)
+        assert await client.tags(ref(host)) == ["v1"]
+        assert token_server.token_count == 1
+        # ... and not sent in its last seconds: a fresh one is fetched.
+        clock.advance(10)
         assert await client.tags(ref(host)) == ["v1"]
         assert await client.get_manifest(ref(host, "v1"))
     assert token_server.token_count == 2
     assert token_server.refused() == []
 
 
+@pytest.fixture(scope="session")
+def second_signing_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    return SigningKey.generate(tmp_path_factory.mktemp("token-keys-rotated"))
+
+
 async def test_token_refused_by_the_registry_is_replaced(
-    token_registry: TokenAuthDistribution, token_server: TokenServer, tmp_path: Path
+    token_registry: TokenAuthDistribution,
+    token_server: TokenServer,
+    second_signing_key: SigningKey,
+    tmp_path: Path,
 ) -> None:
     host = token_registry.host
     await alice_pushes(host, tmp_path)
     token_server.reset()
-    # The client is told the token lasts five minutes, but the registry will refuse it
-    # after about two seconds: as if it had been revoked. The client must notice the 401
-    # and fetch a fresh token instead of failing.
-    token_server.registry_lifetime = 2
     store = store_with(tmp_path / "alice", host, ALICE)
     async with RegistryClient(credentials=store) as client:
         assert await client.tags(ref(host)) == ["v1"]
-        token_server.registry_lifetime = None
-        await trio.sleep(3.5)
+        # The client was told its token lasts five minutes, but the registry now refuses
+        # it (it trusts another key). The client must notice the 401 and fetch a fresh
+        # token instead of failing.
+        token_registry.rotate_key(second_signing_key)
         assert await client.tags(ref(host)) == ["v1"]
     assert token_server.token_count == 2
 

@@ -469,6 +469,13 @@ class StorageDriverSuite:
 
     # --- redirect_url
 
+    async def test_free_space_is_unknown_or_consistent(self, driver: StorageDriver) -> None:
+        await write_file(driver, "some/file", b"data")
+        space = await driver.free_space()
+        if space is not None:
+            assert 0 <= space.free <= space.total
+            assert space.total > 0
+
     async def test_redirect_url(self, driver: StorageDriver) -> None:
         await driver.put_content("r/file", b"x")
         url = await driver.redirect_url("r/file")

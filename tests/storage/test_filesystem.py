@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,40 @@ async def test_large_writes_are_handed_to_the_disk_as_they_arrive(
         await writer.write(b"y" * piece)
     await writer.cancel()
     assert calls == [(18 * 1024 * 1024, 9 * 1024 * 1024)]
+
+
+async def test_free_space_is_the_volumes(tmp_path: Path) -> None:
+    driver = FilesystemDriver(tmp_path / "root")
+    space = await driver.free_space()
+    st = os.statvfs(tmp_path)
+    assert space.total == st.f_blocks * st.f_frsize
+    assert 0 <= space.free <= space.total
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own, so nothing else changes its free space during the test."""
+    mountpoint = tmp_path / "volume"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+async def test_free_space_shrinks_as_data_is_written(small_volume: Path) -> None:
+    driver = FilesystemDriver(small_volume / "root")
+    before = await driver.free_space()
+    assert before.total == 4 * 1024 * 1024
+    await write_file(driver, "blob", pseudo_random(1024 * 1024))
+    after = await driver.free_space()
+    assert after.total == before.total
+    assert before.free - after.free >= 1024 * 1024
