@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.clients import Podman, Skopeo
+from tests.helpers.http_api import ApiClient
 from tests.helpers.oci import LayoutImage, build_image, build_multiplatform, machine_files
-from tests.helpers.registry import Registry
 from tests.helpers.servers import RegdFactory, ServerProcess
 
 REGISTRY_KINDS = ["regd-sqlite", "regd-postgresql", "distribution"]
 
 
 @pytest.fixture(params=REGISTRY_KINDS)
-def registry(request: pytest.FixtureRequest, regd_factory: RegdFactory) -> ServerProcess:
+def registry_server(request: pytest.FixtureRequest, regd_factory: RegdFactory) -> ServerProcess:
     """Any registry: regd on each database, or Distribution."""
     if request.param == "distribution":
         server: ServerProcess = request.getfixturevalue("distribution")
@@ -33,8 +33,8 @@ def registry(request: pytest.FixtureRequest, regd_factory: RegdFactory) -> Serve
 
 
 @pytest.fixture
-def http(registry: ServerProcess) -> Iterator[Registry]:
-    with Registry(registry.url) as client:
+def http(registry_server: ServerProcess) -> Iterator[ApiClient]:
+    with ApiClient(registry_server.url) as client:
         yield client
 
 

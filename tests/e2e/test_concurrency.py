@@ -10,8 +10,8 @@ import httpx
 import pytest
 import trio
 
+from tests.helpers.http_api import ApiClient, apush_blob, expect, location, with_digest
 from tests.helpers.oci import sha256
-from tests.helpers.registry import Registry, apush_blob, expect, location, with_digest
 from tests.helpers.servers import DistributionServer, RegdFactory, RegdServer, ServerProcess
 from tests.helpers.store import check_blob_store, copies_of
 
@@ -43,7 +43,7 @@ async def push_one_blob_from_many_clients(server: ServerProcess) -> None:
             nursery.start_soon(one_client, "e2e/same" if i % 2 else f"e2e/own-{i}")
 
     assert results == [digest] * CLIENTS
-    with Registry(server.url) as http:
+    with ApiClient(server.url) as http:
         assert http.get_blob("e2e/same", digest) == data
         assert http.get_blob("e2e/own-0", digest) == data
     stored = copies_of(storage_root(server), data)
@@ -51,8 +51,8 @@ async def push_one_blob_from_many_clients(server: ServerProcess) -> None:
     check_blob_store(storage_root(server))
 
 
-async def test_concurrent_pushes_of_one_blob(registry: ServerProcess) -> None:
-    await push_one_blob_from_many_clients(registry)
+async def test_concurrent_pushes_of_one_blob(registry_server: ServerProcess) -> None:
+    await push_one_blob_from_many_clients(registry_server)
 
 
 async def test_concurrent_pushes_of_one_blob_through_two_workers(
@@ -66,7 +66,7 @@ async def push_images_concurrently(server: ServerProcess, *, shared_config: bool
 
     def one_client(i: int) -> None:
         label = None if shared_config else f"client {i}"
-        with Registry(server.url) as http:
+        with ApiClient(server.url) as http:
             pushed[i] = http.push_tiny_image(
                 "e2e/busy", f"mine-{i}", payload=f"{i}".encode(), label=label
             )
@@ -77,7 +77,7 @@ async def push_images_concurrently(server: ServerProcess, *, shared_config: bool
         for i in range(CLIENTS):
             nursery.start_soon(trio.to_thread.run_sync, one_client, i)
 
-    with Registry(server.url) as http:
+    with ApiClient(server.url) as http:
         assert set(http.tags("e2e/busy")) == {f"mine-{i}" for i in range(CLIENTS)} | {"shared"}
         for i, (digest, body) in pushed.items():
             answer = http.get_manifest("e2e/busy", f"mine-{i}")
@@ -88,8 +88,8 @@ async def push_images_concurrently(server: ServerProcess, *, shared_config: bool
     check_blob_store(storage_root(server))
 
 
-async def test_concurrent_image_pushes_to_one_repository(registry: ServerProcess) -> None:
-    await push_images_concurrently(registry, shared_config=False)
+async def test_concurrent_image_pushes_to_one_repository(registry_server: ServerProcess) -> None:
+    await push_images_concurrently(registry_server, shared_config=False)
 
 
 async def test_concurrent_image_pushes_sharing_a_config(regd_server: RegdServer) -> None:
@@ -148,7 +148,7 @@ async def test_chunked_upload_across_processes(
         assert done.headers.get("docker-content-digest") == digest
 
     for server in (first, second):
-        with Registry(server.url) as http:
+        with ApiClient(server.url) as http:
             assert http.get_blob("e2e/relay", digest) == data
     assert len(copies_of(shared, data)) == 1
 

@@ -12,15 +12,15 @@ import httpx
 import pytest
 
 from tests.helpers.clients import Skopeo
-from tests.helpers.oci import Layout, LayoutImage
-from tests.helpers.registry import (
-    Registry,
+from tests.helpers.http_api import (
+    ApiClient,
     expect,
     location,
     pattern_digest,
     pattern_stream,
     with_digest,
 )
+from tests.helpers.oci import Layout, LayoutImage
 from tests.helpers.servers import RegdServer
 from tests.helpers.store import check_blob_store
 
@@ -104,7 +104,7 @@ async def test_kill9_during_a_large_upload(
 
     # Acknowledged before the crash: these must survive it.
     skopeo.copy(oci_image.ref, f"docker://{regd_server.host}/e2e/before:v1")
-    with Registry(base) as registry:
+    with ApiClient(base) as registry:
         tiny_digest, tiny = registry.push_tiny_image("e2e/before", "tiny", payload=b"tiny layer")
 
     session = await interrupt_an_upload(regd_server, name)
@@ -134,7 +134,7 @@ async def test_kill9_during_a_large_upload(
         assert "sha256:" + h.hexdigest() == digest
 
     assert check_blob_store(regd_server.data_dir) > 0
-    with Registry(base) as registry:
+    with ApiClient(base) as registry:
         assert registry.get_manifest("e2e/before", "tiny").content == tiny
         assert registry.get_manifest("e2e/before", tiny_digest).content == tiny
     skopeo.copy(f"docker://{regd_server.host}/e2e/before:v1", f"oci:{tmp_path / 'back'}:v1")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.clients import Skopeo
+from tests.helpers.http_api import ApiClient
 from tests.helpers.oci import Layout, LayoutImage, sha256
-from tests.helpers.registry import Registry
 from tests.helpers.servers import DistributionServer, RegdServer
 
 pytestmark = pytest.mark.e2e
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def assert_identical(first: str, second: str, repo: str, layout: Layout, tag: str) -> None:
     """Both registries serve every manifest and blob of `tag` with the original bytes."""
     manifests, blobs = layout.reachable(tag)
-    with Registry(first) as a, Registry(second) as b:
+    with ApiClient(first) as a, ApiClient(second) as b:
         for digest in manifests:
             original = layout.read_blob(digest)
             got_a = a.get_manifest(repo, digest)

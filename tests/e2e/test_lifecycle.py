@@ -8,20 +8,20 @@ import time
 
 import pytest
 
-from tests.helpers.registry import Registry
+from tests.helpers.http_api import ApiClient
 from tests.helpers.servers import RegdFactory, RegdServer
 
 pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_stops_cleanly_and_restart_keeps_content(regd_server: RegdServer) -> None:
-    with Registry(regd_server.url) as http:
+    with ApiClient(regd_server.url) as http:
         digest, body = http.push_tiny_image("e2e/kept", "v1", payload=b"layer bytes")
 
     assert regd_server.stop() == 0, regd_server.output()
     regd_server.start()
 
-    with Registry(regd_server.url) as http:
+    with ApiClient(regd_server.url) as http:
         assert http.get_manifest("e2e/kept", "v1").content == body
         assert http.get_manifest("e2e/kept", digest).content == body
         assert http.get_blob("e2e/kept", http.push_blob("e2e/kept", b"layer bytes")) == (
@@ -35,11 +35,11 @@ def test_workers_serve_and_stop_together(
     regd_factory: RegdFactory, database_url: str | None, workers: int
 ) -> None:
     server = regd_factory(database_url=database_url, workers=workers)
-    with Registry(server.url) as http:
+    with ApiClient(server.url) as http:
         _, body = http.push_tiny_image("e2e/workers", "v1", payload=b"from a worker")
     # Each new connection may land on another worker: all must see the same registry.
     for _ in range(6):
-        with Registry(server.url) as http:
+        with ApiClient(server.url) as http:
             assert http.get_manifest("e2e/workers", "v1").content == body
 
     assert server.process is not None

@@ -14,13 +14,13 @@ pytestmark = pytest.mark.e2e
 
 
 def test_pull_push_pull(
-    registry: ServerProcess,
+    registry_server: ServerProcess,
     skopeo: Skopeo,
     podman: Podman,
     oci_image: LayoutImage,
     tmp_path: Path,
 ) -> None:
-    source = f"{registry.host}/e2e/podman-source:v1"
+    source = f"{registry_server.host}/e2e/podman-source:v1"
     skopeo.copy(oci_image.ref, f"docker://{source}")
     config_digest = Layout(oci_image.layout).manifest(oci_image.digest)["config"]["digest"]
 
@@ -29,7 +29,7 @@ def test_pull_push_pull(
     # An image's ID is its config digest: proof the config came through untouched.
     assert f"sha256:{image_id}" == config_digest
 
-    pushed = f"{registry.host}/e2e/podman-pushed:v2"
+    pushed = f"{registry_server.host}/e2e/podman-pushed:v2"
     digest_file = tmp_path / "pushed.digest"
     podman("push", "--tls-verify=false", "--digestfile", str(digest_file), source, pushed)
     pushed_digest = digest_file.read_text().strip()
@@ -43,13 +43,13 @@ def test_pull_push_pull(
 
 
 def test_pull_by_platform(
-    registry: ServerProcess,
+    registry_server: ServerProcess,
     skopeo: Skopeo,
     podman: Podman,
     oci_index: tuple[LayoutImage, list[LayoutImage]],
 ) -> None:
     index, images = oci_index
-    remote = f"{registry.host}/e2e/podman-multi:latest"
+    remote = f"{registry_server.host}/e2e/podman-multi:latest"
     skopeo.copy(index.ref, f"docker://{remote}", "--all")
     layout = Layout(index.layout)
     for image in images:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.clients import Skopeo
+from tests.helpers.http_api import ApiClient, manifests_in
 from tests.helpers.oci import OCI_INDEX, OCI_MANIFEST, Layout, LayoutImage, sha256
-from tests.helpers.registry import Registry, manifests_in
 from tests.helpers.servers import RegdServer
 
 pytestmark = pytest.mark.e2e
@@ -20,8 +20,8 @@ SIGNATURE = "application/vnd.example.signature.v1"
 
 
 @pytest.fixture
-def regd(regd_server: RegdServer) -> Iterator[Registry]:
-    with Registry(regd_server.url) as client:
+def regd(regd_server: RegdServer) -> Iterator[ApiClient]:
+    with ApiClient(regd_server.url) as client:
         yield client
 
 
@@ -32,7 +32,9 @@ def subject(regd_server: RegdServer, skopeo: Skopeo, oci_image: LayoutImage) -> 
     return {"mediaType": OCI_MANIFEST, "digest": oci_image.digest, "size": size}
 
 
-def test_artifact_push_answers_with_oci_subject(regd: Registry, subject: dict[str, object]) -> None:
+def test_artifact_push_answers_with_oci_subject(
+    regd: ApiClient, subject: dict[str, object]
+) -> None:
     digest, body, answer = regd.push_artifact(
         "e2e/signed", subject, artifact_type=SBOM, payload=b'{"packages": []}'
     )
@@ -41,7 +43,7 @@ def test_artifact_push_answers_with_oci_subject(regd: Registry, subject: dict[st
     assert regd.get_manifest("e2e/signed", digest).content == body
 
 
-def test_referrers_list_and_filter(regd: Registry, subject: dict[str, object]) -> None:
+def test_referrers_list_and_filter(regd: ApiClient, subject: dict[str, object]) -> None:
     sbom, sbom_body, _ = regd.push_artifact(
         "e2e/signed",
         subject,
@@ -79,13 +81,13 @@ def test_referrers_list_and_filter(regd: Registry, subject: dict[str, object]) -
     assert list(manifests_in(nothing.content)) == []
 
 
-def test_referrers_of_a_digest_without_any(regd: Registry, subject: dict[str, object]) -> None:
+def test_referrers_of_a_digest_without_any(regd: ApiClient, subject: dict[str, object]) -> None:
     lonely = sha256(b"nothing refers to this")
     answer = regd.referrers("e2e/signed", lonely)
     assert answer.json()["manifests"] == []
 
 
-def test_referrers_with_a_subject_pushed_later(regd: Registry) -> None:
+def test_referrers_with_a_subject_pushed_later(regd: ApiClient) -> None:
     # The spec lets an artifact arrive before the image it describes.
     config = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
     future = {"mediaType": OCI_MANIFEST, "digest": sha256(config), "size": len(config)}
@@ -94,7 +96,7 @@ def test_referrers_with_a_subject_pushed_later(regd: Registry) -> None:
     assert [d["digest"] for d in manifests_in(listed.content)] == [digest]
 
 
-def test_deleted_artifact_leaves_the_list(regd: Registry, subject: dict[str, object]) -> None:
+def test_deleted_artifact_leaves_the_list(regd: ApiClient, subject: dict[str, object]) -> None:
     digest, _, _ = regd.push_artifact("e2e/signed", subject, artifact_type=SBOM, payload=b"{}")
     deleted = regd.http.delete(f"/v2/e2e/signed/manifests/{digest}")
     assert deleted.status_code == 202, deleted.text
@@ -102,7 +104,7 @@ def test_deleted_artifact_leaves_the_list(regd: Registry, subject: dict[str, obj
     assert list(manifests_in(listed.content)) == []
 
 
-def test_referrers_bad_digest(regd: Registry) -> None:
+def test_referrers_bad_digest(regd: ApiClient) -> None:
     answer = regd.http.get("/v2/e2e/signed/referrers/sha256:not-hex")
     assert answer.status_code == 400, answer.text
     assert answer.json()["errors"][0]["code"] == "DIGEST_INVALID"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.clients import Skopeo
+from tests.helpers.http_api import ApiClient
 from tests.helpers.oci import OCI_INDEX, Layout, LayoutImage, sha256
-from tests.helpers.registry import Registry
 from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -25,9 +25,9 @@ def same_blobs(original: LayoutImage, copy_dir: Path, copy_tag: str) -> None:
 
 
 def test_copy_to_registry_and_back(
-    registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, tmp_path: Path
+    registry_server: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, tmp_path: Path
 ) -> None:
-    remote = f"docker://{registry.host}/e2e/image:v1"
+    remote = f"docker://{registry_server.host}/e2e/image:v1"
     skopeo.copy(oci_image.ref, remote)
 
     raw = skopeo.inspect_raw(remote)
@@ -41,13 +41,13 @@ def test_copy_to_registry_and_back(
 
 
 def test_copy_all_of_a_multiplatform_index(
-    registry: ServerProcess,
+    registry_server: ServerProcess,
     skopeo: Skopeo,
     oci_index: tuple[LayoutImage, list[LayoutImage]],
     tmp_path: Path,
 ) -> None:
     index, images = oci_index
-    remote = f"docker://{registry.host}/e2e/multi"
+    remote = f"docker://{registry_server.host}/e2e/multi"
     skopeo.copy(index.ref, f"{remote}:latest", "--all")
 
     raw = skopeo.inspect_raw(f"{remote}:latest")
@@ -68,8 +68,8 @@ def test_copy_all_of_a_multiplatform_index(
     same_blobs(index, tmp_path / "back", "multi")
 
 
-def test_inspect(registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage) -> None:
-    remote = f"docker://{registry.host}/e2e/inspected:v1"
+def test_inspect(registry_server: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage) -> None:
+    remote = f"docker://{registry_server.host}/e2e/inspected:v1"
     skopeo.copy(oci_image.ref, remote)
     layout = Layout(oci_image.layout)
     manifest = layout.manifest(oci_image.digest)
@@ -87,8 +87,8 @@ def test_inspect(registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage
     assert json.loads(config)["config"]["Entrypoint"] == ["/bin/true"]
 
 
-def test_list_tags(registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage) -> None:
-    repo = f"docker://{registry.host}/e2e/tagged"
+def test_list_tags(registry_server: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage) -> None:
+    repo = f"docker://{registry_server.host}/e2e/tagged"
     tags = ["v2", "latest", "1.0.0", "v10", "A_tag"]
     for tag in tags:
         skopeo.copy(oci_image.ref, f"{repo}:{tag}")
@@ -97,15 +97,19 @@ def test_list_tags(registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutIma
     assert listed["Repository"].endswith("/e2e/tagged")
 
 
-def test_list_tags_of_unknown_repository_fails(registry: ServerProcess, skopeo: Skopeo) -> None:
+def test_list_tags_of_unknown_repository_fails(
+    registry_server: ServerProcess, skopeo: Skopeo
+) -> None:
     with pytest.raises(AssertionError, match=r"(?i)unknown|not found|404"):
-        skopeo("list-tags", "--tls-verify=false", f"docker://{registry.host}/e2e/nothing-here")
+        skopeo(
+            "list-tags", "--tls-verify=false", f"docker://{registry_server.host}/e2e/nothing-here"
+        )
 
 
 def test_delete_removes_the_manifest_and_its_tags(
-    registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, http: Registry
+    registry_server: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, http: ApiClient
 ) -> None:
-    repo = f"docker://{registry.host}/e2e/deleted"
+    repo = f"docker://{registry_server.host}/e2e/deleted"
     skopeo.copy(oci_image.ref, f"{repo}:one")
     skopeo.copy(oci_image.ref, f"{repo}:two")
     # A second, different image in the same repository must survive the delete.
@@ -123,10 +127,10 @@ def test_delete_removes_the_manifest_and_its_tags(
 
 
 def test_sync_registry_to_dir_and_back(
-    registry: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, tmp_path: Path
+    registry_server: ServerProcess, skopeo: Skopeo, oci_image: LayoutImage, tmp_path: Path
 ) -> None:
     for tag in ("v1", "v2"):
-        skopeo.copy(oci_image.ref, f"docker://{registry.host}/e2e/synced:{tag}")
+        skopeo.copy(oci_image.ref, f"docker://{registry_server.host}/e2e/synced:{tag}")
     out = tmp_path / "sync"
     skopeo(
         "sync",
@@ -135,7 +139,7 @@ def test_sync_registry_to_dir_and_back(
         "--dest",
         "dir",
         "--src-tls-verify=false",
-        f"{registry.host}/e2e/synced",
+        f"{registry_server.host}/e2e/synced",
         str(out),
     )
     for tag in ("v1", "v2"):
@@ -151,9 +155,9 @@ def test_sync_registry_to_dir_and_back(
         "--dest-tls-verify=false",
         "--preserve-digests",
         str(out / "synced:v2"),
-        f"{registry.host}/e2e/restored",
+        f"{registry_server.host}/e2e/restored",
     )
-    remote = f"docker://{registry.host}/e2e/restored/synced:v2"
+    remote = f"docker://{registry_server.host}/e2e/restored/synced:v2"
     assert sha256(skopeo.inspect_raw(remote)) == oci_image.digest
     listed = json.loads(skopeo("list-tags", "--tls-verify=false", remote.rsplit(":", 1)[0]))
     assert listed["Tags"] == ["v2"]

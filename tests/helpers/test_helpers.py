@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.http_api import pattern_digest, pattern_stream
 from tests.helpers.oci import (
     EMPTY_JSON,
     OCI_EMPTY,
@@ -19,7 +20,6 @@ from tests.helpers.oci import (
     sha256,
 )
 from tests.helpers.reference import require_distribution
-from tests.helpers.registry import pattern_digest, pattern_stream
 from tests.helpers.store import check_blob_store, copies_of
 
 EMPTY_DIGEST = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"

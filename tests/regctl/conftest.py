@@ -1,6 +1,6 @@
 """Fixtures for regctl's tests: real registries on loopback ports, and the CLI in-process.
 
-`registry` runs a test once against Distribution (the reference registry) and once against
+`registry_server` runs a test once against Distribution (the reference registry) and once against
 regd; `registry_pair` gives (source, destination) across the two kinds for copies.
 """
 
@@ -56,7 +56,7 @@ def regd_registry(regd_factory: Callable[..., RegdServer]) -> RegdServer:
 
 
 @pytest.fixture(params=["distribution", "regd"])
-def registry(request: pytest.FixtureRequest) -> ServerProcess:
+def registry_server(request: pytest.FixtureRequest) -> ServerProcess:
     server: ServerProcess = request.getfixturevalue(f"{request.param}_registry")
     return server
 

@@ -27,37 +27,37 @@ from tests.regctl import support as content
 
 
 def ref(
-    registry: ServerProcess, repository: str, identifier: str | Digest | None = None
+    registry_server: ServerProcess, repository: str, identifier: str | Digest | None = None
 ) -> Reference:
     if isinstance(identifier, Digest):
-        return Reference(registry.host, repository, None, identifier)
-    return Reference(registry.host, repository, identifier)
+        return Reference(registry_server.host, repository, None, identifier)
+    return Reference(registry_server.host, repository, identifier)
 
 
-async def test_small_and_large_blobs_round_trip(registry: ServerProcess) -> None:
+async def test_small_and_large_blobs_round_trip(registry_server: ServerProcess) -> None:
     small = os.urandom(1000)
     large = os.urandom(MONOLITHIC_LIMIT + 123_457)
     async with RegistryClient() as client:
         for data in (small, large):
             digest = Digest.of(data)
-            assert await client.blob_size(ref(registry, "blobs", digest)) is None
+            assert await client.blob_size(ref(registry_server, "blobs", digest)) is None
 
             async def chunks(payload: bytes = data) -> AsyncIterator[bytes]:
                 for start in range(0, len(payload), 65536):
                     yield payload[start : start + 65536]
 
-            await client.push_blob(ref(registry, "blobs", digest), chunks(), len(data))
-            assert await client.blob_size(ref(registry, "blobs", digest)) == len(data)
-            assert await client.get_blob(ref(registry, "blobs", digest)) == data
+            await client.push_blob(ref(registry_server, "blobs", digest), chunks(), len(data))
+            assert await client.blob_size(ref(registry_server, "blobs", digest)) == len(data)
+            assert await client.get_blob(ref(registry_server, "blobs", digest)) == data
 
 
 async def test_push_refuses_content_that_does_not_match_its_digest(
-    registry: ServerProcess,
+    registry_server: ServerProcess,
 ) -> None:
     claimed = Digest.of(b"what was promised")
     async with RegistryClient() as client:
         with pytest.raises(DigestMismatchError):
-            await client.push_blob(ref(registry, "blobs", claimed), b"something else")
+            await client.push_blob(ref(registry_server, "blobs", claimed), b"something else")
 
         big = os.urandom(MONOLITHIC_LIMIT + 1)
 
@@ -65,76 +65,76 @@ async def test_push_refuses_content_that_does_not_match_its_digest(
             yield big
 
         with pytest.raises(DigestMismatchError):
-            await client.push_blob(ref(registry, "blobs", claimed), stream(), len(big))
-        assert await client.blob_size(ref(registry, "blobs", claimed)) is None
+            await client.push_blob(ref(registry_server, "blobs", claimed), stream(), len(big))
+        assert await client.blob_size(ref(registry_server, "blobs", claimed)) is None
 
 
-async def test_manifests_tags_catalog_and_pagination(registry: ServerProcess) -> None:
+async def test_manifests_tags_catalog_and_pagination(registry_server: ServerProcess) -> None:
     async with RegistryClient() as client:
         names = [f"team/app{i}" for i in range(5)]
         for name in names:
-            await content.push_image(client, registry.host, name, "v1")
-        image = await content.push_image(client, registry.host, "team/app0", "v2")
+            await content.push_image(client, registry_server.host, name, "v1")
+        image = await content.push_image(client, registry_server.host, "team/app0", "v2")
         # Distribution pages the catalog: three requests of two names each.
-        assert await client.catalog(registry.host, page_size=2) == sorted(names)
-        assert sorted(await client.tags(ref(registry, "team/app0"))) == ["v1", "v2"]
+        assert await client.catalog(registry_server.host, page_size=2) == sorted(names)
+        assert sorted(await client.tags(ref(registry_server, "team/app0"))) == ["v1", "v2"]
 
-        info = await client.head_manifest(ref(registry, "team/app0", "v2"))
+        info = await client.head_manifest(ref(registry_server, "team/app0", "v2"))
         assert info is not None
         assert (info.digest, info.media_type, info.size) == (
             image.digest,
             mt.OCI_MANIFEST,
             image.size,
         )
-        fetched = await client.get_manifest(ref(registry, "team/app0", image.digest))
+        fetched = await client.get_manifest(ref(registry_server, "team/app0", image.digest))
         assert fetched.data == image.data
-        assert await client.head_manifest(ref(registry, "team/app0", "nope")) is None
+        assert await client.head_manifest(ref(registry_server, "team/app0", "nope")) is None
         with pytest.raises(NotFoundError) as caught:
-            await client.get_manifest(ref(registry, "team/app0", "nope"))
+            await client.get_manifest(ref(registry_server, "team/app0", "nope"))
         assert caught.value.status == 404
         assert caught.value.code == "MANIFEST_UNKNOWN"
         with pytest.raises(NotFoundError) as missing_repo:
-            await client.tags(ref(registry, "missing"))
+            await client.tags(ref(registry_server, "missing"))
         assert missing_repo.value.code == "NAME_UNKNOWN"
 
 
 async def test_delete_by_digest_and_tag_refusal(distribution_registry: DistributionServer) -> None:
-    registry = distribution_registry
+    registry_server = distribution_registry
     async with RegistryClient() as client:
-        image = await content.push_image(client, registry.host, "app", "v1")
+        image = await content.push_image(client, registry_server.host, "app", "v1")
         with pytest.raises(UnsupportedError) as caught:
-            await client.delete_manifest(ref(registry, "app", "v1"))
+            await client.delete_manifest(ref(registry_server, "app", "v1"))
         assert "cannot delete a tag" in str(caught.value)
-        await client.delete_manifest(ref(registry, "app", image.digest))
-        assert await client.head_manifest(ref(registry, "app", image.digest)) is None
+        await client.delete_manifest(ref(registry_server, "app", image.digest))
+        assert await client.head_manifest(ref(registry_server, "app", image.digest)) is None
 
 
-async def test_mount_between_repositories(registry: ServerProcess) -> None:
+async def test_mount_between_repositories(registry_server: ServerProcess) -> None:
     async with RegistryClient() as client:
-        digest = await content.push_blob(client, registry.host, "src", b"shared layer")
-        assert await client.mount_blob(ref(registry, "dst", digest), "src")
-        assert await client.blob_size(ref(registry, "dst", digest)) == len(b"shared layer")
+        digest = await content.push_blob(client, registry_server.host, "src", b"shared layer")
+        assert await client.mount_blob(ref(registry_server, "dst", digest), "src")
+        assert await client.blob_size(ref(registry_server, "dst", digest)) == len(b"shared layer")
         unknown = Digest.of(b"nowhere")
-        assert not await client.mount_blob(ref(registry, "dst", unknown), "src")
+        assert not await client.mount_blob(ref(registry_server, "dst", unknown), "src")
 
 
 async def test_referrers_fall_back_to_the_tag_schema(
     distribution_registry: DistributionServer,
 ) -> None:
-    registry = distribution_registry
+    registry_server = distribution_registry
     async with RegistryClient() as client:
-        image = await content.push_image(client, registry.host, "app", "v1")
-        before = await client.referrers(ref(registry, "app", image.digest))
+        image = await content.push_image(client, registry_server.host, "app", "v1")
+        before = await client.referrers(ref(registry_server, "app", image.digest))
         assert (before.descriptors, before.source) == ((), "tag-schema")
-        sbom = await content.push_artifact(client, registry.host, "app", image)
+        sbom = await content.push_artifact(client, registry_server.host, "app", image)
         sig = await content.push_artifact(
-            client, registry.host, "app", image, artifact_type=content.SIGNATURE_TYPE
+            client, registry_server.host, "app", image, artifact_type=content.SIGNATURE_TYPE
         )
-        found = await client.referrers(ref(registry, "app", image.digest))
+        found = await client.referrers(ref(registry_server, "app", image.digest))
         assert found.source == "tag-schema"
         assert {d.digest for d in found.descriptors} == {sbom.digest, sig.digest}
         only = await client.referrers(
-            ref(registry, "app", image.digest), artifact_type=content.SIGNATURE_TYPE
+            ref(registry_server, "app", image.digest), artifact_type=content.SIGNATURE_TYPE
         )
         assert [d.digest for d in only.descriptors] == [sig.digest]
 

@@ -83,14 +83,16 @@ def test_copy_image_both_ways(cli: Cli, registry_pair: tuple[ServerProcess, Serv
 def test_copy_whole_index_keeps_it_byte_identical(
     cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
 ) -> None:
-    registry, second_registry = registry_pair
+    registry_server, second_registry = registry_pair
 
     async def build() -> tuple[content.Pushed, list[content.Pushed]]:
         async with RegistryClient() as client:
-            return await content.push_index(client, registry.host, "multi", "v2")
+            return await content.push_index(client, registry_server.host, "multi", "v2")
 
     index, children = trio.run(build)
-    result = cli("copy", f"{registry.host}/multi:v2", f"{second_registry.host}/multi", "--json")
+    result = cli(
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/multi", "--json"
+    )
     assert result.code == 0, result
     report = result.json()
     assert report["digest"] == str(index.digest)
@@ -104,16 +106,16 @@ def test_copy_whole_index_keeps_it_byte_identical(
 def test_copy_with_platform_filter_pushes_a_new_index(
     cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
 ) -> None:
-    registry, second_registry = registry_pair
+    registry_server, second_registry = registry_pair
 
     async def build() -> tuple[content.Pushed, list[content.Pushed]]:
         async with RegistryClient() as client:
-            return await content.push_index(client, registry.host, "multi", "v2")
+            return await content.push_index(client, registry_server.host, "multi", "v2")
 
     index, (amd64, arm64, s390x) = trio.run(build)
     result = cli(
         "copy",
-        f"{registry.host}/multi:v2",
+        f"{registry_server.host}/multi:v2",
         f"{second_registry.host}/slim:v2",
         "--platform",
         "linux/arm64",
@@ -139,18 +141,18 @@ def test_copy_with_platform_filter_pushes_a_new_index(
     assert not has_blob(second_registry.host, "slim", amd64_config)
 
     human = cli(
-        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/slim:v3",
         "--platform", "linux/arm64", "--keep-index",
     )  # fmt: skip
     assert "new index" in human.out
     several = cli(
-        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v3",
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/slim:v3",
         "--platform", "linux/arm64", "--platform", "linux/s390x",
     )  # fmt: skip
     assert several.code == 2
     assert "--keep-index" in several.err
     nothing = cli(
-        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/slim:v4",
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/slim:v4",
         "--platform", "windows/amd64",
     )  # fmt: skip
     assert nothing.code == 1
@@ -160,15 +162,15 @@ def test_copy_with_platform_filter_pushes_a_new_index(
 def test_copy_with_one_platform_copies_that_manifest_itself(
     cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]
 ) -> None:
-    registry, second_registry = registry_pair
+    registry_server, second_registry = registry_pair
 
     async def build() -> tuple[content.Pushed, list[content.Pushed]]:
         async with RegistryClient() as client:
-            return await content.push_index(client, registry.host, "multi", "v2")
+            return await content.push_index(client, registry_server.host, "multi", "v2")
 
     index, (amd64, arm64, _) = trio.run(build)
     result = cli(
-        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v2",
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/arm:v2",
         "--platform", "linux/arm64", "--json",
     )  # fmt: skip
     assert result.code == 0, result
@@ -181,7 +183,7 @@ def test_copy_with_one_platform_copies_that_manifest_itself(
     assert manifest_bytes(second_registry.host, "arm", "v2") == arm64.data
     assert not has_blob(second_registry.host, "arm", json.loads(amd64.data)["config"]["digest"])
     human = cli(
-        "copy", f"{registry.host}/multi:v2", f"{second_registry.host}/arm:v3",
+        "copy", f"{registry_server.host}/multi:v2", f"{second_registry.host}/arm:v3",
         "--platform", "linux/arm64",
     )  # fmt: skip
     assert f"platform linux/arm64/v8 of index {index.digest}" in human.out
@@ -229,21 +231,25 @@ def test_copy_artifact_with_referrers(
 
 
 def test_copy_all_tags(cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]) -> None:
-    registry, second_registry = registry_pair
+    registry_server, second_registry = registry_pair
 
     async def build() -> list[content.Pushed]:
         async with RegistryClient() as client:
             shared = b"shared base layer" * 100
             return [
                 await content.push_image(
-                    client, registry.host, "repo", tag, layers=[shared, tag.encode()]
+                    client, registry_server.host, "repo", tag, layers=[shared, tag.encode()]
                 )
                 for tag in ("a", "b", "c")
             ]
 
     images = trio.run(build)
     result = cli(
-        "copy", f"{registry.host}/repo", f"{second_registry.host}/copy", "--all-tags", "--json"
+        "copy",
+        f"{registry_server.host}/repo",
+        f"{second_registry.host}/copy",
+        "--all-tags",
+        "--json",
     )
     assert result.code == 0, result
     reports = result.json()
@@ -292,13 +298,15 @@ def test_all_tags_with_referrers_moves_fallback_tags_as_referrers(
         assert all(r["destination"] != f"{dst.host}/signed:{fallback}" for r in result.json())
 
 
-def test_copy_within_a_registry_mounts(cli: Cli, registry: ServerProcess) -> None:
+def test_copy_within_a_registry_mounts(cli: Cli, registry_server: ServerProcess) -> None:
     async def build() -> content.Pushed:
         async with RegistryClient() as client:
-            return await content.push_image(client, registry.host, "origin", "v1")
+            return await content.push_image(client, registry_server.host, "origin", "v1")
 
     trio.run(build)
-    result = cli("copy", f"{registry.host}/origin:v1", f"{registry.host}/fork:v1", "--json")
+    result = cli(
+        "copy", f"{registry_server.host}/origin:v1", f"{registry_server.host}/fork:v1", "--json"
+    )
     assert result.code == 0, result
     assert result.json()["blobs"] == {"copied": 0, "skipped": 0, "mounted": 2}
 
@@ -306,7 +314,7 @@ def test_copy_within_a_registry_mounts(cli: Cli, registry: ServerProcess) -> Non
 def test_interrupted_copy_resumes_without_resending(
     registry_pair: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    registry, second_registry = registry_pair
+    registry_server, second_registry = registry_pair
     layers = [os.urandom(2000), os.urandom(3000), os.urandom(MONOLITHIC_LIMIT + 10)]
 
     class Recorder:
@@ -325,14 +333,16 @@ def test_interrupted_copy_resumes_without_resending(
 
     async def scenario() -> None:
         async with RegistryClient() as client:
-            image = await content.push_image(client, registry.host, "big", "v1", layers=layers)
+            image = await content.push_image(
+                client, registry_server.host, "big", "v1", layers=layers
+            )
             # What a first, interrupted run had already delivered.
             for layer in layers[:2]:
                 await content.push_blob(client, second_registry.host, "big", layer)
             recorder = Recorder()
             report = await copy(
                 client,
-                Reference(registry.host, "big", "v1"),
+                Reference(registry_server.host, "big", "v1"),
                 Reference(second_registry.host, "big"),
                 progress=recorder,
             )
@@ -353,21 +363,27 @@ def test_interrupted_copy_resumes_without_resending(
 def test_corrupt_source_blob_is_not_committed(
     cli: Cli, distribution_registry: DistributionServer, regd_registry: ServerProcess
 ) -> None:
-    registry, second_registry = distribution_registry, regd_registry
+    registry_server, second_registry = distribution_registry, regd_registry
     layer = os.urandom(MONOLITHIC_LIMIT + 100)
 
     async def build() -> content.Pushed:
         async with RegistryClient() as client:
-            return await content.push_image(client, registry.host, "rotten", "v1", layers=[layer])
+            return await content.push_image(
+                client, registry_server.host, "rotten", "v1", layers=[layer]
+            )
 
     trio.run(build)
     digest = Digest.of(layer)
     # Flip bytes in Distribution's own storage: it serves them without checking.
     data_file = (
-        registry.root / "docker/registry/v2/blobs/sha256" / digest.hex[:2] / digest.hex / "data"
+        registry_server.root
+        / "docker/registry/v2/blobs/sha256"
+        / digest.hex[:2]
+        / digest.hex
+        / "data"
     )
     data_file.write_bytes(b"\0" * len(layer))
-    result = cli("copy", f"{registry.host}/rotten:v1", f"{second_registry.host}/rotten")
+    result = cli("copy", f"{registry_server.host}/rotten:v1", f"{second_registry.host}/rotten")
     assert result.code == 1
     assert result.err.startswith("regctl: error: ")
     assert str(digest) in result.err
@@ -375,8 +391,8 @@ def test_corrupt_source_blob_is_not_committed(
 
 
 def test_copy_missing_source(cli: Cli, registry_pair: tuple[ServerProcess, ServerProcess]) -> None:
-    registry, second_registry = registry_pair
-    result = cli("copy", f"{registry.host}/ghost:v1", f"{second_registry.host}/ghost")
+    registry_server, second_registry = registry_pair
+    result = cli("copy", f"{registry_server.host}/ghost:v1", f"{second_registry.host}/ghost")
     assert result.code == 1
     assert "HTTP 404" in result.err
     assert "_UNKNOWN" in result.err

@@ -49,18 +49,18 @@ def blob_path(layout: Path, digest: str | Digest) -> Path:
 
 
 def test_index_round_trips_through_a_layout(
-    cli: Cli, registry: ServerProcess, tmp_path: Path
+    cli: Cli, registry_server: ServerProcess, tmp_path: Path
 ) -> None:
     big = os.urandom(MONOLITHIC_LIMIT + 4321)
 
     async def build() -> tuple[content.Pushed, list[content.Pushed]]:
         async with RegistryClient() as client:
-            await content.push_image(client, registry.host, "big", "v1", layers=[big])
-            return await content.push_index(client, registry.host, "multi", "v2")
+            await content.push_image(client, registry_server.host, "big", "v1", layers=[big])
+            return await content.push_index(client, registry_server.host, "multi", "v2")
 
     index, children = trio.run(build)
     layout = tmp_path / "layout"
-    pulled = cli("copy", f"docker://{registry.host}/multi:v2", f"oci:{layout}", "--json")
+    pulled = cli("copy", f"docker://{registry_server.host}/multi:v2", f"oci:{layout}", "--json")
     assert pulled.code == 0, pulled
     assert pulled.json()["digest"] == str(index.digest)
     assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
@@ -75,31 +75,36 @@ def test_index_round_trips_through_a_layout(
     assert umoci("ls", "--layout", str(layout)).split() == ["v2"]
 
     # A second image joins the same layout under its own name; a large layer streams.
-    assert cli("copy", f"{registry.host}/big:v1", f"oci:{layout}:big").code == 0
+    assert cli("copy", f"{registry_server.host}/big:v1", f"oci:{layout}:big").code == 0
     assert sorted(umoci("ls", "--layout", str(layout)).split()) == ["big", "v2"]
 
-    pushed = cli("copy", f"oci:{layout}:v2", f"{registry.host}/back", "--json")
+    pushed = cli("copy", f"oci:{layout}:v2", f"{registry_server.host}/back", "--json")
     assert pushed.code == 0, pushed
-    assert pushed.json()["destination"] == f"{registry.host}/back:v2"
-    assert manifest_bytes(registry.host, "back", "v2") == index.data
+    assert pushed.json()["destination"] == f"{registry_server.host}/back:v2"
+    assert manifest_bytes(registry_server.host, "back", "v2") == index.data
     for child in children:
-        assert manifest_bytes(registry.host, "back", child.digest) == child.data
-    assert cli("copy", f"oci:{layout}:big", f"{registry.host}/back-big:v1").code == 0
-    assert manifest_bytes(registry.host, "back-big", "v1") == manifest_bytes(
-        registry.host, "big", "v1"
+        assert manifest_bytes(registry_server.host, "back", child.digest) == child.data
+    assert cli("copy", f"oci:{layout}:big", f"{registry_server.host}/back-big:v1").code == 0
+    assert manifest_bytes(registry_server.host, "back-big", "v1") == manifest_bytes(
+        registry_server.host, "big", "v1"
     )
 
     # One platform of the layout's index: that manifest itself.
     arm = cli(
-        "copy", f"oci:{layout}:v2", f"{registry.host}/arm:v2", "--platform", "linux/arm64", "--json"
+        "copy",
+        f"oci:{layout}:v2",
+        f"{registry_server.host}/arm:v2",
+        "--platform",
+        "linux/arm64",
+        "--json",
     )
     assert arm.code == 0, arm
     assert arm.json()["digest"] == str(children[1].digest)
-    assert manifest_bytes(registry.host, "arm", "v2") == children[1].data
+    assert manifest_bytes(registry_server.host, "arm", "v2") == children[1].data
 
 
 def test_umoci_image_is_pushed_and_pulled_back(
-    cli: Cli, registry: ServerProcess, tmp_path: Path
+    cli: Cli, registry_server: ServerProcess, tmp_path: Path
 ) -> None:
     image = tmp_path / "image"
     umoci("init", "--layout", str(image))
@@ -109,33 +114,35 @@ def test_umoci_image_is_pushed_and_pulled_back(
     umoci("insert", "--image", f"{image}:latest", str(payload), "/etc/greeting")
     top = json.loads((image / "index.json").read_text())["manifests"][0]["digest"]
 
-    pushed = cli("copy", f"oci:{image}:latest", f"{registry.host}/umoci/app:1.0", "--json")
+    pushed = cli("copy", f"oci:{image}:latest", f"{registry_server.host}/umoci/app:1.0", "--json")
     assert pushed.code == 0, pushed
     report = pushed.json()
     assert report["digest"] == top
     assert report["blobs"]["copied"] == 2  # the config and the inserted layer
     assert report["bytesCopied"] > 0
-    again = cli("copy", f"oci:{image}", f"{registry.host}/umoci/app:1.0", "--json").json()
+    again = cli("copy", f"oci:{image}", f"{registry_server.host}/umoci/app:1.0", "--json").json()
     assert again["blobs"] == {"copied": 0, "skipped": 2, "mounted": 0}
 
     back = tmp_path / "back"
-    assert cli("copy", f"{registry.host}/umoci/app:1.0", f"oci:{back}:restored").code == 0
+    assert cli("copy", f"{registry_server.host}/umoci/app:1.0", f"oci:{back}:restored").code == 0
     umoci("unpack", "--rootless", "--image", f"{back}:restored", str(tmp_path / "bundle"))
     restored = tmp_path / "bundle" / "rootfs" / "etc" / "greeting"
     assert restored.read_bytes() == payload.read_bytes()
 
 
-def test_layout_errors_are_one_line(cli: Cli, registry: ServerProcess, tmp_path: Path) -> None:
-    missing = cli("copy", f"oci:{tmp_path / 'nothing'}:x", f"{registry.host}/a:b")
+def test_layout_errors_are_one_line(
+    cli: Cli, registry_server: ServerProcess, tmp_path: Path
+) -> None:
+    missing = cli("copy", f"oci:{tmp_path / 'nothing'}:x", f"{registry_server.host}/a:b")
     assert missing.code == 1
     assert "is not an OCI layout: no index.json" in missing.err
     assert missing.err.count("\n") == 1
     image = tmp_path / "image"
     umoci("init", "--layout", str(image))
     umoci("new", "--image", f"{image}:latest")
-    unknown = cli("copy", f"oci:{image}:nope", f"{registry.host}/a:b")
+    unknown = cli("copy", f"oci:{image}:nope", f"{registry_server.host}/a:b")
     assert unknown.code == 1
     assert "not found" in unknown.err
     both = cli("copy", f"oci:{image}", f"oci:{tmp_path / 'other'}")
     assert both.code == 2
-    assert cli("copy", f"oci:{image}", f"{registry.host}/a", "--all-tags").code == 2
+    assert cli("copy", f"oci:{image}", f"{registry_server.host}/a", "--all-tags").code == 2

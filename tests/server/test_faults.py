@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers.registry import Registry
+from tests.helpers.http_api import ApiClient
 from tests.helpers.servers import RegdFactory, RegdServer
 
 pytestmark = pytest.mark.e2e
@@ -129,7 +129,7 @@ def test_lock_held_by_another_process(sqlite_regd: RegdServer) -> None:
 
 def test_database_file_removed_while_serving(sqlite_regd: RegdServer) -> None:
     database = sqlite_regd.data_dir / "regd.db"
-    with Registry(sqlite_regd.url, timeout=CLIENT_TIMEOUT) as registry:
+    with ApiClient(sqlite_regd.url, timeout=CLIENT_TIMEOUT) as registry:
         _, body = registry.push_tiny_image("app", "v1", payload=b"layer one")
         database.unlink()
         acknowledged = []
@@ -154,7 +154,7 @@ def test_database_file_removed_while_serving(sqlite_regd: RegdServer) -> None:
 
 def test_empty_database_beside_stored_blobs_is_reported(sqlite_regd: RegdServer) -> None:
     warning = "the database knows no blob but the storage"
-    with Registry(sqlite_regd.url, timeout=CLIENT_TIMEOUT) as registry:
+    with ApiClient(sqlite_regd.url, timeout=CLIENT_TIMEOUT) as registry:
         registry.push_blob("app", b"some layer")
     assert warning not in sqlite_regd.output()
     sqlite_regd.stop()

@@ -19,7 +19,7 @@ import pytest
 
 from regd.connections import TRIM_AFTER_PEAK, Limits
 from tests.conftest import RegdFactory
-from tests.helpers.registry import Registry
+from tests.helpers.http_api import ApiClient
 from tests.server.slow_clients import (
     SlowClients,
     connect,
@@ -52,7 +52,7 @@ def status(response: bytes) -> int:
 
 
 def good_client_round(url: str, n: int) -> None:
-    with Registry(url) as good:
+    with ApiClient(url) as good:
         payload = hashlib.sha256(str(n).encode()).digest() * 1000
         digest, _ = good.push_tiny_image("good/app", f"v{n}", payload=payload)
         manifest = good.get_manifest("good/app", f"v{n}").json()
@@ -130,7 +130,7 @@ def settled_rss(pid: int) -> int:
 
 def test_slow_head_and_body_are_answered_408(regd_factory: RegdFactory) -> None:
     server = regd_factory(extra_args=["--header-timeout", "1s", "--body-timeout", "1s"])
-    with Registry(server.url) as good:
+    with ApiClient(server.url) as good:
         url = httpx.URL(good.start_upload("timeout/app"))
         location = url.raw_path.decode()
     with connect("127.0.0.1", server.port, "127.0.0.2") as sock:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import RegdFactory
-from tests.helpers.registry import Registry
+from tests.helpers.http_api import ApiClient
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_sigterm_lets_uploads_in_flight_finish(regd_factory: RegdFactory, target
     server = regd_factory(workers=2)
     assert server.process is not None
     digest = "sha256:" + hashlib.sha256(b"".join(chunk(i) for i in range(CHUNKS))).hexdigest()
-    with Registry(server.url) as reg:
+    with ApiClient(server.url) as reg:
         location = reg.start_upload("graceful/app")
         # Both workers have started (the other one answers too).
         for _ in range(4):

@@ -28,7 +28,7 @@ MANIFEST_ACCEPT = ", ".join(
 )
 
 
-class RegistryError(AssertionError):
+class UnexpectedAnswer(AssertionError):
     def __init__(self, what: str, response: httpx.Response) -> None:
         request = response.request
         super().__init__(
@@ -41,7 +41,7 @@ class RegistryError(AssertionError):
 
 def expect(response: httpx.Response, what: str, *statuses: int) -> httpx.Response:
     if response.status_code not in statuses:
-        raise RegistryError(what, response)
+        raise UnexpectedAnswer(what, response)
     return response
 
 
@@ -49,7 +49,7 @@ def location(response: httpx.Response) -> str:
     """The absolute URL of an answer's Location header (registries may send either form)."""
     value = response.headers.get("location")
     if not value:
-        raise RegistryError("answer has no Location header", response)
+        raise UnexpectedAnswer("answer has no Location header", response)
     return urljoin(str(response.request.url), value)
 
 
@@ -57,7 +57,7 @@ def with_digest(url: str, digest: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}digest={digest}"
 
 
-class Registry:
+class ApiClient:
     """Synchronous helper bound to one registry base URL."""
 
     def __init__(self, base_url: str, *, timeout: float = 60.0) -> None:
@@ -67,7 +67,7 @@ class Registry:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> Registry:
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
