@@ -38,20 +38,16 @@ from regd.registry import validation
 from regd.registry.blobs import BlobStat
 from regd.registry.hashing import hash_stored
 from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
+from regd.registry.streaming import WRITE_CHUNK, pump, receive_small
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
 
-# Bytes gathered before one hand-off to a worker thread: large enough that thread
-# switches cost little, small enough to bound memory per request.
-WRITE_CHUNK = 1024 * 1024
 # A request appending to a session renews its lease every third of this; after a crash
 # the session is free again within this long.
 LEASE_SECONDS = 10.0
 # Open sessions one repository may have: each is a row and possibly a file until it is
 # completed, cancelled or purged as stale, so a client must not open them without bound.
 MAX_UPLOADS_PER_REPOSITORY = 1000
-# Chunks that may wait between the receiving, hashing and writing stages of one upload.
-PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +275,7 @@ class Uploads:
         try:
             async with task_group() as nursery:
                 nursery.start_soon(self._keep_lease, claim)
-                received = await _pump(body, writer, hasher, length)
+                received = await pump(body, writer, hasher, length)
                 nursery.cancel_scope.cancel()
         except BaseException:
             await writer.cancel()
@@ -379,7 +375,7 @@ class Uploads:
     ) -> BlobStat:
         """A small blob whole in one request (a POST, or the PUT of a fresh session) is
         checked in memory and written to its place in one step, without a session file."""
-        data = await _receive_small(body, length)
+        data = await receive_small(body, length)
         await self._verify(Digest.of(data, expected.algorithm), expected, claim)
         await self._place(
             repository, expected, len(data), self._writing(expected, data), claim=claim, held=held
@@ -415,7 +411,7 @@ class Uploads:
         writer = await self._storage.writer(source)
         try:
             try:
-                received = await _pump(body, writer, hasher, length)
+                received = await pump(body, writer, hasher, length)
                 if length is not None and received != length:
                     raise SizeInvalid(
                         f"received {received} bytes but the request announced {length}"
@@ -530,96 +526,6 @@ class Uploads:
         await self._metadata.delete_upload(info.id)
         self._hashes.drop(info.id)
         await self._remove_files(info.repository, info.id)
-
-
-async def _pump(
-    body: AsyncIterable[bytes], writer: Writer, hasher: Hasher | None, length: int | None
-) -> int:
-    """Copy a request body to storage, hashing on the way, in bounded pieces.
-
-    Receiving, hashing and writing run as three stages joined by small channels, so a
-    chunk is hashed (one core) and written (the disk) while the next one arrives.
-    Memory stays bounded by the channels' capacity times WRITE_CHUNK.
-    """
-    if length is not None and length <= WRITE_CHUNK:
-        # A small body (a config, a small layer): one hash and one write, no stages.
-        data = await _gather(body, length)
-        size = len(data)
-        if data:
-            if hasher is not None:
-                hasher.update(data)
-            await writer.write(data)
-        return size
-
-    received = 0
-    to_writer, for_writer = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
-    to_hasher, for_hasher = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
-
-    async def write_stage() -> None:
-        async with for_writer:
-            async for data in for_writer:
-                await writer.write(data)
-
-    async def hash_stage(h: Hasher) -> None:
-        async with for_hasher:
-            async for data in for_hasher:
-                await trio.to_thread.run_sync(h.update, data)
-
-    async with task_group() as nursery:
-        nursery.start_soon(write_stage)
-        if hasher is not None:
-            nursery.start_soon(hash_stage, hasher)
-        else:
-            to_hasher.close()
-            for_hasher.close()
-        async with to_writer, to_hasher:
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in body:
-                if not chunk:
-                    continue
-                received += len(chunk)
-                if length is not None and received > length:
-                    raise SizeInvalid(
-                        f"the request body is longer than the announced {length} bytes"
-                    )
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= WRITE_CHUNK:
-                    data = b"".join(pending)
-                    pending, pending_size = [], 0
-                    await to_writer.send(data)
-                    if hasher is not None:
-                        await to_hasher.send(data)
-            if pending:
-                data = b"".join(pending)
-                await to_writer.send(data)
-                if hasher is not None:
-                    await to_hasher.send(data)
-    return received
-
-
-async def _gather(body: AsyncIterable[bytes], length: int) -> bytes:
-    """A body announced as `length` bytes (small), in one piece; more is refused."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in body:
-        size += len(chunk)
-        if size > length:
-            raise SizeInvalid(f"the request body is longer than the announced {length} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-async def _receive_small(body: AsyncIterable[bytes], length: int) -> bytes:
-    """A small body whole, exactly as long as announced."""
-    data = await _gather(body, length)
-    if len(data) != length:
-        raise SizeInvalid(
-            f"received {len(data)} bytes but the request announced {length}",
-            {"received": len(data), "expected": length},
-        )
-    return data
 
 
 def _is_uuid(text: str) -> bool:

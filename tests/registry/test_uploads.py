@@ -27,7 +27,7 @@ from regd.metadata import MetadataStore, sqlite_url
 from regd.metadata.rules import blob_lease
 from regd.oci.digest import Digest
 from regd.registry import Uploads
-from regd.registry.uploads import WRITE_CHUNK
+from regd.registry.streaming import WRITE_CHUNK
 from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
 from tests.registry.clocks import TrioWallClock, open_store
 
