@@ -196,6 +196,12 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 # hypercorn's own handshake call returns at once: trio's is idempotent.
                 await super().run()
             finally:
+                # hypercorn's protocol objects hold `self.protocol_send`, a reference cycle
+                # through this object: left in place, each closed connection (its socket,
+                # parser and buffers) would wait for a full garbage collection instead of
+                # going as soon as it closes.
+                self.__dict__.pop("protocol", None)
+                self.__dict__.pop("_task_group", None)
                 limits.release(address)
 
         async def _handshake(self, stream: trio.SSLStream[Any]) -> bool:
