@@ -42,6 +42,10 @@ async def task_group() -> AsyncIterator[trio.Nursery]:
             try:
                 yield nursery
             except BaseException:
+                # Cancelling here rather than in trio's nursery exit keeps the sleeping
+                # children's Cancelled out of a frame that holds it (trio's
+                # Nursery._nested_child_finished keeps the group of them in a local, a
+                # cycle through the failing request's frames).
                 nursery.cancel_scope.cancel()
                 raise
     except BaseExceptionGroup as group:
@@ -51,7 +55,8 @@ async def task_group() -> AsyncIterator[trio.Nursery]:
         error.__suppress_context__ = hidden
         context = error.__context__
         try:
-            raise error  # noqa: B904 - the cause chain is the error's own, see above
+            # Not `from`: the cause chain is the error's own, see above.
+            raise error
         finally:
             # The group holds the error, and this frame (in the error's traceback) would
             # hold both: reference cycles that keep everything the failed request touched
