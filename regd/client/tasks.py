@@ -39,10 +39,29 @@ def first_error(error: BaseException) -> BaseException:
 async def task_group() -> AsyncIterator[trio.Nursery]:
     try:
         async with trio.open_nursery() as nursery:
-            yield nursery
+            try:
+                yield nursery
+            except BaseException:
+                # Cancelling here rather than in trio's nursery exit keeps the sleeping
+                # children's Cancelled out of a frame that holds it (trio's
+                # Nursery._nested_child_finished keeps the group of them in a local, a
+                # cycle through the failing request's frames).
+                nursery.cancel_scope.cancel()
+                raise
     except BaseExceptionGroup as group:
         error = first_error(group)
-        real = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        hidden = sum(not isinstance(e, trio.Cancelled) for e in _leaves(group)) <= 1
         # Keep the error's own __cause__; hide the group unless it holds other failures.
-        error.__suppress_context__ = len(real) <= 1
-        raise error  # noqa: B904 - the cause chain is the error's own, see above
+        error.__suppress_context__ = hidden
+        context = error.__context__
+        try:
+            # Not `from`: the cause chain is the error's own, see above.
+            raise error
+        finally:
+            # The group holds the error, and this frame (in the error's traceback) would
+            # hold both: reference cycles that keep everything the failed request touched
+            # (its connection among it) alive until a full garbage collection. A hidden
+            # group goes back to being the error's context it was before.
+            if hidden:
+                error.__context__ = context
+            del error, context
