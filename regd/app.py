@@ -16,7 +16,15 @@ from regd import api
 from regd.api.auth import Gate
 from regd.api.auth import install as install_auth
 from regd.api.errors import Answer, answer_for, refusal
-from regd.api.exchange import API_VERSION, EXCHANGE_KEY, Exchange, framing_problem, log_access
+from regd.api.exchange import (
+    API_VERSION,
+    EXCHANGE_KEY,
+    Exchange,
+    drain_body,
+    framing_problem,
+    log_access,
+    may_carry_body,
+)
 from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
@@ -59,7 +67,7 @@ class RegdApp(QuartTrio):
             headers["connection"] = "close"
             await self._answer(x, send, (status, headers, body))
         elif (
-            self.gate is None or await self._admitted(x, scope, send)
+            self.gate is None or await self._admitted(x, scope, receive, send)
         ) and not await self.direct.handle(x, scope, receive, send):
             # Quart's handlers find it in their request's scope (regd.api.http.exchange).
             cast(dict[str, Any], scope)[EXCHANGE_KEY] = x
@@ -67,13 +75,23 @@ class RegdApp(QuartTrio):
         if self.access_logging:
             log_access(x)
 
-    async def _admitted(self, x: Exchange, scope: Scope, send: ASGISendCallable) -> bool:
+    async def _admitted(
+        self, x: Exchange, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> bool:
         """Whether the gate lets the request through; if not, it has been answered."""
         assert self.gate is not None
         try:
             await self.gate.admit_exchange(x, scope, x.user)
         except Exception as error:
-            await self._answer(x, send, answer_for(error, x.method, x.path))
+            status, headers, body = answer_for(error, x.method, x.path)
+            if may_carry_body(cast(dict[str, Any], scope)["headers"]):
+                # Refused before its body was read. The client sends its whole body before
+                # it reads an answer, and the server stops delivering a body once the
+                # answer is complete: so take the body in first (bounded), then answer and
+                # close.
+                await drain_body(receive)
+                headers["connection"] = "close"
+            await self._answer(x, send, (status, headers, body))
             return False
         return True
 

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 import trio
 
 from regd.api.errors import answer_for, method_not_allowed
-from regd.api.exchange import API_VERSION, Exchange
+from regd.api.exchange import API_VERSION, Exchange, drain_body, may_carry_body
 from regd.api.http import content_length
 
 
@@ -135,6 +135,12 @@ class Router:
             await _send(x, Reply(*method_not_allowed(method)), send)
             return True
         query = scope.get("query_string", b"")
+        body_left: list[bool] = []
+        if may_carry_body(scope["headers"]):
+            # Note when the body has been read to its end, so an error answer knows
+            # whether a rest is left to take in.
+            body_left.append(True)
+            receive = _noting_the_end(receive, body_left)
         request = Request(
             method,
             path,
@@ -149,10 +155,29 @@ class Router:
             return True
         except Exception as error:
             reply = Reply(*answer_for(error, method, path))
+            if body_left and body_left[0]:
+                # The handler stopped reading the body part way. The client sends its
+                # whole body before it reads an answer, and the server delivers no more
+                # body once the answer is complete: take the rest in first (bounded), then
+                # answer and close.
+                await drain_body(receive)
+                reply.headers["connection"] = "close"
         await _send(x, reply, send)
         if reply.stream is not None and not request.head:
             await _stream(reply.stream, receive, send)
         return True
+
+
+def _noting_the_end(receive: Any, body_left: list[bool]) -> Any:
+    """`receive`, clearing `body_left[0]` once the request body has ended."""
+
+    async def noted() -> Any:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_left[0] = False
+        return message
+
+    return noted
 
 
 async def _send(x: Exchange, reply: Reply, send: Any) -> None:

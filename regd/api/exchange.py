@@ -64,6 +64,32 @@ class Exchange:
         self.length: int | None = None
 
 
+# Bytes of an unread request body read and dropped after an early answer (an error before
+# the body was taken in), so the client, which sends its whole body before it reads the
+# answer, gets to read it; a longer rest is not waited for, the connection is closed.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+def may_carry_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request announces a body (chunked, or a non-zero Content-Length)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def drain_body(receive: Any, limit: int = DRAIN_LIMIT) -> None:
+    """Read and drop what is left of a request body, up to `limit` bytes."""
+    taken = 0
+    while taken <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        taken += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 def framing_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Why a request's body framing is refused, or None.
 

@@ -225,3 +225,22 @@ def test_client_certificate_logs_its_account_in(
         ("200", "user=alice"),
         ("401", "user=mallory"),
     ]
+
+
+def test_a_refused_push_with_a_large_body_reads_its_refusal(
+    regd_factory: RegdFactory, tmp_path: Path
+) -> None:
+    """A client sends its whole body before it reads the answer: a refusal given before the
+    body was read must still reach it (the rest is taken in, then the connection closes)."""
+    server = regd_factory(extra_args=["--config", str(_config(tmp_path))])
+    body = b"x" * (16 * 1024 * 1024)
+    digest = sha256(body)
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for auth in (None, ("bob", "wrong"), ("bob", "bob-pw")):
+            r = client.post(
+                "/v2/team/app/blobs/uploads/", params={"digest": digest}, content=body, auth=auth
+            )
+            assert r.status_code in (401, 403), r.text
+            assert r.json()["errors"][0]["code"] in ("UNAUTHORIZED", "DENIED")
+        # The registry answers on as before.
+        assert client.get("/v2/", auth=("alice", "alice-pw")).status_code == 200

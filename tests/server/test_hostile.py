@@ -231,10 +231,13 @@ def test_full_disk_is_answered_and_recovered_from(
 ) -> None:
     server = regd_factory(database_url=database_url, data_dir=small_volume)
     base = server.url
+    # A generous bound: the 12 MiB bodies are sent whole before the answer is read, and a
+    # loaded machine may take longer than httpx's default 5 s to take them in.
+    http = httpx.Client(timeout=60)
     too_big = os.urandom(12 * MiB)
     digest = "sha256:" + hashlib.sha256(too_big).hexdigest()
 
-    r = httpx.post(f"{base}/v2/full/blobs/uploads/", params={"digest": digest}, content=too_big)
+    r = http.post(f"{base}/v2/full/blobs/uploads/", params={"digest": digest}, content=too_big)
     assert r.status_code == 507, r.text
     assert r.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
     assert int(r.headers["Retry-After"]) > 0
@@ -242,12 +245,12 @@ def test_full_disk_is_answered_and_recovered_from(
     assert error["code"] == "TOOMANYREQUESTS"
     assert "full" in error["message"]
     # The same through a chunked session: the session is refused, not left half-written.
-    location = httpx.post(f"{base}/v2/full/blobs/uploads/").headers["Location"]
-    r = httpx.patch(base + location, content=too_big)
+    location = http.post(f"{base}/v2/full/blobs/uploads/").headers["Location"]
+    r = http.patch(base + location, content=too_big)
     assert r.status_code == 507, r.text
 
     # No partial data is visible, and the space it took is free again.
-    assert httpx.head(f"{base}/v2/full/blobs/{digest}").status_code == 404
+    assert http.head(f"{base}/v2/full/blobs/{digest}").status_code == 404
     assert shutil.disk_usage(small_volume).used < 2 * MiB
     log = server.output()
     assert "Traceback" not in log
@@ -257,6 +260,6 @@ def test_full_disk_is_answered_and_recovered_from(
     # Without a restart, what fits is accepted again.
     fits = os.urandom(3 * MiB)
     fits_digest = "sha256:" + hashlib.sha256(fits).hexdigest()
-    r = httpx.post(f"{base}/v2/full/blobs/uploads/", params={"digest": fits_digest}, content=fits)
+    r = http.post(f"{base}/v2/full/blobs/uploads/", params={"digest": fits_digest}, content=fits)
     assert r.status_code == 201, r.text
-    assert httpx.get(f"{base}/v2/full/blobs/{fits_digest}").content == fits
+    assert http.get(f"{base}/v2/full/blobs/{fits_digest}").content == fits
