@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from regd.client import RegistryClient
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
 from tests.helpers.servers import DistributionServer, RegdServer
+from tests.helpers.volumes import tmpfs
 from tests.regctl import support as content
 from tests.regctl.support import CliResult
 
@@ -290,20 +290,8 @@ def test_status_shows_the_free_space_of_regds_volume(
 @pytest.fixture
 def small_data_dir(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs, so the test can fill the volume regd writes to."""
-    mountpoint = tmp_path / "volume"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "volume", "16m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_status_warns_when_regds_volume_is_nearly_full(

@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.helpers.servers import RegdFactory, RegdServer
+from tests.helpers.volumes import tmpfs
 
 pytestmark = pytest.mark.e2e
 
@@ -211,19 +211,8 @@ MiB = 1024 * 1024
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs, mounted for the test and unmounted after it."""
-    mountpoint = tmp_path / "volume"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "volume", "8m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_full_disk_is_answered_and_recovered_from(

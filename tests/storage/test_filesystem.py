@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from regd.storage import FilesystemDriver, InvalidPath, PathNotFound, filesystem
+from tests.helpers.volumes import tmpfs
 from tests.storage.conformance import StorageDriverSuite, pseudo_random, write_file
 
 
@@ -157,20 +158,8 @@ async def test_free_space_is_the_volumes(tmp_path: Path) -> None:
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs of its own, so nothing else changes its free space during the test."""
-    mountpoint = tmp_path / "volume"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "volume", "4m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 async def test_free_space_shrinks_as_data_is_written(small_volume: Path) -> None:
