@@ -357,6 +357,14 @@ async def usage() -> Response:
     )
 
 
+@bp.route("/<path:rest>", methods=["GET"])
+async def unknown(rest: str) -> Response:
+    # Matched last (the more specific routes win), so a mistyped address under /ui/ gets
+    # a page, with the UI's headers, rather than the API's JSON error.
+    del rest
+    return await _page("error.html", "Not found", status=404, message="no such page")
+
+
 # -- changes (each needs the session's CSRF token) ---------------------------------------
 
 
