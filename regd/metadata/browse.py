@@ -42,8 +42,8 @@ async def tag_page(
     after_time: float | None,
     limit: int,
 ) -> TagPage | None:
-    """A page of tags after the cursor, by name or newest first (ties by name); None when
-    the repository is unknown."""
+    """A page of tags after the cursor, by name or newest first (tags pushed in the same
+    instant by name, descending); None when the repository is unknown."""
 
     def q(conn: Connection) -> TagPage | None:
         repo_id = conn.execute(
@@ -68,10 +68,11 @@ async def tag_page(
                 stmt = stmt.where(
                     or_(
                         t.tags.c.updated_at < after_time,
-                        and_(t.tags.c.updated_at == after_time, t.tags.c.name > after_name),
+                        and_(t.tags.c.updated_at == after_time, t.tags.c.name < after_name),
                     )
                 )
-            stmt = stmt.order_by(t.tags.c.updated_at.desc(), t.tags.c.name)
+            # Both descending, so the tags_pushed index is read backwards and nothing sorted.
+            stmt = stmt.order_by(t.tags.c.updated_at.desc(), t.tags.c.name.desc())
         else:
             if after_name is not None:
                 stmt = stmt.where(t.tags.c.name > after_name)
@@ -141,6 +142,26 @@ def _payloads(conn: Connection, manifest_ids: set[int]) -> dict[int, bytes]:
         )
     )
     return {mid: bytes(payload) for mid, payload in rows}
+
+
+async def tag_digest(store: MetadataStore, repository: str, tag: str) -> str | None:
+    """The digest a tag points at, found through the (repository, name) key: with many
+    tags on few manifests that is one row, where a join from the manifests' side visits
+    every tag of each."""
+
+    def q(conn: Connection) -> str | None:
+        digest: str | None = conn.execute(
+            select(t.manifests.c.digest)
+            .select_from(
+                t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id).join(
+                    t.manifests, t.manifests.c.id == t.tags.c.manifest_id
+                )
+            )
+            .where(t.repositories.c.name == repository, t.tags.c.name == tag)
+        ).scalar()
+        return digest
+
+    return await store.run_read(q)
 
 
 async def tag_count(store: MetadataStore, repository: str) -> int:

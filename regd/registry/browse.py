@@ -186,6 +186,14 @@ class Browsing:
 
     async def image(self, repository: str, reference: str) -> ImageView:
         """The manifest `reference` names, parsed, and (for an image) its config's summary."""
+        if not validation.is_digest_reference(reference):
+            digest = await browse.tag_digest(
+                self._metadata,
+                validation.repository_name(repository),
+                validation.tag(reference),
+            )
+            # An unknown tag: the lookup below says whether the repository exists.
+            reference = digest or reference
         info = await self._manifests.get(repository, reference, with_payload=True)
         assert info.payload is not None
         try:

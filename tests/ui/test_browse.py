@@ -70,9 +70,9 @@ async def test_tag_pages_visit_every_tag_once_in_order(
         assert [n for p in by_name for n in p] == names
         by_time = await _pages(browsing, by_time=True, limit=5)
         flat = [n for p in by_time for n in p]
-        # Newest burst first; within a burst, by name.
+        # Newest burst first; within a burst (one instant), by name descending.
         bursts = [names[i : i + 4] for i in range(0, len(names), 4)]
-        assert flat == [n for burst in reversed(bursts) for n in burst]
+        assert flat == [n for burst in reversed(bursts) for n in reversed(burst)]
 
 
 async def test_tag_sizes_and_platforms_of_an_index(
