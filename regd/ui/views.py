@@ -52,6 +52,10 @@ bp = Blueprint(
 CATALOG_PAGE = 50
 TAG_PAGE = 50
 USAGE_BARS = 20
+# The usage chart, in its own units: names on the left, bars to the right of them.
+CHART_LABEL = 30
+CHART_BAR_X = 240
+CHART_BAR_WIDTH = 480
 
 # No inline script or style anywhere: the pages load /ui/static/ only.
 SECURITY_HEADERS = {
@@ -338,9 +342,14 @@ async def usage() -> Response:
     bars = [
         {
             "name": r["name"],
-            "unique": 100.0 * r["unique"] / scale,
-            "shared": 100.0 * r["shared"] / scale,
-            "y": i * 22,
+            "label": r["name"]
+            if len(r["name"]) <= CHART_LABEL
+            else r["name"][: CHART_LABEL - 1] + "…",
+            "unique": CHART_BAR_WIDTH * r["unique"] / scale,
+            "shared": CHART_BAR_WIDTH * r["shared"] / scale,
+            "unique_bytes": r["unique"],
+            "shared_bytes": r["shared"],
+            "y": i * 24,
         }
         for i, r in enumerate(biggest)
     ]
@@ -351,7 +360,9 @@ async def usage() -> Response:
         repositories=repositories,
         report=report if whole else None,
         bars=bars,
-        chart_height=max(len(bars), 1) * 22,
+        chart_height=max(len(bars), 1) * 24,
+        chart_width=CHART_BAR_X + CHART_BAR_WIDTH,
+        bar_x=CHART_BAR_X,
         sweep_until=sweep_until,
         config=config,
     )
