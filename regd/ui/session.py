@@ -20,8 +20,14 @@ from pathlib import Path
 
 from regd.auth import ANONYMOUS, Authenticator, Identity, Via
 from regd.auth.tokens import password_stamp
-from regd.errors import ConfigError
+from regd.errors import BackendError
 from regd.metadata import accounts as rows
+
+class SessionKeyError(BackendError):
+    """The key that signs sessions cannot be read or made: no page can be served."""
+
+    kind = "UI session key"
+
 
 COOKIE = "regd_ui"
 # A session lasts a working day; logging in again is cheap.
@@ -51,9 +57,9 @@ def load_secret(key_dir: Path) -> bytes:
                 draft.unlink()
         secret = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read or create the UI session key {path}: {exc}") from None
+        raise SessionKeyError(f"cannot read or create {path}: {exc.strerror}") from None
     if len(secret) < _SECRET_BYTES:
-        raise ConfigError(f"UI session key {path} is shorter than {_SECRET_BYTES} bytes")
+        raise SessionKeyError(f"{path} is shorter than {_SECRET_BYTES} bytes")
     return secret
 
 

@@ -225,7 +225,8 @@ async def _page(template: str, title: str, status: int = 200, **context: Any) ->
         f"ui/{template}",
         title=title,
         caller=caller,
-        csrf=_signer().csrf_token(_session()),
+        # No signer only when reading its key failed: that error's page has no form.
+        csrf="" if _state().signer is None else _signer().csrf_token(_session()),
         here=request.full_path.rstrip("?"),
         **context,
     )

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from html import unescape
+from pathlib import Path
 
 import httpx
 import pytest
@@ -156,3 +157,15 @@ def test_the_gate_leaves_the_ui_to_its_session() -> None:
     need = need_for("GET", "/v2/ui/x/manifests/latest")
     assert need is not None
     assert need.action == "pull"
+
+
+async def test_an_unusable_session_key_is_a_503_page(registry: Registry, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "key-dir"
+    not_a_dir.write_text("a file where the key directory should be")
+    config = Config(access_log=False, upload_purge_interval=0, auth_key_dir=not_a_dir)
+    transport = httpx.ASGITransport(app=create_app(registry, config))
+    async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
+        answer = await http.get("/ui/")
+    assert answer.status_code == 503
+    assert "storage or database failed" in answer.text
+    assert answer.headers["content-security-policy"]
