@@ -23,6 +23,7 @@ from regd.auth.tokens import password_stamp
 from regd.errors import BackendError
 from regd.metadata import accounts as rows
 
+
 class SessionKeyError(BackendError):
     """The key that signs sessions cannot be read or made: no page can be served."""
 
