@@ -137,12 +137,19 @@ def _signer() -> Signer:
     return signer
 
 
+# Reading the session key is the UI's only blocking work: once per process, one at a time.
+_KEY_LIMITER = trio.CapacityLimiter(1)
+
+
 @bp.before_request
 async def _load_session() -> None:
+    if request.endpoint == "ui.static":
+        return  # CSS and the script need no session, and get no cookie
     state = _state()
     if state.signer is None:
-        # Small and once per process; racing requests read the same file.
-        secret = await trio.to_thread.run_sync(load_secret, state.config.auth_keys_dir)
+        secret = await trio.to_thread.run_sync(
+            load_secret, state.config.auth_keys_dir, limiter=_KEY_LIMITER
+        )
         state.signer = Signer(secret)
     now = _now()
     session = state.signer.load(request.cookies.get(COOKIE), now)
