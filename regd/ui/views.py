@@ -280,7 +280,8 @@ async def repository() -> Response:
     after = request.args.get("after") or None
     browsing = _registry().browsing
     listing = await browsing.tags(name, by_time=order == "time", after=after, limit=TAG_PAGE)
-    count = await browsing.tag_count(name)
+    # Counting visits every tag of the repository: on the first page only.
+    count = None if after else await browsing.tag_count(name)
     return await _page(
         "repository.html",
         f"{name} — tags",
