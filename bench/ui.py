@@ -10,7 +10,9 @@ starts `regd serve` on that data and, over HTTP with one client, times:
 - `--pages` consecutive pages following the "Next page" cursor, in both orders;
 - pages deep in the listing (cursors near the last tag), in both orders;
 - the image page of a tag and the catalog.
-Each figure is the client's wall time for the whole answer on loopback, p50 and p99.
+Two figures for each: the server's own time (the `ms=` of its access log line: from the
+request's arrival to the answer's last byte) and the client's wall time on loopback, which
+adds the client's share of a loaded machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -34,7 +37,7 @@ from regd.metadata import schema as t
 
 # Run as a script, bench/ is not on the path as a package; its modules are shared.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.servers import start_regd
+from bench.servers import HOST, REPO_ROOT, Server, _ready_or_stopped, _spawn, free_port
 from bench.stats import ms, percentile
 
 REPOSITORY = "big/app"
@@ -148,7 +151,13 @@ def _manifest_row(
     }
 
 
-def timed(http: httpx.Client, path: str) -> tuple[float, str]:
+# The label of every request, in order: the access log's lines come in the same order
+# (one client, one request at a time), which is how server times are matched to them.
+LABELS: list[str] = []
+
+
+def timed(http: httpx.Client, path: str, label: str = "") -> tuple[float, str]:
+    LABELS.append(label)
     began = time.perf_counter()
     answer = http.get(path)
     elapsed = time.perf_counter() - began
@@ -166,11 +175,11 @@ def summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def walk(http: httpx.Client, first: str, pages: int) -> list[float]:
+def walk(http: httpx.Client, first: str, pages: int, label: str) -> list[float]:
     samples = []
     path: str | None = first
     while path is not None and len(samples) < pages:
-        elapsed, html = timed(http, path)
+        elapsed, html = timed(http, path, label)
         samples.append(elapsed)
         if len(_ROW.findall(html)) == 0:
             raise SystemExit(f"{path}: a page without tags")
@@ -179,34 +188,70 @@ def walk(http: httpx.Client, first: str, pages: int) -> list[float]:
     return samples
 
 
-def measure(base: str, tags: int, start: float, pages: int, repeat: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def measure(base: str, tags: int, start: float, pages: int, repeat: int) -> dict[str, list[float]]:
+    """Client wall times, by label."""
+    results: dict[str, list[float]] = {}
     repo = f"/ui/repository?name={REPOSITORY}"
     last = tags - 1
+
+    def many(label: str, paths: list[str]) -> None:
+        results[label] = [timed(http, path, label)[0] for path in paths]
+
     with httpx.Client(base_url=base, timeout=60) as http:
         timed(http, "/ui/")  # the session cookie and the templates' first compilation
         for order in ("time", "name"):
             first = f"{repo}&order={order}"
-            results[f"first_page_{order}"] = summary([timed(http, first)[0] for _ in range(repeat)])
-            results[f"walk_{order}"] = summary(walk(http, first, pages))
-        deep_name = [
-            timed(http, f"{repo}&order=name&after=v{last - 60 - k:06d}")[0] for k in range(repeat)
-        ]
-        results["deep_page_name"] = summary(deep_name)
-        # Newest first, the deepest pages hold the oldest pushes.
-        deep_time = [
-            timed(http, f"{repo}&order=time&after={start + 60 + k!r}~v{60 + k:06d}")[0]
-            for k in range(repeat)
-        ]
-        results["deep_page_time"] = summary(deep_time)
-        results["image_page"] = summary(
-            [
-                timed(http, f"/ui/image?repository={REPOSITORY}&reference=v{k:06d}")[0]
-                for k in range(repeat)
-            ]
+            many(f"first_page_{order}", [first] * repeat)
+            results[f"walk_{order}"] = walk(http, first, pages, f"walk_{order}")
+        many(
+            "deep_page_name",
+            [f"{repo}&order=name&after=v{last - 60 - k:06d}" for k in range(repeat)],
         )
-        results["catalog"] = summary([timed(http, "/ui/")[0] for _ in range(repeat)])
+        # Newest first, the deepest pages hold the oldest pushes.
+        many(
+            "deep_page_time",
+            [f"{repo}&order=time&after={start + 60 + k!r}~v{60 + k:06d}" for k in range(repeat)],
+        )
+        many(
+            "image_page",
+            [f"/ui/image?repository={REPOSITORY}&reference=v{k:06d}" for k in range(repeat)],
+        )
+        many("catalog", ["/ui/"] * repeat)
     return results
+
+
+_ACCESS = re.compile(r"method=GET path=(/ui/\S*) status=\d+ length=\S+ ms=([\d.]+)")
+
+
+def server_times(log: Path) -> dict[str, list[float]]:
+    """The server's own time of every request, by the label it was asked under."""
+    times = [float(m[2]) / 1000 for m in _ACCESS.finditer(log.read_text(errors="replace"))]
+    if len(times) != len(LABELS):
+        raise SystemExit(f"{len(times)} access log lines for {len(LABELS)} requests in {log}")
+    out: dict[str, list[float]] = {}
+    for label, seconds in zip(LABELS, times, strict=True):
+        if label:
+            out.setdefault(label, []).append(seconds)
+    return out
+
+
+def start_server(data_dir: Path, database: str | None) -> Server:
+    """regd with its access log on (bench.servers.start_regd turns it off)."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ui-regd-"))
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "regd", "serve",
+        "--addr", f"{HOST}:{port}",
+        "--data-dir", str(data_dir),
+        "--log-level", "info",
+        "--access-log",
+    ]  # fmt: skip
+    if database:
+        cmd += ["--database", database]
+    proc, log_path = _spawn(cmd, workdir, dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    server = Server("regd", port, proc, workdir, "regd --workers 1", log_path)
+    _ready_or_stopped(server)
+    return server
 
 
 def main() -> None:
@@ -226,25 +271,36 @@ def main() -> None:
     start = populate(store, args.tags)
     store.engine.dispose()
     print(f"seeded {args.tags} tags in {time.perf_counter() - began:.1f} s", file=sys.stderr)
-    server = start_regd(1, database=args.database, data_dir=data_dir)
+    server = start_server(data_dir, args.database)
     try:
-        results = measure(
+        client = measure(
             f"http://{server.host}:{server.port}", args.tags, start, args.pages, args.repeat
         )
+        server.stop(keep=True)
+        own = server_times(server.log_path)
     finally:
         server.stop()
-    results["tags"] = args.tags
-    results["database"] = "postgresql" if args.database else "sqlite"
+    results: dict[str, Any] = {
+        "tags": args.tags,
+        "database": "postgresql" if args.database else "sqlite",
+        "load_average": os.getloadavg()[0],
+        "server": {label: summary(samples) for label, samples in own.items()},
+        "client": {label: summary(samples) for label, samples in client.items()},
+    }
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"UI pages at {args.tags} tags ({results['database']}), client wall time:")
-    for name, figures in results.items():
-        if isinstance(figures, dict):
-            print(
-                f"  {name:18} n={figures['n']:4}  p50 {figures['p50_ms']:7.1f} ms"
-                f"  p99 {figures['p99_ms']:7.1f} ms  max {figures['max_ms']:7.1f} ms"
-            )
+    print(
+        f"UI pages at {args.tags} tags ({results['database']}; load average "
+        f"{results['load_average']:.1f}): server time | client wall time"
+    )
+    for label, mine in results["server"].items():
+        theirs = results["client"][label]
+        print(
+            f"  {label:16} n={mine['n']:4}  server p50 {mine['p50_ms']:6.1f} p99 "
+            f"{mine['p99_ms']:6.1f} ms | client p50 {theirs['p50_ms']:6.1f} p99 "
+            f"{theirs['p99_ms']:6.1f} ms"
+        )
 
 
 if __name__ == "__main__":

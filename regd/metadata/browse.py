@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, select, tuple_
 
 from regd.metadata import schema as t
 from regd.metadata.store import MetadataStore
@@ -65,11 +65,9 @@ async def tag_page(
         )
         if by_time:
             if after_time is not None and after_name is not None:
+                # A row comparison, which both databases answer from the index alone.
                 stmt = stmt.where(
-                    or_(
-                        t.tags.c.updated_at < after_time,
-                        and_(t.tags.c.updated_at == after_time, t.tags.c.name < after_name),
-                    )
+                    tuple_(t.tags.c.updated_at, t.tags.c.name) < tuple_(after_time, after_name)
                 )
             # Both descending, so the tags_pushed index is read backwards and nothing sorted.
             stmt = stmt.order_by(t.tags.c.updated_at.desc(), t.tags.c.name.desc())
