@@ -10,9 +10,10 @@ starts `regd serve` on that data and, over HTTP with one client, times:
 - `--pages` consecutive pages following the "Next page" cursor, in both orders;
 - pages deep in the listing (cursors near the last tag), in both orders;
 - the image page of a tag and the catalog.
-Two figures for each: the server's own time (the `ms=` of its access log line: from the
-request's arrival to the answer's last byte) and the client's wall time on loopback, which
-adds the client's share of a loaded machine.
+Two figures for each: the server's own time (the `ms=` of its access log line, from the
+request's arrival to the answer's last byte) and the client's wall time on loopback.
+Last, on the same data, the CPU time per page of the app driven in-process: the figure a
+loaded machine moves least.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -30,10 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import trio
 from sqlalchemy import insert
 
+from regd.app import create_app
+from regd.config import Config
 from regd.metadata import MetadataStore, sqlite_url
 from regd.metadata import schema as t
+from regd.registry import Registry
+from regd.storage import FilesystemDriver
 
 # Run as a script, bench/ is not on the path as a package; its modules are shared.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -254,6 +261,44 @@ def start_server(data_dir: Path, database: str | None) -> Server:
     return server
 
 
+def cpu_per_page(
+    data_dir: Path, database: str | None, tags: int, start: float, repeat: int
+) -> dict[str, float]:
+    """CPU milliseconds per page, the app driven in this process (its client's share
+    included): unlike wall times, hardly moved by other work on a loaded machine."""
+    repo = f"/ui/repository?name={REPOSITORY}"
+    paths = {
+        "first_page_time": f"{repo}&order=time",
+        "first_page_name": f"{repo}&order=name",
+        "deep_page_name": f"{repo}&order=name&after=v{tags - 60:06d}",
+        "deep_page_time": f"{repo}&order=time&after={start + 60!r}~v000060",
+        "image_page": f"/ui/image?repository={REPOSITORY}&reference=v000001",
+        "catalog": "/ui/",
+    }
+    store = MetadataStore(database or sqlite_url(data_dir / "regd.db"))
+    registry = Registry.create(FilesystemDriver(data_dir), store)
+    config = Config(access_log=False, upload_purge_interval=0, data_dir=data_dir)
+    app = create_app(registry, config)
+    out: dict[str, float] = {}
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
+            for label, path in paths.items():
+                for _ in range(3):  # warm: templates compiled, statements prepared
+                    await http.get(path)
+                began = time.process_time()
+                for _ in range(repeat):
+                    answer = await http.get(path)
+                    if answer.status_code != 200:
+                        raise SystemExit(f"GET {path} answered {answer.status_code}")
+                out[label] = ms((time.process_time() - began) / repeat)
+        await registry.aclose()
+
+    trio.run(run)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", type=int, default=100_000)
@@ -280,12 +325,15 @@ def main() -> None:
         own = server_times(server.log_path)
     finally:
         server.stop()
+    cpu = cpu_per_page(data_dir, args.database, args.tags, start, args.repeat)
+    shutil.rmtree(work, ignore_errors=True)
     results: dict[str, Any] = {
         "tags": args.tags,
         "database": "postgresql" if args.database else "sqlite",
         "load_average": os.getloadavg()[0],
         "server": {label: summary(samples) for label, samples in own.items()},
         "client": {label: summary(samples) for label, samples in client.items()},
+        "cpu_ms_per_page": cpu,
     }
     if args.json:
         print(json.dumps(results, indent=2))
@@ -301,6 +349,9 @@ def main() -> None:
             f"{mine['p99_ms']:6.1f} ms | client p50 {theirs['p50_ms']:6.1f} p99 "
             f"{theirs['p99_ms']:6.1f} ms"
         )
+    print("CPU per page, in-process:")
+    for label, cost in cpu.items():
+        print(f"  {label:16} {cost:6.1f} ms")
 
 
 if __name__ == "__main__":
