@@ -8,6 +8,7 @@ other/**.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import bcrypt
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
@@ -93,6 +95,19 @@ def _raw(driver: WebDriver, server: RegdServer) -> str:
 
 def _title(driver: WebDriver, expected: str) -> None:
     wait_for(lambda: driver.title == expected, f"the title {expected!r} (is {driver.title!r})")
+
+
+def _log_in(driver: WebDriver, server: RegdServer, user: str) -> None:
+    """A fresh browser session logged in as `user`, through the login form."""
+    driver.delete_all_cookies()
+    driver.get(f"{server.url}/ui/login")
+    driver.find_element(By.ID, "user").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(PASSWORDS[user])
+    driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    wait_for(
+        lambda: f"Signed in as {user}" in driver.find_element(By.CLASS_NAME, "who").text,
+        f"{user}'s login",
+    )
 
 
 def _main_text(driver: WebDriver) -> str:
@@ -188,7 +203,7 @@ def test_markup_a_client_pushed_renders_inert(
     title or add elements if it ran; the browser shows it as text. Repository and tag
     names cannot hold markup (their grammar forbids '<'), so the markup that reaches the
     pages through them is a request's own: a search and a repository name in the query."""
-    # Logged in as alice by the test before (the module shares one browser).
+    _log_in(browser, server, "alice")
     browser.get(f"{server.url}/ui/image?repository={seeded.repository}&reference={seeded.tag}")
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "table.labels"), "the labels")
     assert "pwned" not in browser.title
@@ -220,6 +235,7 @@ def test_delete_a_tag_in_the_browser(
     browser: WebDriver, server: RegdServer, seeded: Seeded, api: ApiClient
 ) -> None:
     assert "doomed" in api.tags(seeded.repository)
+    _log_in(browser, server, "alice")
     browser.get(f"{server.url}/ui/repository?name={seeded.repository}&order=name")
     _title(browser, f"{seeded.repository} — tags · regd")
     button = browser.find_element(By.CSS_SELECTOR, "button[aria-label='Delete tag doomed']")
@@ -314,3 +330,54 @@ def test_a_wrong_password_is_told_and_logs_nobody_in(server: RegdServer) -> None
         assert answer.status_code == 403
     finally:
         client.close()
+
+
+def test_keyboard_zoom_and_dark_mode(
+    browser: WebDriver, server: RegdServer, seeded: Seeded, screenshots: Shot
+) -> None:
+    image = f"{server.url}/ui/image?repository={seeded.repository}&reference={seeded.tag}"
+    _log_in(browser, server, "alice")
+    browser.get(image)
+    wait_for(lambda: browser.find_elements(By.ID, "layers"), "the image page")
+    # The first Tab reaches the skip link, and following it puts the focus on the content.
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    focused = browser.switch_to.active_element
+    assert focused.get_attribute("class") == "skip"
+    focused.send_keys(Keys.ENTER)
+    wait_for(lambda: browser.switch_to.active_element.get_attribute("id") == "main", "focus")
+    # Every form control has a label (or an aria-label) that names it.
+    browser.get(f"{server.url}/ui/login")
+    for control in browser.find_elements(By.CSS_SELECTOR, "input:not([type=hidden]), select"):
+        control_id = control.get_attribute("id")
+        assert browser.find_elements(By.CSS_SELECTOR, f"label[for='{control_id}']")
+
+    # 200 % zoom of a 1280 px window is a 640 px viewport: nothing but the tag table's own
+    # scroller may need a horizontal scrollbar.
+    try:
+        browser.set_window_size(640, 900)
+        for path in (image, f"{server.url}/ui/", f"{server.url}/ui/usage"):
+            browser.get(path)
+            wait_for(lambda: browser.find_elements(By.ID, "main"), path)
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth"
+            )
+            assert overflow <= 0, f"{path} is {overflow} px wider than the viewport"
+    finally:
+        browser.set_window_size(1280, 900)
+
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    try:
+        browser.get(image)
+        wait_for(lambda: browser.find_elements(By.ID, "layers"), "the image page")
+        background = browser.execute_script(
+            "return getComputedStyle(document.body).backgroundColor"
+        )
+        red, green, blue = (int(x) for x in re.findall(r"\d+", background)[:3])
+        assert red + green + blue < 100, background
+        screenshots(browser, "image-dark")
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})

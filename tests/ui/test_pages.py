@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from html import unescape
 from pathlib import Path
 
@@ -16,7 +16,9 @@ import pytest
 from regd.api.auth import need_for
 from regd.app import create_app
 from regd.config import Config
+from regd.metadata import MetadataStore, sqlite_url
 from regd.registry import Registry
+from regd.storage import MemoryDriver
 from regd.ui.views import TAG_PAGE as TAGS_PAGE
 from tests.helpers.http_api import ApiClient
 from tests.helpers.servers import RegdServer
@@ -45,6 +47,16 @@ def tagged(server: RegdServer) -> list[str]:
         for name in names[1:]:
             api.push_manifest(REPO, name, body)
     return names
+
+
+@pytest.fixture
+async def sqlite_registry(tmp_path: Path) -> AsyncIterator[Registry]:
+    """For the in-process cases, which are about the app, not the database: SQLite only."""
+    store = MetadataStore(sqlite_url(tmp_path / "regd.db"))
+    store.create_schema()
+    registry = Registry.create(MemoryDriver(), store)
+    yield registry
+    await registry.aclose()
 
 
 def _walk(client: UiClient, first: str) -> list[list[str]]:
@@ -138,9 +150,11 @@ def test_usage_shows_each_repository_with_a_chart(server: RegdServer, tagged: li
     assert "Garbage collection" in page
 
 
-async def test_the_ui_setting_turns_it_off(registry: Registry) -> None:
+async def test_the_ui_setting_turns_it_off(sqlite_registry: Registry) -> None:
     for enabled in (True, False):
-        app = create_app(registry, Config(access_log=False, upload_purge_interval=0, ui=enabled))
+        app = create_app(
+            sqlite_registry, Config(access_log=False, upload_purge_interval=0, ui=enabled)
+        )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
             answer = await http.get("/ui/static/ui.css")
@@ -159,11 +173,13 @@ def test_the_gate_leaves_the_ui_to_its_session() -> None:
     assert need.action == "pull"
 
 
-async def test_an_unusable_session_key_is_a_503_page(registry: Registry, tmp_path: Path) -> None:
+async def test_an_unusable_session_key_is_a_503_page(
+    sqlite_registry: Registry, tmp_path: Path
+) -> None:
     not_a_dir = tmp_path / "key-dir"
     not_a_dir.write_text("a file where the key directory should be")
     config = Config(access_log=False, upload_purge_interval=0, auth_key_dir=not_a_dir)
-    transport = httpx.ASGITransport(app=create_app(registry, config))
+    transport = httpx.ASGITransport(app=create_app(sqlite_registry, config))
     async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
         answer = await http.get("/ui/")
     assert answer.status_code == 503
