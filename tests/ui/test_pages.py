@@ -150,11 +150,10 @@ def test_usage_shows_each_repository_with_a_chart(server: RegdServer, tagged: li
     assert "Garbage collection" in page
 
 
-async def test_the_ui_setting_turns_it_off(sqlite_registry: Registry) -> None:
+async def test_the_ui_setting_turns_it_off(sqlite_registry: Registry, tmp_path: Path) -> None:
     for enabled in (True, False):
-        app = create_app(
-            sqlite_registry, Config(access_log=False, upload_purge_interval=0, ui=enabled)
-        )
+        config = Config(access_log=False, upload_purge_interval=0, ui=enabled, data_dir=tmp_path)
+        app = create_app(sqlite_registry, config)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
             answer = await http.get("/ui/static/ui.css")
