@@ -399,7 +399,13 @@ async def _refuse(status: int, message: str) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Only a page of the UI: never an address elsewhere (no open redirect)."""
-    if target and target.startswith("/ui/") and not target.startswith("/ui//"):
+    if (
+        target
+        and target.startswith("/ui/")
+        and not target.startswith("/ui//")
+        and target.isprintable()
+        and len(target) <= 2048
+    ):
         return target
     return "/ui/"
 

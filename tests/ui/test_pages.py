@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from html import unescape
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -184,3 +185,21 @@ async def test_an_unusable_session_key_is_a_503_page(
     assert answer.status_code == 503
     assert "storage or database failed" in answer.text
     assert answer.headers["content-security-policy"]
+
+
+def test_login_goes_back_only_to_a_page_of_the_ui(server: RegdServer) -> None:
+    """With authentication off there is no one to log in, but the form still names where
+    it would go; a `next` elsewhere (or with a line break) becomes the catalog."""
+    client = UiClient(server.url)
+    try:
+        for target, expected in (
+            ("/ui/usage", "/ui/usage"),
+            ("https://elsewhere.example/", "/ui/"),
+            ("//elsewhere.example/ui/", "/ui/"),
+            ("/ui//elsewhere.example/", "/ui/"),
+            ("/ui/\r\nSet-Cookie: x=1", "/ui/"),
+        ):
+            page = client.page(f"/ui/login?{urlencode({'next': target})}")
+            assert f'name="next" value="{expected}"' in page, target
+    finally:
+        client.close()
