@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -52,6 +52,9 @@ bp = Blueprint(
 CATALOG_PAGE = 50
 TAG_PAGE = 50
 USAGE_BARS = 20
+# How old a usage report the page may show, and how long a request waits for one.
+USAGE_MAX_AGE = 30.0
+USAGE_WAIT = 60.0
 # The usage chart, in its own units: names on the left, bars to the right of them.
 CHART_LABEL = 30
 CHART_BAR_X = 240
@@ -70,6 +73,10 @@ SECURITY_HEADERS = {
 }
 
 
+class UsageBusy(BackendError):
+    kind = "usage report"
+
+
 @dataclass(slots=True)
 class UiState:
     # None when authentication is off.
@@ -78,6 +85,10 @@ class UiState:
     # Read (or made) by the first request to the UI, so an app that never serves a page
     # never touches the key directory.
     signer: Signer | None = None
+    # The last usage report and when (trio's clock) it was made; one request at a time
+    # makes a new one, the others wait for it (see _usage_report).
+    usage: tuple[float, dict[str, Any]] | None = None
+    usage_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 def install(app: Any, config: Config) -> None:
@@ -337,12 +348,28 @@ async def referrers() -> Response:
     )
 
 
+async def _usage_report(registry: Registry, config: Config) -> dict[str, Any]:
+    """The registry's usage, at most USAGE_MAX_AGE seconds old. Computing it reads every
+    manifest and blob row (seconds at 100,000 tags), so anyone may ask for the page but
+    the work is done at most once per interval, whoever and however many ask."""
+    state = _state()
+    with trio.move_on_after(USAGE_WAIT):
+        async with state.usage_lock:
+            if state.usage is None or trio.current_time() - state.usage[0] > USAGE_MAX_AGE:
+                report = await registry.lifecycle.usage(
+                    grace_seconds=config.gc_grace, per_tag=False
+                )
+                state.usage = (trio.current_time(), report)
+            return state.usage[1]
+    raise UsageBusy(f"the usage report took longer than {USAGE_WAIT:.0f} s; try again")
+
+
 @bp.route("/usage", methods=["GET"])
 async def usage() -> Response:
     caller = _caller()
     config = _state().config
     registry = _registry()
-    report = await registry.lifecycle.usage(grace_seconds=config.gc_grace)
+    report = await _usage_report(registry, config)
     repositories = [r for r in report["repositories"] if caller.may_pull(r["name"])]
     # Registry-wide figures and the state of collection tell of every repository.
     whole = caller.may(ADMIN)
@@ -374,6 +401,7 @@ async def usage() -> Response:
         bar_x=CHART_BAR_X,
         sweep_until=sweep_until,
         config=config,
+        max_age=USAGE_MAX_AGE,
     )
 
 

@@ -143,3 +143,27 @@ def test_config_summary_takes_what_is_there_and_nothing_odd() -> None:
     assert summary.history == [{"created_by": "RUN x"}]
     assert summarize_config(b"[1]").problem
     assert summarize_config(b"not json").problem
+
+
+async def test_usage_without_tags_has_the_same_repository_figures(
+    tmp_path: Path, database_url: str | None, clock: ManualClock
+) -> None:
+    async with metadata_store(database_url, tmp_path, clock=clock) as store:
+        registry = Registry.create(MemoryDriver(), store)
+        shared, own = f"sha256:{'3' * 64}", f"sha256:{'4' * 64}"
+        for repo, blobs in (("a/one", [shared, own]), ("b/two", [shared])):
+            for digest in blobs:
+                await store.link_blob(repo, digest, 1000 if digest == shared else 50)
+            payload = json.dumps({"schemaVersion": 2, "repo": repo}).encode()
+            await store.put_manifest(repo, _manifest(payload, blobs=blobs), ["x", "y"])
+        full = await registry.lifecycle.usage()
+        light = await registry.lifecycle.usage(per_tag=False)
+        assert [len(r["tags"]) for r in full["repositories"]] == [2, 2]
+        assert [r["tags"] for r in light["repositories"]] == [[], []]
+        strip = ("tags",)
+        assert [{k: v for k, v in r.items() if k not in strip} for r in light["repositories"]] == [
+            {k: v for k, v in r.items() if k not in strip} for r in full["repositories"]
+        ]
+        one = light["repositories"][0]
+        assert one["shared"] == 1000
+        assert one["unique"] == 50 + len(json.dumps({"schemaVersion": 2, "repo": "a/one"}))
