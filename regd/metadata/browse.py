@@ -162,18 +162,19 @@ async def tag_digest(store: MetadataStore, repository: str, tag: str) -> str | N
     return await store.run_read(q)
 
 
-async def tag_count(store: MetadataStore, repository: str) -> int:
+async def tag_count(store: MetadataStore, repository: str, cap: int) -> int:
+    """How many tags the repository has, counted up to `cap` + 1: beyond that, a count
+    costs a visit to every tag and says little more."""
+
     def q(conn: Connection) -> int:
-        return int(
-            conn.execute(
-                select(func.count())
-                .select_from(
-                    t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
-                )
-                .where(t.repositories.c.name == repository)
-            ).scalar()
-            or 0
+        capped = (
+            select(t.tags.c.name)
+            .select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
+            .where(t.repositories.c.name == repository)
+            .limit(cap + 1)
+            .subquery()
         )
+        return int(conn.execute(select(func.count()).select_from(capped)).scalar() or 0)
 
     return await store.run_read(q)
 

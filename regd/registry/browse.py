@@ -18,6 +18,8 @@ from regd.registry.manifests import Manifests
 # An image config bigger than this is not shown (real ones are a few KiB).
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_TAG_PAGE = 500
+# Tags are counted up to this many; a repository with more shows "more than" it.
+TAG_COUNT_CAP = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +183,10 @@ class Browsing:
         following = _encode_cursor(entries[-1], by_time) if page.more and entries else None
         return TagListing(entries, following)
 
-    async def tag_count(self, repository: str) -> int:
-        return await browse.tag_count(self._metadata, validation.repository_name(repository))
+    async def tag_count(self, repository: str, cap: int = TAG_COUNT_CAP) -> int:
+        """The number of tags, or `cap` + 1 when there are more than `cap`."""
+        name = validation.repository_name(repository)
+        return await browse.tag_count(self._metadata, name, cap)
 
     async def image(self, repository: str, reference: str) -> ImageView:
         """The manifest `reference` names, parsed, and (for an image) its config's summary."""

@@ -27,7 +27,7 @@ from regd.auth.scopes import ADMIN, DELETE, PULL
 from regd.config import Config
 from regd.errors import BackendError, NameUnknown, RegistryError
 from regd.registry import Registry, validation
-from regd.registry.browse import platform_name
+from regd.registry.browse import TAG_COUNT_CAP, platform_name
 from regd.ui.session import (
     COOKIE,
     SESSION_SECONDS,
@@ -291,7 +291,7 @@ async def repository() -> Response:
     after = request.args.get("after") or None
     browsing = _registry().browsing
     listing = await browsing.tags(name, by_time=order == "time", after=after, limit=TAG_PAGE)
-    # Counting visits every tag of the repository: on the first page only.
+    # On the first page only: a count visits tags (up to TAG_COUNT_CAP of them).
     count = None if after else await browsing.tag_count(name)
     return await _page(
         "repository.html",
@@ -301,6 +301,7 @@ async def repository() -> Response:
         after=after,
         listing=listing,
         count=count,
+        count_cap=TAG_COUNT_CAP,
         host=request.host,
         may_delete=_caller().may(DELETE, name),
         deleted=request.args.get("deleted", "")[:128],

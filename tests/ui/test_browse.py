@@ -167,3 +167,16 @@ async def test_usage_without_tags_has_the_same_repository_figures(
         one = light["repositories"][0]
         assert one["shared"] == 1000
         assert one["unique"] == 50 + len(json.dumps({"schemaVersion": 2, "repo": "a/one"}))
+
+
+async def test_tags_are_counted_up_to_a_cap(
+    tmp_path: Path, database_url: str | None, clock: ManualClock
+) -> None:
+    async with metadata_store(database_url, tmp_path, clock=clock) as store:
+        browsing = Registry.create(MemoryDriver(), store).browsing
+        names = [f"t{i}" for i in range(7)]
+        await store.put_manifest(REPO, _manifest(b'{"schemaVersion":2}'), names)
+        assert await browsing.tag_count(REPO) == 7
+        assert await browsing.tag_count(REPO, cap=7) == 7
+        assert await browsing.tag_count(REPO, cap=5) == 6
+        assert await browsing.tag_count("no/such") == 0
