@@ -12,7 +12,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from regd import api
+from regd import api, ui
 from regd.api.auth import Gate
 from regd.api.auth import install as install_auth
 from regd.api.errors import Answer, answer_for, refusal
@@ -148,6 +148,8 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     app.url_map.merge_slashes = False
     for blueprint in api.BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if config.ui:
+        ui.install(app, config)
 
     @app.errorhandler(Exception)
     async def _error(error: Exception) -> Response:

@@ -217,6 +217,8 @@ class Config:
     auth_trust: tuple[TrustedIssuerConfig, ...] = ()
     auth_open: bool = False
     access: tuple[dict[str, Any], ...] = ()
+    # The web UI at /ui/ (regd.ui).
+    ui: bool = True
 
     @property
     def auth_keys_dir(self) -> Path:
@@ -294,7 +296,7 @@ _INTS = frozenset(
         "max_header_size",
     }
 )
-_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open"})
+_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open", "ui"})
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

@@ -14,6 +14,8 @@ What a route needs (`Need`):
 - GET /v2/_catalog: the catalog right (and the listing holds only what the caller may pull);
 - /admin/v1/...: the admin right, or `Authorization: Bearer <admin_token>`;
 - /auth/... (the token service): nothing;
+- /ui/... (the web UI): nothing here; it authenticates its own requests by their session
+  cookie and asks the same policy (regd.ui);
 - any other route: an authenticated caller.
 With authentication off there is no Gate: nothing here runs and no request awaits anything more.
 """
@@ -202,9 +204,9 @@ _LISTING = re.compile(r"^/v2/(.+)/(?:tags/list|referrers/[^/]+)/?$")
 
 
 def need_for(method: str, path: str) -> Need | None:
-    """What a request needs; None for the token service. A path that names no route needs
+    """What a request needs; None for the token service and the UI. A path that names no route needs
     a logged-in caller (who is then told it does not exist)."""
-    if path.startswith("/auth/"):
+    if path.startswith(("/auth/", "/ui/")) or path == "/ui":
         return None
     if path.startswith("/admin/"):
         return Need(ADMIN)

@@ -126,6 +126,8 @@ tags = Table(
     Column("manifest_id", _Id, ForeignKey("manifests.id", ondelete="CASCADE"), nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("tags_manifest", "manifest_id"),
+    # The web UI pages through a repository's tags newest first (regd.metadata.browse).
+    Index("tags_pushed", "repository_id", "updated_at", "name"),
 )
 
 # Named leases shared by all replicas: `blob:<digest>` while a blob's file is placed or

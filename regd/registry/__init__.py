@@ -8,6 +8,7 @@ from regd.clock import SYSTEM_CLOCK, Clock
 from regd.metadata import MetadataStore
 from regd.registry.adoption import Adoption
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
+from regd.registry.browse import Browsing
 from regd.registry.integrity import Integrity
 from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
@@ -29,6 +30,7 @@ class Registry:
     repositories: Repositories
     integrity: Integrity
     adoption: Adoption
+    browsing: Browsing
 
     @classmethod
     def create(
@@ -42,10 +44,11 @@ class Registry:
         """The registry over `storage` and `metadata`. Decisions that compare wall-clock
         times (grace periods, retention ages) read `clock`; give the store the same one."""
         manifests = Manifests(metadata)
+        blobs = Blobs(storage, metadata)
         return cls(
             storage=storage,
             metadata=metadata,
-            blobs=Blobs(storage, metadata),
+            blobs=blobs,
             uploads=Uploads(
                 storage, metadata, max_uploads_per_repository=max_uploads_per_repository
             ),
@@ -55,6 +58,7 @@ class Registry:
             repositories=Repositories(metadata, clock),
             integrity=Integrity(storage, metadata, clock),
             adoption=Adoption(storage, metadata, manifests),
+            browsing=Browsing(metadata, manifests, blobs),
         )
 
     async def aclose(self) -> None:
@@ -68,6 +72,7 @@ __all__ = [
     "BlobStat",
     "BlobStream",
     "Blobs",
+    "Browsing",
     "Integrity",
     "Lifecycle",
     "Listings",

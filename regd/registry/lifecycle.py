@@ -339,10 +339,14 @@ class Lifecycle:
     # -- disk usage ----------------------------------------------------------------------
 
     async def usage(
-        self, repository: str | None = None, *, grace_seconds: float = 3600.0
+        self, repository: str | None = None, *, grace_seconds: float = 3600.0, per_tag: bool = True
     ) -> dict[str, Any]:
+        """`per_tag=False` leaves out each tag's figures (every repository's `tags` is
+        empty): they are most of the work when a repository has many tags."""
         snap = await rows.snapshot(self._metadata)
-        usage = compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
+        usage = compute_usage(
+            snap, repository, linked_before=self._clock.now() - grace_seconds, per_tag=per_tag
+        )
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
         # The room left where the blobs live, so a filling disk is seen before pushes fail.
@@ -367,7 +371,11 @@ def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:
 
 
 def compute_usage(
-    snap: Snapshot, only: str | None = None, *, linked_before: float | None = None
+    snap: Snapshot,
+    only: str | None = None,
+    *,
+    linked_before: float | None = None,
+    per_tag: bool = True,
 ) -> dict[str, Any]:
     """Sizes per registry, repository and tag, from the rows alone.
 
@@ -387,7 +395,7 @@ def compute_usage(
         repo_blobs[rid] = held
         for d in held:
             blob_repos[d].add(rid)
-        for tag, mid in graph.tags.items():
+        for tag, mid in graph.tags.items() if per_tag else ():
             reach = _closure(graph, [mid])
             blobs = {d for m in reach for d in graph.blobs.get(m, ())}
             tag_blobs[(rid, tag)] = blobs
@@ -405,7 +413,7 @@ def compute_usage(
         manifest_bytes = sum(m.size for m in graph.manifests.values())
         unique = {d for d in held if blob_repos[d] == {rid}}
         tags = []
-        for tag in sorted(graph.tags):
+        for tag in sorted(graph.tags) if per_tag else ():
             blobs = tag_blobs[(rid, tag)]
             mine = {d for d in blobs if blob_tags[d] == {(rid, tag)}}
             tags.append(
