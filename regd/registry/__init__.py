@@ -57,6 +57,11 @@ class Registry:
             adoption=Adoption(storage, metadata, manifests),
         )
 
+    @property
+    def pull_events(self) -> bool:
+        """Whether any event endpoint wants to hear of pulls."""
+        return self.metadata.event_routing.pulls
+
     async def aclose(self) -> None:
         await self.metadata.aclose()
 
