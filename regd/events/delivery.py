@@ -146,6 +146,13 @@ class Deliverer:
         if not events:
             await trio.sleep(self._poll)
             return
+        # A delivery under way is finished and its outcome written even when the server
+        # stops (both are bounded): cut short, it would reach the endpoint again from the
+        # next holder of the lease.
+        with trio.CancelScope(shield=True):
+            await self._deliver(events, failures)
+
+    async def _deliver(self, events: Sequence[PendingEvent], failures: int) -> None:
         error = await self.post(events)
         if error is None:
             await self._store.events_delivered(self.endpoint.name, [e.seq for e in events])
