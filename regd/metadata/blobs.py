@@ -107,6 +107,8 @@ class Blobs(Uploads, Outbox):
         Also ends the upload session `upload_id`, releases the blob's lease, held by
         `release_lock`, and with `origin` writes the push event, in the same transaction.
         """
+        target = Target(repository, digest, BLOB_MEDIA_TYPE, size, kind="blobs")
+        events = self._event_rows(origin, PUSH, [target])
 
         def w(conn: Connection) -> None:
             now = self.clock.now()
@@ -120,9 +122,7 @@ class Blobs(Uploads, Outbox):
                 self._end_upload(conn, upload_id)
             if release_lock is not None:
                 self._release(conn, blob_lease(digest), release_lock)
-            if origin is not None:
-                target = Target(repository, digest, BLOB_MEDIA_TYPE, size, kind="blobs")
-                self._record_events(conn, origin, PUSH, [target])
+            self._write_events(conn, events)
 
         await self.run_write(w)
 

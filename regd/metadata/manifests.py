@@ -181,6 +181,15 @@ class Manifests(Outbox):
         blobs = list(dict.fromkeys(new.blobs))
         children = list(dict.fromkeys(new.children))
         sql = self._manifest_sql
+        pushed: list[str | None] = [*tag_list] if tag_list else [None]
+        events = self._event_rows(
+            origin,
+            PUSH,
+            [
+                Target(repository, new.digest, new.media_type, new.size, tag, "manifests")
+                for tag in pushed
+            ],
+        )
 
         def w(conn: Connection) -> None:
             now = self.clock.now()
@@ -231,17 +240,7 @@ class Manifests(Outbox):
                         for tag in tag_list
                     ],
                 )
-            if origin is not None:
-                pushed: list[str | None] = [*tag_list] if tag_list else [None]
-                self._record_events(
-                    conn,
-                    origin,
-                    PUSH,
-                    [
-                        Target(repository, new.digest, new.media_type, new.size, tag, "manifests")
-                        for tag in pushed
-                    ],
-                )
+            self._write_events(conn, events)
 
         await self.run_write(w)
 

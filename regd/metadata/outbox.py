@@ -1,15 +1,15 @@
 """The event outbox: what changed, written in the transaction that changed it.
 
-A push, a mount or a deletion writes its event row (rendered once, in Distribution's
-notification format) and one delivery row per endpoint that wants it in the same
-transaction as the change, so an event exists exactly when its change does. Deliverers
-(regd.events) read an endpoint's delivery rows in order and delete them once the endpoint
-has taken them; an event row goes with the last of its deliveries.
+A push, a mount or a deletion writes one row per endpoint that wants its event (rendered
+once, in Distribution's notification format) in the same transaction as the change, so an
+event exists exactly when its change does. Deliverers (regd.events) read an endpoint's
+rows in order and delete them once the endpoint has taken them.
 
-One delivery row per endpoint rather than a cursor per endpoint: on PostgreSQL, sequence
-numbers are handed out when rows are inserted, not when they commit, so a cursor could
-move past an event whose transaction commits late and never see it. A delivery row is
-seen whenever it commits.
+A row per endpoint rather than one per event and a cursor per endpoint: on PostgreSQL,
+sequence numbers are handed out when rows are inserted, not when they commit, so a cursor
+could move past an event whose transaction commits late and never see it; a row is seen
+whenever it commits. And a push with one endpoint adds one INSERT to its transaction, not
+two; the body is repeated for a second endpoint, which is rarer and cheap.
 
 Pulls change nothing and are not written in a transaction of their own per request: they
 are noted in memory and written in batches (`flush_pulls`), so an event for a pull may be
@@ -31,7 +31,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Float,
-    ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -44,7 +44,6 @@ from sqlalchemy import (
 )
 
 from regd.metadata.engine import Database
-from regd.metadata.rules import BATCH_SIZE
 from regd.metadata.schema import metadata
 
 # Distribution's names for what happened.
@@ -57,24 +56,16 @@ MAX_PENDING_PULLS = 10_000
 
 _Id = BigInteger().with_variant(Integer(), "sqlite")
 
-# `body` is the event as Distribution's receivers read it, rendered when it happened.
-event_outbox = Table(
-    "event_outbox",
+# What each endpoint has still to receive, oldest first by `seq`; `body` is the event as
+# Distribution's receivers read it, rendered when it happened.
+event_queue = Table(
+    "event_queue",
     metadata,
     Column("seq", _Id, primary_key=True, autoincrement=True),
-    Column("id", String(36), nullable=False),
+    Column("endpoint", String(100), nullable=False),
     Column("created_at", Float, nullable=False),
-    Column("action", String(16), nullable=False),
-    Column("repository", Text, nullable=False),
     Column("body", Text, nullable=False),
-)
-
-# What each endpoint has still to receive; the primary key orders an endpoint's queue.
-event_deliveries = Table(
-    "event_deliveries",
-    metadata,
-    Column("endpoint", String(100), primary_key=True),
-    Column("seq", _Id, ForeignKey("event_outbox.seq", ondelete="CASCADE"), primary_key=True),
+    Index("event_queue_endpoint", "endpoint", "seq"),
 )
 
 # Each endpoint's delivery state, shared by every replica, so that a backoff outlives a
@@ -156,7 +147,6 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
     seq: int
-    id: str
     body: str
 
 
@@ -237,24 +227,19 @@ def render(
 
 class _OutboxStatements:
     def __init__(self) -> None:
-        box, dl, ep = event_outbox, event_deliveries, event_endpoints
-        self.add = box.insert().returning(box.c.seq)
-        self.add_delivery = dl.insert()
-        # :endpoint, :after, :limit
+        queue, ep = event_queue, event_endpoints
+        self.add = queue.insert()
+        # :endpoint, :limit
         self.pending = (
-            select(box.c.seq, box.c.id, box.c.body)
-            .select_from(dl.join(box, box.c.seq == dl.c.seq))
-            .where(dl.c.endpoint == bindparam("endpoint"), dl.c.seq > bindparam("after"))
-            .order_by(dl.c.seq)
+            select(queue.c.seq, queue.c.body)
+            .where(queue.c.endpoint == bindparam("endpoint"))
+            .order_by(queue.c.seq)
             .limit(bindparam("limit"))
         )
         # :endpoint, :seqs (expanding)
-        self.ack = delete(dl).where(
-            dl.c.endpoint == bindparam("endpoint"), dl.c.seq.in_(bindparam("seqs", expanding=True))
-        )
-        self.orphans = delete(box).where(
-            box.c.seq.in_(bindparam("seqs", expanding=True)),
-            ~select(dl.c.seq).where(dl.c.seq == box.c.seq).exists(),
+        self.ack = delete(queue).where(
+            queue.c.endpoint == bindparam("endpoint"),
+            queue.c.seq.in_(bindparam("seqs", expanding=True)),
         )
         self.state = select(ep).where(ep.c.name == bindparam("endpoint"))
 
@@ -278,38 +263,32 @@ class Outbox(Database):
     ) -> None:
         """Write the events for `targets`, in the caller's transaction, for the endpoints
         that want them. No origin: the change is not one events report."""
+        self._write_events(conn, self._event_rows(origin, action, targets))
+
+    def _event_rows(
+        self,
+        origin: Origin | None,
+        action: str,
+        targets: Sequence[Target],
+        when: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows reporting `targets`, rendered; the busy write paths make them before
+        their transaction, which then holds the database's write lock no longer for them."""
         routing = self.event_routing
         if origin is None or not routing.endpoints:
-            return
-        now = self.clock.now()
+            return []
+        now = self.clock.now() if when is None else when
+        rows = []
         for target in targets:
-            self._write_event(conn, routing, now, action, target, origin)
+            names = routing.wanting(action, target.repository, target.media_type)
+            if names:
+                body = render(str(uuid.uuid4()), now, action, target, origin, routing)
+                rows += [{"endpoint": n, "created_at": now, "body": body} for n in names]
+        return rows
 
-    def _write_event(
-        self,
-        conn: Connection,
-        routing: EventRouting,
-        now: float,
-        action: str,
-        target: Target,
-        origin: Origin,
-    ) -> None:
-        names = routing.wanting(action, target.repository, target.media_type)
-        if not names:
-            return
-        event_id = str(uuid.uuid4())
-        body = render(event_id, now, action, target, origin, routing)
-        seq = conn.execute(
-            self._outbox_sql.add,
-            {
-                "id": event_id,
-                "created_at": now,
-                "action": action,
-                "repository": target.repository,
-                "body": body,
-            },
-        ).scalar_one()
-        conn.execute(self._outbox_sql.add_delivery, [{"endpoint": n, "seq": seq} for n in names])
+    def _write_events(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            conn.execute(self._outbox_sql.add, rows if len(rows) > 1 else rows[0])
 
     # -- pulls, best effort --------------------------------------------------------------
 
@@ -327,35 +306,31 @@ class Outbox(Database):
         noted, self._pulls = self._pulls, []
         if not noted:
             return 0
-        routing = self.event_routing
-
-        def w(conn: Connection) -> None:
-            for when, target, origin in noted:
-                self._write_event(conn, routing, when, PULL, target, origin)
-
-        await self.run_write(w)
+        rows = [
+            r
+            for when, target, origin in noted
+            for r in self._event_rows(origin, PULL, [target], when)
+        ]
+        await self.run_write(self._write_events, rows)
         return len(noted)
 
     # -- delivery ------------------------------------------------------------------------
 
-    async def pending_events(self, endpoint: str, limit: int, after: int = 0) -> list[PendingEvent]:
+    async def pending_events(self, endpoint: str, limit: int) -> list[PendingEvent]:
         """The endpoint's next undelivered events, oldest first."""
 
         def q(conn: Connection) -> list[PendingEvent]:
-            rows = conn.execute(
-                self._outbox_sql.pending, {"endpoint": endpoint, "after": after, "limit": limit}
-            )
-            return [PendingEvent(int(seq), eid, body) for seq, eid, body in rows]
+            rows = conn.execute(self._outbox_sql.pending, {"endpoint": endpoint, "limit": limit})
+            return [PendingEvent(int(seq), body) for seq, body in rows]
 
         return await self.run_read(q)
 
     async def events_delivered(self, endpoint: str, seqs: Sequence[int]) -> None:
-        """The endpoint took these events: forget them, and events nobody awaits any more."""
+        """The endpoint took these events: they leave its queue."""
         batch = list(seqs)
 
         def w(conn: Connection) -> None:
             conn.execute(self._outbox_sql.ack, {"endpoint": endpoint, "seqs": batch})
-            conn.execute(self._outbox_sql.orphans, {"seqs": batch})
             now = self.clock.now()
             self._upsert_state(
                 conn,
@@ -424,22 +399,22 @@ class Outbox(Database):
         """Every endpoint with a state or with events waiting, by name."""
 
         def q(conn: Connection) -> list[EndpointState]:
-            dl, box, ep = event_deliveries, event_outbox, event_endpoints
+            queue, ep = event_queue, event_endpoints
             queued = {
-                name: (int(count), first)
-                for name, count, first in conn.execute(
-                    select(dl.c.endpoint, func.count(), func.min(dl.c.seq)).group_by(dl.c.endpoint)
+                name: (int(count), first, oldest)
+                for name, count, first, oldest in conn.execute(
+                    select(
+                        queue.c.endpoint,
+                        func.count(),
+                        func.min(queue.c.seq),
+                        func.min(queue.c.created_at),
+                    ).group_by(queue.c.endpoint)
                 )
             }
             states = {row.name: row for row in conn.execute(select(ep))}
             out = []
             for name in sorted(set(queued) | set(states)):
-                count, first = queued.get(name, (0, None))
-                oldest_at = None
-                if first is not None:
-                    oldest_at = conn.execute(
-                        select(box.c.created_at).where(box.c.seq == first)
-                    ).scalar()
+                count, first, oldest_at = queued.get(name, (0, None, None))
                 row = states.get(name)
                 out.append(
                     EndpointState(
@@ -481,16 +456,11 @@ class Outbox(Database):
         how many were dropped."""
 
         def w(conn: Connection) -> int:
-            dl = event_deliveries
-            cond = [dl.c.endpoint == endpoint]
+            queue = event_queue
+            cond = [queue.c.endpoint == endpoint]
             if through is not None:
-                cond.append(dl.c.seq <= through)
-            seqs = list(conn.execute(select(dl.c.seq).where(*cond)).scalars())
-            dropped = 0
-            for start in range(0, len(seqs), BATCH_SIZE):
-                batch = seqs[start : start + BATCH_SIZE]
-                dropped += conn.execute(delete(dl).where(*cond, dl.c.seq.in_(batch))).rowcount
-                conn.execute(self._outbox_sql.orphans, {"seqs": batch})
+                cond.append(queue.c.seq <= through)
+            dropped: int = conn.execute(delete(queue).where(*cond)).rowcount
             return dropped
 
         return await self.run_write(w)

@@ -52,6 +52,7 @@ name = "other"
 url = "{receiver.url}/other"
 repositories = "ev/other.*"
 ignore = {{ actions = ["delete"] }}
+pulls = true
 backoff = 0.2
 """
     )
@@ -103,6 +104,8 @@ def test_nothing_is_lost_through_an_outage_and_a_restart(
         )
         expect(mount, "mount", 201)
         expected.append(("mount", "ev/other", layer1, None))
+        # Reported to the endpoint that asked for pulls, and to it only.
+        assert api.get_blob("ev/other", layer1) == b"one"
         expect(api.http.delete("/v2/ev/app/manifests/v1"), "delete tag", 202)
         expected.append(("delete", "ev/app", None, "v1"))
 
@@ -137,13 +140,16 @@ def test_nothing_is_lost_through_an_outage_and_a_restart(
     retried = regctl(server, "events", "retry")
     assert retried.returncode == 0, retried.stderr
     receiver.wait_for(len(expected), "/hook")
-    receiver.wait_for(1, "/other")
+    receiver.wait_for(2, "/other")
 
     events = receiver.events("/hook")
     assert [summary(e) for e in events] == expected
     assert len({e["id"] for e in events}) == len(events)
     # The filtered endpoint hears of its repository only, and of no deletion.
-    assert [summary(e) for e in receiver.events("/other")] == [expected[3]]
+    assert [summary(e) for e in receiver.events("/other")] == [
+        expected[3],
+        ("pull", "ev/other", layer1, None),
+    ]
     for delivery in receiver.deliveries:
         assert delivery.headers["content-type"] == ENVELOPE
         if delivery.path == "/hook":
