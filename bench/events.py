@@ -76,6 +76,7 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
     try:
         before = receiver.count
         load = os.getloadavg()[0]
+        cpu = server.cpu()
         result = push_small_images(server, args.images, args.clients)
         out = {
             "events": events,
@@ -85,6 +86,11 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
         }
         if events:
             out["delivered_after_s"] = round(receiver.wait_for(before + 5 * args.images), 3)
+        else:
+            # The same pause as delivery takes on the other side, for idle work to show.
+            time.sleep(args.settle)
+        # regd's CPU per image, deliveries included: steadier than a rate on a busy machine.
+        out["cpu_ms_per_image"] = round((server.cpu() - cpu) / args.images * 1000, 2)
         return out
     finally:
         server.stop()
@@ -97,10 +103,11 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database", default=None)
+    parser.add_argument("--settle", type=float, default=1.0)
     args = parser.parse_args()
     receiver = Receiver()
     runs = []
-    for i in range(args.rounds):
+    for i in range(args.rounds):  # Ctrl-C stops the servers too
         order = (False, True) if i % 2 == 0 else (True, False)
         for events in order:
             run = one_run(events, receiver, args)
@@ -108,10 +115,15 @@ def main() -> int:
             print(json.dumps(run), flush=True)
     off = [r["images_s"] for r in runs if not r["events"]]
     on = [r["images_s"] for r in runs if r["events"]]
+    off_cpu = [r["cpu_ms_per_image"] for r in runs if not r["events"]]
+    on_cpu = [r["cpu_ms_per_image"] for r in runs if r["events"]]
     summary = {
         "off_median_images_s": statistics.median(off),
         "on_median_images_s": statistics.median(on),
         "on_vs_off": round(statistics.median(on) / statistics.median(off), 3),
+        "off_median_cpu_ms_per_image": statistics.median(off_cpu),
+        "on_median_cpu_ms_per_image": statistics.median(on_cpu),
+        "cpu_on_vs_off": round(statistics.median(on_cpu) / statistics.median(off_cpu), 3),
         "errors": sum(r["errors"] for r in runs),
     }
     print(json.dumps(summary))

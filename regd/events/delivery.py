@@ -150,9 +150,14 @@ class Deliverer:
         # stops (both are bounded): cut short, it would reach the endpoint again from the
         # next holder of the lease.
         with trio.CancelScope(shield=True):
-            await self._deliver(events, failures)
+            delivered = await self._deliver(events, failures)
+        if delivered and len(events) < self._batch:
+            # Caught up: let events gather for a while rather than post (and write the
+            # acknowledgement of) every few as they come, which under a stream of pushes
+            # would add a transaction of its own for every one or two of theirs.
+            await trio.sleep(self._poll)
 
-    async def _deliver(self, events: Sequence[PendingEvent], failures: int) -> None:
+    async def _deliver(self, events: Sequence[PendingEvent], failures: int) -> bool:
         error = await self.post(events)
         if error is None:
             await self._store.events_delivered(self.endpoint.name, [e.seq for e in events])
@@ -160,7 +165,7 @@ class Deliverer:
                 log.info(
                     "endpoint=%s delivering again after %d failures", self.endpoint.name, failures
                 )
-            return
+            return True
         delay = retry_delay(self.endpoint, failures + 1)
         failures = await self._store.delivery_failed(
             self.endpoint.name, error, self._store.clock.now() + delay
@@ -172,6 +177,7 @@ class Deliverer:
                 failures,
                 error,
             )
+        return False
 
     async def _hold_lease(self) -> bool:
         now = trio.current_time()
