@@ -1,13 +1,15 @@
 """What events cost: small-image pushes with one webhook endpoint against none, same build.
 
     python bench/events.py [--rounds 5] [--images 200] [--clients 16] [--workers 2] [--database URL]
+    python bench/events.py --workload pulls [--seconds 10]     # manifest GETs, pulls reported
 
 Each round starts a fresh regd twice, once without events and once with one endpoint (a
 local receiver answering 200 at once), in alternating order, and pushes the same number of
 small images (3 x 4 KiB layers, a config, a manifest; 5 events an image) with each. On a
 shared machine single runs swing more than the difference sought, so the rounds interleave
 and the medians are compared. With events on, the time until the receiver has every event
-is measured as well.
+is measured as well. `--workload pulls` compares manifest GETs by 32 keep-alive clients
+(`wrk`) without events and with an endpoint that hears of pulls.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import free_port, start_regd
+from bench import loadgen, oci
+from bench.servers import Server, free_port, start_regd
+from bench.workloads import hot
 from bench.workloads.small import push_small_images
 
 
@@ -62,8 +66,30 @@ class Receiver:
         return time.monotonic() - started
 
 
+def pull_run(server: Server, events: bool, receiver: Receiver, seconds: float) -> dict[str, Any]:
+    hot.prepare(server)
+    target = f"/v2/{hot.REPO}/manifests/{hot.TAG}"
+    before, cpu = receiver.count, server.cpu()
+    result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, seconds)
+    out: dict[str, Any] = {"events": events, "req_s": result.req_s, "errors": result.errors}
+    if events:
+        # Push events (5) and one event per GET: best effort, so counted, not awaited.
+        time.sleep(2.5)
+        out["pull_events"] = receiver.count - before - 5
+    else:
+        time.sleep(2.5)
+    out["cpu_us_per_request"] = round((server.cpu() - cpu) / result.requests * 1e6, 1)
+    return out
+
+
 def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[str, Any]:
-    endpoint = [{"name": "bench", "url": f"http://127.0.0.1:{receiver.port}/"}]
+    endpoint = [
+        {
+            "name": "bench",
+            "url": f"http://127.0.0.1:{receiver.port}/",
+            "pulls": args.workload == "pulls",
+        }
+    ]
     saved = os.environ.get("REGD_EVENT_ENDPOINTS")
     os.environ["REGD_EVENT_ENDPOINTS"] = json.dumps(endpoint if events else [])
     try:
@@ -74,6 +100,8 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
         else:
             os.environ["REGD_EVENT_ENDPOINTS"] = saved
     try:
+        if args.workload == "pulls":
+            return pull_run(server, events, receiver, args.seconds)
         before = receiver.count
         load = os.getloadavg()[0]
         cpu = server.cpu()
@@ -104,6 +132,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database", default=None)
     parser.add_argument("--settle", type=float, default=1.0)
+    parser.add_argument("--workload", choices=("push", "pulls"), default="push")
+    parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     receiver = Receiver()
     runs = []
@@ -113,16 +143,21 @@ def main() -> int:
             run = one_run(events, receiver, args)
             runs.append(run)
             print(json.dumps(run), flush=True)
-    off = [r["images_s"] for r in runs if not r["events"]]
-    on = [r["images_s"] for r in runs if r["events"]]
-    off_cpu = [r["cpu_ms_per_image"] for r in runs if not r["events"]]
-    on_cpu = [r["cpu_ms_per_image"] for r in runs if r["events"]]
+    rate, cost = (
+        ("req_s", "cpu_us_per_request")
+        if args.workload == "pulls"
+        else ("images_s", "cpu_ms_per_image")
+    )
+    off = [r[rate] for r in runs if not r["events"]]
+    on = [r[rate] for r in runs if r["events"]]
+    off_cpu = [r[cost] for r in runs if not r["events"]]
+    on_cpu = [r[cost] for r in runs if r["events"]]
     summary = {
-        "off_median_images_s": statistics.median(off),
-        "on_median_images_s": statistics.median(on),
+        f"off_median_{rate}": statistics.median(off),
+        f"on_median_{rate}": statistics.median(on),
         "on_vs_off": round(statistics.median(on) / statistics.median(off), 3),
-        "off_median_cpu_ms_per_image": statistics.median(off_cpu),
-        "on_median_cpu_ms_per_image": statistics.median(on_cpu),
+        f"off_median_{cost}": statistics.median(off_cpu),
+        f"on_median_{cost}": statistics.median(on_cpu),
         "cpu_on_vs_off": round(statistics.median(on_cpu) / statistics.median(off_cpu), 3),
         "errors": sum(r["errors"] for r in runs),
     }

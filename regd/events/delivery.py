@@ -112,6 +112,9 @@ class Deliverer:
         self._holder = str(uuid.uuid4())
         self._ttl = lease_seconds(endpoint)
         self._renewed_at: float | None = None
+        # Failures in a row as this holder last wrote them; None: to be read (on taking
+        # the lease, and while failing, when an operator may clear them).
+        self._failures: int | None = None
         # Configured headers may repeat a name (Distribution takes a list per name).
         self._headers = [("content-type", ENVELOPE_MEDIA_TYPE), *endpoint.headers]
 
@@ -136,12 +139,14 @@ class Deliverer:
             # Another replica delivers; check now and then whether it still does.
             await trio.sleep(self._ttl / 3 * random.uniform(0.8, 1.0))
             return
-        failures, due = await self._store.endpoint_state(self.endpoint.name)
-        wait = due - self._store.clock.now()
-        if wait > 0:
-            # In slices, so that an operator's retry (which clears `due`) is seen soon.
-            await trio.sleep(min(wait, max(self._poll, 1.0)))
-            return
+        failures = self._failures
+        if failures is None:
+            failures, due = await self._store.endpoint_state(self.endpoint.name)
+            wait = due - self._store.clock.now()
+            if wait > 0:
+                # In slices, so that an operator's retry (which clears `due`) is seen soon.
+                await trio.sleep(min(wait, max(self._poll, 1.0)))
+                return
         events = await self._store.pending_events(self.endpoint.name, self._batch)
         if not events:
             await trio.sleep(self._poll)
@@ -151,6 +156,7 @@ class Deliverer:
         # next holder of the lease.
         with trio.CancelScope(shield=True):
             delivered = await self._deliver(events, failures)
+        self._failures = 0 if delivered else None
         if delivered and len(events) < self._batch:
             # Caught up: let events gather for a while rather than post (and write the
             # acknowledgement of) every few as they come, which under a stream of pushes
@@ -184,6 +190,10 @@ class Deliverer:
         if self._renewed_at is not None and now - self._renewed_at < self._ttl / 3:
             return True
         if await self._store.acquire_lock(self._lease, self._holder, self._ttl):
+            if self._renewed_at is None or now - self._renewed_at >= self._ttl:
+                # Taken (again), or held with a lapse: another holder may have written the
+                # state meanwhile.
+                self._failures = None
             self._renewed_at = now
             return True
         self._renewed_at = None

@@ -14,8 +14,9 @@ from regd.config import EventEndpoint, load
 from regd.errors import ConfigError
 from regd.events import envelope, routing_for, signature
 from regd.events.delivery import retry_delay
-from regd.metadata import MetadataStore, MissingReferences, NewManifest, Origin, Target
+from regd.metadata import MetadataStore, MissingReferences, Origin, Target
 from regd.metadata.outbox import EndpointFilter, EventRouting
+from tests.metadata.test_batching import manifest
 
 BLOB = "sha256:" + "1" * 64
 ORIGIN = Origin("7", "10.0.0.1", "reg.example:5000", "PUT", "ua/1", "alice", "https://reg.example")
@@ -25,31 +26,16 @@ def routing(*filters: EndpointFilter) -> EventRouting:
     return EventRouting(filters or (EndpointFilter("a"),), "node:5000", "instance")
 
 
-def manifest(digest: str, blobs: list[str]) -> NewManifest:
-    return NewManifest(
-        digest=digest,
-        media_type="application/vnd.oci.image.manifest.v1+json",
-        size=2,
-        payload=b"{}",
-        artifact_type=None,
-        subject=None,
-        annotations={},
-        blobs=blobs,
-    )
-
-
 async def test_an_event_is_written_with_its_change_and_only_then(store: MetadataStore) -> None:
     store.configure_events(routing())
     await store.link_blob("r", BLOB, 5, origin=ORIGIN)
     # A push the database refuses leaves no event behind.
     with pytest.raises(MissingReferences):
         await store.put_manifest(
-            "r", manifest("sha256:" + "2" * 64, [BLOB, "sha256:" + "9" * 64]), ["v1"], origin=ORIGIN
+            "r", manifest(2, [BLOB, "sha256:" + "9" * 64]), ["v1"], origin=ORIGIN
         )
     assert not await store.delete_tag("r", "nope", origin=ORIGIN)
-    await store.put_manifest(
-        "r", manifest("sha256:" + "3" * 64, [BLOB]), ["v1", "v2"], origin=ORIGIN
-    )
+    await store.put_manifest("r", manifest(3, [BLOB]), ["v1", "v2"], origin=ORIGIN)
     # Without an origin a change is not reported (imports, repairs).
     await store.link_blob("r", "sha256:" + "4" * 64, 1)
     pending = await store.pending_events("a", 10)
