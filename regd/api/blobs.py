@@ -53,5 +53,5 @@ async def get_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -
 
 @direct.route({"DELETE"}, r"^/v2/(.+)/blobs/([^/]+)$")
 async def delete_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
-    await x.registry.blobs.delete(match[1], match[2])
+    await x.registry.blobs.delete(match[1], match[2], origin=origin_of(x, request.headers))
     return Reply(202, {"docker-content-digest": match[2]})

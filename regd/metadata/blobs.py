@@ -6,7 +6,7 @@ from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from regd.metadata import schema as t
 from regd.metadata.engine import insert_for
-from regd.metadata.outbox import BLOB_MEDIA_TYPE, MOUNT, PUSH, Origin, Outbox, Target
+from regd.metadata.outbox import BLOB_MEDIA_TYPE, DELETE, MOUNT, PUSH, Origin, Outbox, Target
 from regd.metadata.records import Page
 from regd.metadata.rules import blob_lease
 from regd.metadata.uploads import Uploads
@@ -168,7 +168,9 @@ class Blobs(Uploads, Outbox):
 
         return await self.run_write(w)
 
-    async def unlink_blob(self, repository: str, digest: str) -> bool:
+    async def unlink_blob(
+        self, repository: str, digest: str, *, origin: Origin | None = None
+    ) -> bool:
         def w(conn: Connection) -> bool:
             repo_id = self._repo_id(conn, repository)
             if repo_id is None:
@@ -179,6 +181,8 @@ class Blobs(Uploads, Outbox):
                     t.repository_blobs.c.digest == digest,
                 )
             )
+            if result.rowcount > 0:
+                self._record_events(conn, origin, DELETE, [Target(repository, digest)])
             return result.rowcount > 0
 
         return await self.run_write(w)

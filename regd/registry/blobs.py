@@ -78,11 +78,11 @@ class Blobs:
     async def redirect_url(self, blob: BlobStat) -> str | None:
         return await self._storage.redirect_url(layout.blob_data(blob.digest))
 
-    async def delete(self, repository: str, digest: str) -> None:
+    async def delete(self, repository: str, digest: str, *, origin: Origin | None = None) -> None:
         """Unlink the blob from the repository; its bytes go at the next collection."""
         name = validation.repository_name(repository)
         d = validation.digest(digest)
-        if not await self._metadata.unlink_blob(name, str(d)):
+        if not await self._metadata.unlink_blob(name, str(d), origin=origin):
             raise BlobUnknown(f"blob {d} is not in repository {name}", {"digest": str(d)})
 
     async def mount(

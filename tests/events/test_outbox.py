@@ -68,6 +68,9 @@ async def test_an_event_is_written_with_its_change_and_only_then(store: Metadata
         "source": {"addr": "node:5000", "instanceID": "instance"},
     }
     assert json.loads(envelope(pending)) == {"events": events}
+    assert await store.unlink_blob("r", BLOB, origin=ORIGIN)
+    last = json.loads((await store.pending_events("a", 10))[-1].body)
+    assert (last["action"], last["target"]) == ("delete", {"repository": "r", "digest": BLOB})
 
 
 async def test_endpoints_get_what_they_asked_for(store: MetadataStore) -> None:
