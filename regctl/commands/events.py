@@ -80,8 +80,7 @@ def retry(
     token: AdminToken = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Make failing endpoints (or the one named) try again now instead of after their
-    backoff."""
+    """Make failing endpoints (or the one named) try again now, not after their backoff."""
     host = host_of(registry)
 
     async def work(admin: AdminClient) -> list[str]:
