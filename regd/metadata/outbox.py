@@ -66,6 +66,9 @@ event_queue = Table(
     Column("created_at", Float, nullable=False),
     Column("body", Text, nullable=False),
     Index("event_queue_endpoint", "endpoint", "seq"),
+    # Never hand out a number again, even once the queue has emptied: a delivery's
+    # acknowledgement names its rows by number, and must not take a newer event's.
+    sqlite_autoincrement=True,
 )
 
 # Each endpoint's delivery state, shared by every replica, so that a backoff outlives a

@@ -215,3 +215,16 @@ def test_bad_endpoints_are_refused_in_one_line(tmp_path: Path, toml: str, messag
         load(file=file, env={})
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+async def test_sequence_numbers_are_never_handed_out_again(store: MetadataStore) -> None:
+    store.configure_events(routing())
+    await store.link_blob("r", BLOB, 5, origin=ORIGIN)
+    (old,) = await store.pending_events("a", 10)
+    assert await store.drop_events("a", None) == 1
+    await store.link_blob("r", BLOB, 5, origin=ORIGIN)
+    (new,) = await store.pending_events("a", 10)
+    # A late acknowledgement of the dropped event must not take the new one with it.
+    assert new.seq > old.seq
+    await store.events_delivered("a", [old.seq])
+    assert await store.pending_events("a", 10) == [new]
