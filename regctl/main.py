@@ -20,6 +20,7 @@ from regctl.commands import (
     copy,
     daemon,
     delete,
+    events,
     inspect,
     listing,
     manifest,
@@ -135,6 +136,7 @@ storage.register(app)
 users.register(app)
 tokens.register(app)
 audit.register(app)
+events.register(app)
 
 
 def _fail(message: str, code: int) -> int:

@@ -28,6 +28,7 @@ from regd.api.exchange import (
 from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
+from regd.events import routing_for, run_events
 from regd.registry import Policy, Registry, RetentionPolicy
 from regd.tls import client_cn
 
@@ -134,6 +135,7 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     app.access_logging = config.access_log
     app.config.update(
         REGD_ADMIN_TOKEN=config.admin_token,
+        REGD_CONFIG=config,
         REGD_GC_POLICY=Policy(
             grace_seconds=config.gc_grace,
             delete_untagged=config.gc_delete_untagged,
@@ -155,6 +157,14 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     async def _error(error: Exception) -> Response:
         status, headers, body = answer_for(error, request.method, request.path)
         return Response(body, status=status, headers=headers)
+
+    if config.event_endpoints:
+        # From here on, changes write their events (regd.metadata.outbox).
+        registry.metadata.configure_events(routing_for(config))
+
+        @app.before_serving
+        async def _start_events() -> None:
+            app.add_background_task(run_events, registry.metadata, config)
 
     if config.gc_interval or config.upload_purge_interval or config.retention:
 

@@ -98,6 +98,194 @@ def _retention(value: Any, where: str) -> tuple[RetentionRule, ...]:
     return tuple(rules)
 
 
+# -- events (regd.events): `[[events.endpoint]]` or `[[notifications.endpoints]]` ----------
+EVENT_ACTIONS = ("push", "pull", "mount", "delete")
+_ENDPOINT_KEYS = frozenset(
+    {
+        "name",
+        "url",
+        "headers",
+        "timeout",
+        "threshold",
+        "backoff",
+        "ignoredmediatypes",
+        "ignore",
+        "repositories",
+        "secret",
+        "pulls",
+        "disabled",
+    }
+)
+# The `[events]` table's own keys, as the flat event_* settings.
+EVENT_KEYS = ("endpoint", "pulls", "poll_interval", "batch")
+
+
+@dataclass(frozen=True)
+class EventEndpoint:
+    """One webhook, configured as Distribution configures its notification endpoints,
+    plus a repository filter (a regular expression matched against the whole name), a
+    shared `secret` that signs every delivery, and whether it hears of pulls (None: the
+    global `event_pulls`)."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 1.0
+    threshold: int = 10
+    backoff: float = 1.0
+    ignored_media_types: tuple[str, ...] = ()
+    ignored_actions: tuple[str, ...] = ()
+    repositories: str | None = None
+    secret: str | None = None
+    pulls: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "headers": {k: [v for n, v in self.headers if n == k] for k, _ in self.headers},
+            "timeout": self.timeout,
+            "threshold": self.threshold,
+            "backoff": self.backoff,
+            "ignore": {
+                "mediatypes": list(self.ignored_media_types),
+                "actions": list(self.ignored_actions),
+            },
+            "repositories": self.repositories,
+            "secret": self.secret,
+            "pulls": self.pulls,
+        }
+
+
+def _endpoint_duration(value: Any, where: str) -> float:
+    # Distribution's files say "500ms"; regd's durations know no milliseconds.
+    if isinstance(value, str) and value.strip().lower().endswith("ms"):
+        try:
+            millis = float(value.strip()[:-2])
+        except ValueError:
+            millis = -1.0
+        if millis < 0:
+            raise ConfigError(f"{where}: invalid duration {value!r}")
+        return millis / 1000
+    return parse_duration(value, where)
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def _endpoint(entry: Any, at: str) -> EventEndpoint | None:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{at} must be a table")
+    unknown = set(entry) - _ENDPOINT_KEYS
+    if unknown:
+        raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r}")
+    name, url = entry.get("name"), entry.get("url")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name):
+        raise ConfigError(f"{at}.name must be 1 to 100 letters, digits, '.', '_' or '-'")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{at}.url must be an http:// or https:// URL")
+    headers: list[tuple[str, str]] = []
+    raw_headers = entry.get("headers", {})
+    if not isinstance(raw_headers, dict):
+        raise ConfigError(f"{at}.headers must be a table of header names to values")
+    for key, value in raw_headers.items():
+        values = [value] if isinstance(value, str) else value
+        headers += [(key, v) for v in _strings(values, f"{at}.headers.{key}")]
+    ignore = entry.get("ignore", {})
+    if not isinstance(ignore, dict) or set(ignore) - {"mediatypes", "actions"}:
+        raise ConfigError(f"{at}.ignore must be a table of mediatypes and actions")
+    media_types = _strings(entry.get("ignoredmediatypes", []), f"{at}.ignoredmediatypes")
+    media_types += _strings(ignore.get("mediatypes", []), f"{at}.ignore.mediatypes")
+    actions = _strings(ignore.get("actions", []), f"{at}.ignore.actions")
+    for action in actions:
+        if action not in EVENT_ACTIONS:
+            raise ConfigError(f"{at}.ignore.actions: {action!r} is not one of {EVENT_ACTIONS}")
+    pattern = entry.get("repositories")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{at}.repositories must be a regular expression string")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"{at}.repositories is not a valid regular expression: {exc}"
+            ) from None
+    threshold = entry.get("threshold", 10)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ConfigError(f"{at}.threshold must be a positive integer")
+    timeout = _endpoint_duration(entry.get("timeout", 1.0), f"{at}.timeout")
+    backoff = _endpoint_duration(entry.get("backoff", 1.0), f"{at}.backoff")
+    if timeout <= 0 or timeout > 300:
+        raise ConfigError(f"{at}.timeout must be more than 0 and at most 300 seconds")
+    if backoff <= 0:
+        raise ConfigError(f"{at}.backoff must be more than 0 seconds")
+    secret = entry.get("secret")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ConfigError(f"{at}.secret must be a string of at least 16 characters")
+    for key in ("pulls", "disabled"):
+        if entry.get(key) is not None and not isinstance(entry[key], bool):
+            raise ConfigError(f"{at}.{key} must be true or false")
+    if entry.get("disabled", False):
+        return None
+    return EventEndpoint(
+        name=name,
+        url=url,
+        headers=tuple(headers),
+        timeout=timeout,
+        threshold=threshold,
+        backoff=backoff,
+        ignored_media_types=media_types,
+        ignored_actions=actions,
+        repositories=pattern,
+        secret=secret,
+        pulls=entry.get("pulls"),
+    )
+
+
+def _event_endpoints(value: Any, where: str) -> tuple[EventEndpoint, ...]:
+    out: list[EventEndpoint] = []
+    for i, entry in enumerate(_json_list(value, where, "events.endpoint")):
+        endpoint = _endpoint(entry, f"{where}: events.endpoint[{i}]")
+        if endpoint is None:
+            continue
+        if any(e.name == endpoint.name for e in out):
+            raise ConfigError(f"{where}: two event endpoints are named {endpoint.name!r}")
+        out.append(endpoint)
+    return tuple(out)
+
+
+def _flatten_events(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`[[events.endpoint]]` (and its `[events]` table's other keys) and Distribution's
+    `[[notifications.endpoints]]` as the flat `event_*` settings."""
+    out = {k: v for k, v in doc.items() if k not in ("events", "notifications")}
+    endpoints: list[Any] = []
+    notifications = doc.get("notifications")
+    if notifications is not None:
+        if not isinstance(notifications, dict) or set(notifications) - {"endpoints"}:
+            raise ConfigError(f"{path}: notifications must be a table holding only endpoints")
+        endpoints += _json_list(notifications.get("endpoints", []), str(path), "endpoints")
+    table = doc.get("events")
+    if table is not None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: events must be a table ([events])")
+        for key, value in table.items():
+            if key not in EVENT_KEYS:
+                expected = ", ".join(EVENT_KEYS)
+                raise ConfigError(
+                    f"{path}: unknown setting events.{key} (expected one of {expected})"
+                )
+            if key == "endpoint":
+                endpoints += _json_list(value, str(path), "events.endpoint")
+            else:
+                out[f"event_{key}"] = value
+    if endpoints:
+        out["event_endpoints"] = endpoints
+    return out
+
+
 # -- auth (regd.auth wiring): the `[auth]` table and `[[access]]` rules -------------------
 AUTH_KEYS = ("htpasswd", "realm", "service", "issuer", "token_ttl", "key_dir", "trust", "open")
 
@@ -219,6 +407,11 @@ class Config:
     access: tuple[dict[str, Any], ...] = ()
     # The web UI at /ui/ (regd.ui).
     ui: bool = True
+    # events (regd.events)
+    event_endpoints: tuple[EventEndpoint, ...] = ()
+    event_pulls: bool = False
+    event_poll_interval: float = 1.0
+    event_batch: int = 100
 
     @property
     def auth_keys_dir(self) -> Path:
@@ -265,6 +458,8 @@ class Config:
                 out["REGD_AUTH_TRUST"] = json.dumps([entry.to_json() for entry in value])
             elif f.name == "access":
                 out["REGD_ACCESS"] = json.dumps(list(value))
+            elif f.name == "event_endpoints":
+                out["REGD_EVENT_ENDPOINTS"] = json.dumps([e.to_json() for e in value])
             elif value is not None:
                 out[f"REGD_{f.name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
@@ -285,6 +480,7 @@ _FLOATS = frozenset(
         "body_timeout",
         "keep_alive_timeout",
         "auth_token_ttl",
+        "event_poll_interval",
     }
 )
 _INTS = frozenset(
@@ -294,9 +490,10 @@ _INTS = frozenset(
         "max_connections",
         "max_connections_per_client",
         "max_header_size",
+        "event_batch",
     }
 )
-_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open", "ui"})
+_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open", "ui", "event_pulls"})
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -313,6 +510,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             result = _trust(value, source)
         elif key == "access":
             result = _access(value, source)
+        elif key == "event_endpoints":
+            result = _event_endpoints(value, source)
         elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value
@@ -373,7 +572,7 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in _flatten_auth(doc, path).items():
+        for key, value in _flatten_events(_flatten_auth(doc, path), path).items():
             key = key.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -438,3 +637,7 @@ def validate(config: Config) -> None:
         raise ConfigError("tls_client_ca needs tls_cert and tls_key")
     if config.tls_client_auth not in ("require", "optional"):
         raise ConfigError("tls_client_auth must be require or optional")
+    if config.event_poll_interval <= 0 or config.event_poll_interval > 60:
+        raise ConfigError("event_poll_interval must be more than 0 and at most 60 seconds")
+    if not 1 <= config.event_batch <= 1000:
+        raise ConfigError("event_batch must be between 1 and 1000")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from regd.api import accounts, admin, base, blobs, listings, manifests, uploads
+from regd.api import accounts, admin, base, blobs, events, listings, manifests, uploads
 from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
@@ -12,6 +12,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     listings.bp,
     admin.bp,
     accounts.bp,
+    events.bp,
 )
 
 # Served below Quart (see regd.api.direct); matched before any blueprint.

@@ -16,6 +16,7 @@ from typing import Any, cast
 from quart import Blueprint, Response, current_app, request
 
 from regd.api.http import exchange, json_response
+from regd.api.origin import quart_origin
 from regd.errors import Denied, RegistryError, Unauthorized
 from regd.oci.manifest import nesting_problem
 from regd.registry import Policy, RetentionPolicy
@@ -108,7 +109,7 @@ async def usage() -> Response:
 async def delete_repository(name: str) -> Response:
     dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
     x = exchange()
-    result = await x.registry.repositories.delete(name, dry_run=dry_run)
+    result = await x.registry.repositories.delete(name, dry_run=dry_run, origin=quart_origin())
     if x.viewer is not None and not dry_run:  # audit (regd.api.auth)
         await x.viewer.audit("delete-repository", name)
     return json_response(result)
@@ -127,7 +128,7 @@ async def prune(name: str) -> Response:
         keep_last=keep_last, keep=keep, older_than=_number(doc, "older_than", None)
     )
     result = await exchange().registry.repositories.prune(
-        name, policy, dry_run=_flag(doc, "dry_run")
+        name, policy, dry_run=_flag(doc, "dry_run"), origin=quart_origin()
     )
     return json_response(result)
 

@@ -9,6 +9,7 @@ from regd.api.direct import Reply
 from regd.api.errors import error_body
 from regd.api.exchange import Exchange
 from regd.api.http import RangeNotSatisfiable, byte_range
+from regd.api.origin import origin_of
 
 
 # A digest has no slash, which also keeps `.../blobs/uploads/<id>` out of this route.
@@ -41,6 +42,8 @@ async def get_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -
     if request.head:
         return Reply(status, headers, length=length)
 
+    if x.registry.pull_events:
+        x.registry.blobs.note_pull(match[1], blob, origin_of(x, request.headers))
     url = await x.registry.blobs.redirect_url(blob)
     if url is not None:
         return Reply(307, {"location": url, "docker-content-digest": str(blob.digest)})
@@ -50,5 +53,5 @@ async def get_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -
 
 @direct.route({"DELETE"}, r"^/v2/(.+)/blobs/([^/]+)$")
 async def delete_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
-    await x.registry.blobs.delete(match[1], match[2])
+    await x.registry.blobs.delete(match[1], match[2], origin=origin_of(x, request.headers))
     return Reply(202, {"docker-content-digest": match[2]})

@@ -39,6 +39,7 @@ class Exchange:
         "registry",
         "remote",
         "request_id",
+        "scheme",
         "started",
         "status",
         "user",
@@ -49,6 +50,7 @@ class Exchange:
         self.registry = registry
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.scheme: str = scope.get("scheme", "http")
         client = scope.get("client")
         self.remote: str | None = client[0] if client else None
         self.started = time.perf_counter()

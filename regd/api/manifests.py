@@ -8,6 +8,7 @@ from email.utils import formatdate
 from regd.api import direct
 from regd.api.direct import Reply
 from regd.api.exchange import Exchange
+from regd.api.origin import origin_of
 from regd.errors import ManifestTooLarge, ManifestUnknown, TagInvalid
 from regd.registry import MAX_MANIFEST_SIZE
 
@@ -20,6 +21,8 @@ async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str
         info = await x.registry.manifests.get(name, reference, with_payload=not request.head)
     except TagInvalid:
         raise _cannot_exist(name, reference) from None
+    if x.registry.pull_events and not request.head:
+        x.registry.manifests.note_pull(name, reference, info, origin_of(x, request.headers))
     headers = {
         "docker-content-digest": info.digest,
         "content-type": info.media_type,
@@ -40,6 +43,7 @@ async def put_manifest(x: Exchange, request: direct.Request, match: re.Match[str
         payload,
         request.headers.get("content-type"),
         tuple(request.arg_list("tag")),
+        origin=origin_of(x, request.headers),
     )
     reply = Reply(
         201,
@@ -62,7 +66,7 @@ async def put_manifest(x: Exchange, request: direct.Request, match: re.Match[str
 @direct.route({"DELETE"}, r"^/v2/(.+)/manifests/([^/]+)$")
 async def delete_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
     try:
-        await x.registry.manifests.delete(match[1], match[2])
+        await x.registry.manifests.delete(match[1], match[2], origin=origin_of(x, request.headers))
     except TagInvalid:
         raise _cannot_exist(match[1], match[2]) from None
     if x.viewer is not None:  # audit (regd.api.auth)

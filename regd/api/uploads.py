@@ -13,6 +13,7 @@ from regd.api.direct import Reply, Request
 from regd.api.errors import error_body
 from regd.api.exchange import Exchange
 from regd.api.http import content_length, content_range
+from regd.api.origin import origin_of
 from regd.errors import RangeInvalid, SizeInvalid, Unsupported
 from regd.oci.digest import is_supported_algorithm
 from regd.registry import BlobStat, UploadStatus
@@ -76,7 +77,9 @@ async def start_upload(x: Exchange, request: Request, match: re.Match[str]) -> R
     if mount is not None:
         # Only from repositories the caller may pull (regd.api.auth).
         may_pull = None if x.viewer is None else x.viewer.may_pull
-        blob = await x.registry.blobs.mount(name, mount, request.arg("from"), may_pull)
+        blob = await x.registry.blobs.mount(
+            name, mount, request.arg("from"), may_pull, origin=origin_of(x, request.headers)
+        )
         if blob is not None:
             return _created(name, blob)
         # Nothing to mount: fall back to an ordinary session, as the spec asks.
@@ -87,7 +90,9 @@ async def start_upload(x: Exchange, request: Request, match: re.Match[str]) -> R
     digest = request.arg("digest")
     if digest is not None:
         length = content_length(request.headers.get("content-length"))
-        blob = await x.registry.uploads.monolithic(name, digest, request.body(), length)
+        blob = await x.registry.uploads.monolithic(
+            name, digest, request.body(), length, origin=origin_of(x, request.headers)
+        )
         return _created(name, blob)
     return _in_progress(await x.registry.uploads.start(name))
 
@@ -108,7 +113,13 @@ async def upload_session(x: Exchange, request: Request, match: re.Match[str]) ->
             )
             return _in_progress(status)
         blob = await x.registry.uploads.finish(
-            name, upload_id, request.arg("digest"), request.body(), start=start, length=length
+            name,
+            upload_id,
+            request.arg("digest"),
+            request.body(),
+            start=start,
+            length=length,
+            origin=origin_of(x, request.headers),
         )
     except RangeInvalid as exc:
         return _range_error(name, upload_id, exc)

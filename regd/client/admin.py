@@ -120,6 +120,36 @@ class AdminClient:
         )
         return result
 
+    # -- events --------------------------------------------------------------------------
+
+    async def events(
+        self, *, endpoint: str | None = None, failed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Each event endpoint's queue: depth, failures, last error, last delivery."""
+        params: dict[str, str] = {}
+        if endpoint:
+            params["endpoint"] = endpoint
+        if failed:
+            params["failed"] = "1"
+        result: dict[str, Any] = await self._json("GET", "/events", params=params or None)
+        endpoints: list[dict[str, Any]] = result["endpoints"]
+        return endpoints
+
+    async def retry_events(self, endpoint: str | None = None) -> list[str]:
+        """Make failing endpoints (or `endpoint`) try again now; the endpoints reset."""
+        body = {"endpoint": endpoint} if endpoint else {}
+        result: dict[str, Any] = await self._json("POST", "/events/retry", body=body)
+        names: list[str] = result["retried"]
+        return names
+
+    async def drop_events(self, endpoint: str, *, through: int | None = None) -> int:
+        """Give up on an endpoint's waiting events (up to sequence `through`, or all)."""
+        body: dict[str, Any] = {"endpoint": endpoint}
+        if through is not None:
+            body["through"] = through
+        result: dict[str, Any] = await self._json("POST", "/events/drop", body=body)
+        return int(result["dropped"])
+
     # -- accounts, machine tokens, audit -------------------------------------------------
 
     async def users(self) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 # accounts registers its tables on the schema's MetaData, so create_schema makes them too.
 from regd.metadata import accounts as accounts
 from regd.metadata.engine import normalize_url, sqlite_url
+from regd.metadata.outbox import Origin, Target
 from regd.metadata.records import (
     ManifestInfo,
     MetadataError,
@@ -20,8 +21,10 @@ __all__ = [
     "MetadataStore",
     "MissingReferences",
     "NewManifest",
+    "Origin",
     "Page",
     "TagInfo",
+    "Target",
     "UploadInfo",
     "normalize_url",
     "sqlite_url",

@@ -6,6 +6,7 @@ from sqlalchemy import Connection, bindparam, delete, exists, select, update
 
 from regd.metadata import schema as t
 from regd.metadata.engine import insert_for
+from regd.metadata.outbox import BLOB_MEDIA_TYPE, DELETE, MOUNT, PUSH, Origin, Outbox, Target
 from regd.metadata.records import Page
 from regd.metadata.rules import blob_lease
 from regd.metadata.uploads import Uploads
@@ -49,7 +50,7 @@ class _BlobStatements:
         )
 
 
-class Blobs(Uploads):
+class Blobs(Uploads, Outbox):
     def _prepare(self) -> None:
         super()._prepare()
         self._blob_sql = _BlobStatements(self.dialect)
@@ -99,12 +100,15 @@ class Blobs(Uploads):
         *,
         upload_id: str | None = None,
         release_lock: str | None = None,
+        origin: Origin | None = None,
     ) -> None:
         """Record that `digest` is stored and that `repository` may serve it.
 
-        Also ends the upload session `upload_id` and releases the blob's lease, held by
-        `release_lock`, in the same transaction.
+        Also ends the upload session `upload_id`, releases the blob's lease, held by
+        `release_lock`, and with `origin` writes the push event, in the same transaction.
         """
+        target = Target(repository, digest, BLOB_MEDIA_TYPE, size, kind="blobs")
+        events = self._event_rows(origin, PUSH, [target])
 
         def w(conn: Connection) -> None:
             now = self.clock.now()
@@ -118,6 +122,7 @@ class Blobs(Uploads):
                 self._end_upload(conn, upload_id)
             if release_lock is not None:
                 self._release(conn, blob_lease(digest), release_lock)
+            self._write_events(conn, events)
 
         await self.run_write(w)
 
@@ -126,7 +131,9 @@ class Blobs(Uploads):
             self._blob_sql.link, {"repository_id": repo_id, "digest": digest, "created_at": now}
         )
 
-    async def mount_blob(self, repository: str, digest: str, source: str | None) -> int | None:
+    async def mount_blob(
+        self, repository: str, digest: str, source: str | None, *, origin: Origin | None = None
+    ) -> int | None:
         """Link a blob the registry already stores into `repository`; its size, or None.
 
         With `source`, only a blob linked in that repository qualifies. The blob's row is
@@ -147,11 +154,23 @@ class Blobs(Uploads):
             if size is None:
                 return None
             self._link(conn, self._ensure_repo(conn, repository), digest, now)
+            if origin is not None:
+                target = Target(
+                    repository,
+                    digest,
+                    BLOB_MEDIA_TYPE,
+                    int(size),
+                    kind="blobs",
+                    from_repository=source,
+                )
+                self._record_events(conn, origin, MOUNT, [target])
             return int(size)
 
         return await self.run_write(w)
 
-    async def unlink_blob(self, repository: str, digest: str) -> bool:
+    async def unlink_blob(
+        self, repository: str, digest: str, *, origin: Origin | None = None
+    ) -> bool:
         def w(conn: Connection) -> bool:
             repo_id = self._repo_id(conn, repository)
             if repo_id is None:
@@ -162,6 +181,8 @@ class Blobs(Uploads):
                     t.repository_blobs.c.digest == digest,
                 )
             )
+            if result.rowcount > 0:
+                self._record_events(conn, origin, DELETE, [Target(repository, digest)])
             return result.rowcount > 0
 
         return await self.run_write(w)

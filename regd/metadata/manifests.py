@@ -15,7 +15,8 @@ from sqlalchemy import Connection, bindparam, delete, func, select
 
 from regd.metadata import schema as t
 from regd.metadata.batching import Retry
-from regd.metadata.engine import Database, insert_for, share_for
+from regd.metadata.engine import insert_for, share_for
+from regd.metadata.outbox import DELETE, PUSH, Origin, Outbox, Target
 from regd.metadata.records import ManifestInfo, MissingReferences, NewManifest
 
 # The columns a ManifestInfo is built from, in its field order (payload aside).
@@ -128,7 +129,7 @@ def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> l
     return [d for d in digests if d not in present]
 
 
-class Manifests(Database):
+class Manifests(Outbox):
     def _prepare(self) -> None:
         super()._prepare()
         self._manifest_sql = _ManifestStatements(self.dialect)
@@ -163,8 +164,16 @@ class Manifests(Database):
 
         return await self.run_query(q)
 
-    async def put_manifest(self, repository: str, new: NewManifest, tags: Iterable[str]) -> None:
-        """Store a manifest and point `tags` at it, all or nothing.
+    async def put_manifest(
+        self,
+        repository: str,
+        new: NewManifest,
+        tags: Iterable[str],
+        *,
+        origin: Origin | None = None,
+    ) -> None:
+        """Store a manifest and point `tags` at it, all or nothing; with `origin`, its push
+        events (one per tag) are written with it.
 
         Raises MissingReferences when the repository lacks a blob or child manifest.
         """
@@ -172,6 +181,15 @@ class Manifests(Database):
         blobs = list(dict.fromkeys(new.blobs))
         children = list(dict.fromkeys(new.children))
         sql = self._manifest_sql
+        pushed: list[str | None] = [*tag_list] if tag_list else [None]
+        events = self._event_rows(
+            origin,
+            PUSH,
+            [
+                Target(repository, new.digest, new.media_type, new.size, tag, "manifests")
+                for tag in pushed
+            ],
+        )
 
         def w(conn: Connection) -> None:
             now = self.clock.now()
@@ -222,10 +240,13 @@ class Manifests(Database):
                         for tag in tag_list
                     ],
                 )
+            self._write_events(conn, events)
 
         await self.run_write(w)
 
-    async def delete_manifest(self, repository: str, digest: str) -> bool:
+    async def delete_manifest(
+        self, repository: str, digest: str, *, origin: Origin | None = None
+    ) -> bool:
         """Delete a manifest and every tag on it."""
 
         def w(conn: Connection) -> bool:
@@ -237,11 +258,15 @@ class Manifests(Database):
                     t.manifests.c.repository_id == repo_id, t.manifests.c.digest == digest
                 )
             )
+            if result.rowcount > 0:
+                self._record_events(conn, origin, DELETE, [Target(repository, digest)])
             return result.rowcount > 0
 
         return await self.run_write(w)
 
-    async def delete_repository(self, repository: str) -> tuple[int, int] | None:
+    async def delete_repository(
+        self, repository: str, *, origin: Origin | None = None
+    ) -> tuple[int, int] | None:
         """Remove a repository's tags, manifests and blob links; (manifests, tags) removed.
 
         Blob bytes stay until the next collection finds them unreferenced."""
@@ -258,11 +283,14 @@ class Manifests(Database):
             ).rowcount
             # Its blob links go with it (ON DELETE CASCADE).
             conn.execute(delete(t.repositories).where(t.repositories.c.id == repo_id))
+            self._record_events(conn, origin, DELETE, [Target(repository)])
             return manifests, int(tags)
 
         return await self.run_write(w)
 
-    async def delete_tags(self, repository: str, tags: Sequence[str]) -> list[str]:
+    async def delete_tags(
+        self, repository: str, tags: Sequence[str], *, origin: Origin | None = None
+    ) -> list[str]:
         """Delete several tags in one transaction; the ones that existed."""
 
         def w(conn: Connection) -> list[str]:
@@ -282,11 +310,14 @@ class Manifests(Database):
                         t.tags.c.repository_id == repo_id, t.tags.c.name.in_(found)
                     )
                 )
+                self._record_events(
+                    conn, origin, DELETE, [Target(repository, tag=tag) for tag in found]
+                )
             return found
 
         return await self.run_write(w)
 
-    async def delete_tag(self, repository: str, tag: str) -> bool:
+    async def delete_tag(self, repository: str, tag: str, *, origin: Origin | None = None) -> bool:
         def w(conn: Connection) -> bool:
             repo_id = self._repo_id(conn, repository)
             if repo_id is None:
@@ -294,6 +325,8 @@ class Manifests(Database):
             result = conn.execute(
                 delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.name == tag)
             )
+            if result.rowcount > 0:
+                self._record_events(conn, origin, DELETE, [Target(repository, tag=tag)])
             return result.rowcount > 0
 
         return await self.run_write(w)

@@ -61,6 +61,11 @@ class Registry:
             browsing=Browsing(metadata, manifests, blobs),
         )
 
+    @property
+    def pull_events(self) -> bool:
+        """Whether any event endpoint wants to hear of pulls."""
+        return self.metadata.event_routing.pulls
+
     async def aclose(self) -> None:
         await self.metadata.aclose()
 

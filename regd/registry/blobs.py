@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from regd.errors import BlobUnknown, NameInvalid
-from regd.metadata import MetadataStore
+from regd.metadata import MetadataStore, Origin, Target
+from regd.metadata.outbox import BLOB_MEDIA_TYPE
 from regd.metadata.rules import BATCH_SIZE
 from regd.oci.digest import Digest
 from regd.registry import validation
@@ -69,14 +70,19 @@ class Blobs:
             ) from None
         return BlobStream(reader, length)
 
+    def note_pull(self, repository: str, blob: BlobStat, origin: Origin) -> None:
+        """Report a blob served (best effort: see regd.metadata.outbox)."""
+        target = Target(repository, str(blob.digest), BLOB_MEDIA_TYPE, blob.size, kind="blobs")
+        self._metadata.note_pull(target, origin)
+
     async def redirect_url(self, blob: BlobStat) -> str | None:
         return await self._storage.redirect_url(layout.blob_data(blob.digest))
 
-    async def delete(self, repository: str, digest: str) -> None:
+    async def delete(self, repository: str, digest: str, *, origin: Origin | None = None) -> None:
         """Unlink the blob from the repository; its bytes go at the next collection."""
         name = validation.repository_name(repository)
         d = validation.digest(digest)
-        if not await self._metadata.unlink_blob(name, str(d)):
+        if not await self._metadata.unlink_blob(name, str(d), origin=origin):
             raise BlobUnknown(f"blob {d} is not in repository {name}", {"digest": str(d)})
 
     async def mount(
@@ -85,6 +91,8 @@ class Blobs:
         digest: str,
         source: str | None,
         may_pull: Callable[[str], bool] | None = None,
+        *,
+        origin: Origin | None = None,
     ) -> BlobStat | None:
         """Make a stored blob available in `repository` without moving bytes.
 
@@ -106,7 +114,7 @@ class Blobs:
             source = await self._readable_source(str(d), may_pull)
             if source is None:
                 return None
-        size = await self._metadata.mount_blob(name, str(d), source)
+        size = await self._metadata.mount_blob(name, str(d), source, origin=origin)
         if size is None:
             return None
         return BlobStat(d, size)

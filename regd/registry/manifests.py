@@ -12,7 +12,14 @@ from regd.errors import (
     ManifestUnknown,
     NameUnknown,
 )
-from regd.metadata import ManifestInfo, MetadataStore, MissingReferences, NewManifest
+from regd.metadata import (
+    ManifestInfo,
+    MetadataStore,
+    MissingReferences,
+    NewManifest,
+    Origin,
+    Target,
+)
 from regd.oci.digest import Digest
 from regd.oci.manifest import ManifestError, parse_manifest
 from regd.registry import validation
@@ -38,6 +45,8 @@ class Manifests:
         payload: bytes,
         content_type: str | None,
         extra_tags: tuple[str, ...] = (),
+        *,
+        origin: Origin | None = None,
     ) -> PushedManifest:
         name = validation.repository_name(repository)
         if len(payload) > MAX_MANIFEST_SIZE:
@@ -78,6 +87,7 @@ class Manifests:
                     children=[str(d.digest) for d in manifest.manifests],
                 ),
                 tags,
+                origin=origin,
             )
         except MissingReferences as exc:
             missing = exc.blobs + exc.manifests
@@ -104,13 +114,25 @@ class Manifests:
         assert info is not None
         return info
 
-    async def delete(self, repository: str, reference: str) -> None:
+    def note_pull(
+        self, repository: str, reference: str, info: ManifestInfo, origin: Origin
+    ) -> None:
+        """Report a manifest served (best effort: see regd.metadata.outbox)."""
+        tag = None if validation.is_digest_reference(reference) else reference
+        target = Target(repository, info.digest, info.media_type, info.size, tag, "manifests")
+        self._metadata.note_pull(target, origin)
+
+    async def delete(
+        self, repository: str, reference: str, *, origin: Origin | None = None
+    ) -> None:
         """By digest: the manifest and all its tags. By tag: only that tag."""
         name = validation.repository_name(repository)
         if validation.is_digest_reference(reference):
-            found = await self._metadata.delete_manifest(name, str(validation.digest(reference)))
+            found = await self._metadata.delete_manifest(
+                name, str(validation.digest(reference)), origin=origin
+            )
         else:
-            found = await self._metadata.delete_tag(name, validation.tag(reference))
+            found = await self._metadata.delete_tag(name, validation.tag(reference), origin=origin)
         if not found:
             await self._raise_unknown(name, reference)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from regd.clock import SYSTEM_CLOCK, Clock
 from regd.errors import Conflict, NameUnknown, RegistryError
-from regd.metadata import MetadataStore, TagInfo
+from regd.metadata import MetadataStore, Origin, TagInfo
 from regd.registry import validation
 from regd.registry.leases import Leases
 
@@ -102,7 +102,8 @@ class Repositories:
                 for name in page.items:
                     for pattern, policy in compiled:
                         if pattern.fullmatch(name):
-                            result = await self.prune(name, policy, dry_run=False)
+                            # Reported like any tag deletion, with no request behind it.
+                            result = await self.prune(name, policy, dry_run=False, origin=Origin())
                             if result["removed"]:
                                 removed[name] = [t["tag"] for t in result["removed"]]
                             break
@@ -113,7 +114,9 @@ class Repositories:
             await self._leases.release("retention", holder)
         return removed
 
-    async def delete(self, repository: str, *, dry_run: bool) -> dict[str, Any]:
+    async def delete(
+        self, repository: str, *, dry_run: bool, origin: Origin | None = None
+    ) -> dict[str, Any]:
         name = validation.repository_name(repository)
         tags = await self._metadata.tag_details(name)
         if tags is None:
@@ -121,14 +124,19 @@ class Repositories:
         result: dict[str, Any] = {"repository": name, "dry_run": dry_run, "tags": len(tags)}
         if dry_run:
             return result
-        removed = await self._metadata.delete_repository(name)
+        removed = await self._metadata.delete_repository(name, origin=origin)
         if removed is None:
             raise NameUnknown(f"repository {name} is not known", {"name": name})
         result["manifests"], result["tags"] = removed
         return result
 
     async def prune(
-        self, repository: str, policy: RetentionPolicy, *, dry_run: bool
+        self,
+        repository: str,
+        policy: RetentionPolicy,
+        *,
+        dry_run: bool,
+        origin: Origin | None = None,
     ) -> dict[str, Any]:
         name = validation.repository_name(repository)
         tags = await self._metadata.tag_details(name)
@@ -136,7 +144,9 @@ class Repositories:
             raise NameUnknown(f"repository {name} is not known", {"name": name})
         doomed = select_for_removal(tags, policy, self._clock.now())
         if not dry_run and doomed:
-            gone = set(await self._metadata.delete_tags(name, [t.name for t in doomed]))
+            gone = set(
+                await self._metadata.delete_tags(name, [t.name for t in doomed], origin=origin)
+            )
             doomed = [t for t in doomed if t.name in gone]
         kept = sorted({t.name for t in tags} - {t.name for t in doomed})
         return {

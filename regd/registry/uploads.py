@@ -31,7 +31,7 @@ from regd.errors import (
     SizeInvalid,
     TooManyRequests,
 )
-from regd.metadata import MetadataStore, UploadInfo
+from regd.metadata import MetadataStore, Origin, UploadInfo
 from regd.metadata.rules import blob_lease
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
@@ -313,6 +313,7 @@ class Uploads:
         *,
         start: int | None = None,
         length: int | None = None,
+        origin: Origin | None = None,
     ) -> BlobStat:
         """Append a final chunk (possibly empty), verify the digest and store the blob."""
         if digest is None:
@@ -337,9 +338,11 @@ class Uploads:
         try:
             if claim.size == 0 and length is not None and length <= WRITE_CHUNK:
                 return await self._store_whole(
-                    claim.repository, expected, body, length, claim=claim, held=held
+                    claim.repository, expected, body, length, claim=claim, held=held, origin=origin
                 )
-            return await self._store_session_file(claim, expected, body, length, held=held)
+            return await self._store_session_file(
+                claim, expected, body, length, held=held, origin=origin
+            )
         except BaseException:
             with trio.CancelScope(shield=True):
                 # Whatever stayed in the session (it may already be gone) is released, and
@@ -354,14 +357,20 @@ class Uploads:
             raise
 
     async def monolithic(
-        self, repository: str, digest: str, body: AsyncIterable[bytes], length: int | None
+        self,
+        repository: str,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        *,
+        origin: Origin | None = None,
     ) -> BlobStat:
         """POST with ?digest=: the whole blob in one request, no session row."""
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
         if length is not None and length <= WRITE_CHUNK:
-            return await self._store_whole(name, expected, body, length)
-        return await self._store_streamed(name, expected, body, length)
+            return await self._store_whole(name, expected, body, length, origin=origin)
+        return await self._store_streamed(name, expected, body, length, origin)
 
     async def _store_whole(
         self,
@@ -372,13 +381,20 @@ class Uploads:
         *,
         claim: _Claim | None = None,
         held: HeldLease | None = None,
+        origin: Origin | None = None,
     ) -> BlobStat:
         """A small blob whole in one request (a POST, or the PUT of a fresh session) is
         checked in memory and written to its place in one step, without a session file."""
         data = await receive_small(body, length)
         await self._verify(Digest.of(data, expected.algorithm), expected, claim)
         await self._place(
-            repository, expected, len(data), self._writing(expected, data), claim=claim, held=held
+            repository,
+            expected,
+            len(data),
+            self._writing(expected, data),
+            claim=claim,
+            held=held,
+            origin=origin,
         )
         return BlobStat(expected, len(data))
 
@@ -390,6 +406,7 @@ class Uploads:
         length: int | None,
         *,
         held: HeldLease | None,
+        origin: Origin | None = None,
     ) -> BlobStat:
         """The last chunk is appended to the session's file, which becomes the blob."""
         size = await self._append_locked(claim, body, length)
@@ -397,11 +414,18 @@ class Uploads:
             await self._digest_of(claim.info, size, expected.algorithm), expected, claim
         )
         place = self._moving(layout.upload_data(claim.repository, claim.id), expected, size)
-        await self._place(claim.repository, expected, size, place, claim=claim, held=held)
+        await self._place(
+            claim.repository, expected, size, place, claim=claim, held=held, origin=origin
+        )
         return BlobStat(expected, size)
 
     async def _store_streamed(
-        self, repository: str, expected: Digest, body: AsyncIterable[bytes], length: int | None
+        self,
+        repository: str,
+        expected: Digest,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        origin: Origin | None = None,
     ) -> BlobStat:
         """A large POSTed blob streams, hashed on the way, to a file of its own (no session
         row), which becomes the blob."""
@@ -422,7 +446,11 @@ class Uploads:
                 raise
             await writer.commit()
             await self._place(
-                repository, expected, received, self._moving(source, expected, received)
+                repository,
+                expected,
+                received,
+                self._moving(source, expected, received),
+                origin=origin,
             )
         finally:
             with trio.CancelScope(shield=True):
@@ -458,6 +486,7 @@ class Uploads:
         *,
         claim: _Claim | None = None,
         held: HeldLease | None = None,
+        origin: Origin | None = None,
     ) -> None:
         """The shared tail: `put` the blob in place and link it, under the blob's lease,
         then end the session `claim` if there is one.
@@ -488,6 +517,7 @@ class Uploads:
                 size,
                 upload_id=claim.id if claim is not None else None,
                 release_lock=holder,
+                origin=origin,
             )
         except BaseException:
             if taken_here:
