@@ -147,6 +147,7 @@ class S3Driver:
 
     def __init__(self, options: S3Options) -> None:
         from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError
 
         if not options.bucket:
             raise StorageError("the s3 storage driver needs a bucket")
@@ -168,7 +169,19 @@ class S3Driver:
             signature_version="s3v4",
         )
         # One client for every request: botocore clients are thread-safe.
-        self._client: Any = session.client(
+        try:
+            self._client: Any = self._make_client(session, options, boto_config)
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot set up the client for {options.where()}: {exc}") from None
+        self._extra: dict[str, str] = {}
+        if options.encryption:
+            self._extra["ServerSideEncryption"] = options.encryption
+        if options.storage_class:
+            self._extra["StorageClass"] = options.storage_class
+
+    @staticmethod
+    def _make_client(session: Any, options: S3Options, boto_config: Any) -> Any:
+        return session.client(
             "s3",
             aws_access_key_id=options.access_key or None,
             aws_secret_access_key=options.secret_key or None,
@@ -177,11 +190,6 @@ class S3Driver:
             verify=options.ca_bundle or None,
             config=boto_config,
         )
-        self._extra: dict[str, str] = {}
-        if options.encryption:
-            self._extra["ServerSideEncryption"] = options.encryption
-        if options.storage_class:
-            self._extra["StorageClass"] = options.storage_class
 
     @property
     def location(self) -> str:
