@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -83,3 +84,26 @@ async def test_an_unreachable_store_asks_to_retry() -> None:
         assert caught.value.retry_after > 0
         assert url in str(caught.value)
     driver.close()
+
+
+async def test_another_driver_continues_a_file_from_the_bucket_alone(
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+) -> None:
+    """Two drivers, as two processes would have: neither keeps anything about the file."""
+    options = s3_endpoint.options(bucket, prefix=f"x{secrets.token_hex(4)}", chunk_size=5 * MiB)
+    first, second = S3Driver(options), S3Driver(options)
+    data = pseudo_random(11 * MiB + 3)
+    # Below a part, across a part boundary, a one-byte chunk, then the rest.
+    cuts = [0, 3 * MiB, 7 * MiB, 7 * MiB + 1, len(data)]
+    for n, (start, end) in enumerate(itertools.pairwise(cuts)):
+        driver = (first, second)[n % 2]
+        writer = await driver.writer("up/data", offset=start)
+        assert writer.size == start
+        await writer.write(data[start:end])
+        await writer.commit()
+        assert (await (second, first)[n % 2].stat("up/data")).size == end
+    await second.move("up/data", "blob/data")
+    assert await read_all(first, "blob/data", chunk=MiB) == data
+    first.close()
+    second.close()
