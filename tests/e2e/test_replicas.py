@@ -68,8 +68,11 @@ def replicas(
 
 @pytest.fixture
 def api(replicas: Replicas) -> Iterator[RoundRobinApi]:
-    with RoundRobinApi(replicas) as client:
+    client = RoundRobinApi(replicas)
+    try:
         yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="module")
