@@ -7,6 +7,7 @@ in repositories of its own. The test that kills a replica starts it again before
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -17,7 +18,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,25 +28,43 @@ from tests.helpers.oci import Layout, LayoutImage, sha256
 from tests.helpers.pg import Databases
 from tests.helpers.replicas import (
     Balancer,
+    EnvStorage,
     FilesystemStorage,
     Replicas,
     RoundRobinApi,
     SharedStorage,
+    TcpRelay,
 )
-from tests.helpers.servers import RegdServer
+from tests.helpers.servers import RegdFactory, RegdServer
 from tests.helpers.store import check_blob_store, metadata_store
 
 pytestmark = pytest.mark.e2e
 
-STORAGES = ["filesystem"]
+STORAGES = ["filesystem", "s3"]
 # Generous: the machine running the suite may be busy, and a test must not fail on that.
 LOAD_DEADLINE = 120.0
 SBOM = "application/vnd.example.sbom.v1+json"
 
 
 @pytest.fixture(scope="module", params=STORAGES)
-def storage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return FilesystemStorage(tmp_path_factory.mktemp("shared") / "storage")
+def storage(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SharedStorage]:
+    """One storage for the trio: a directory, or a bucket behind a relay the outage test
+    can cut."""
+    if request.param == "filesystem":
+        yield FilesystemStorage(tmp_path_factory.mktemp("shared") / "storage")
+        return
+    if importlib.util.find_spec("regd.storage.s3") is None:
+        pytest.skip("regd has no s3 storage driver in this tree")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    where = urlsplit(endpoint.url)
+    with TcpRelay((where.hostname or "127.0.0.1", where.port or 80)) as relay:
+        settings = {
+            **endpoint.regd_env(endpoint.create_bucket()),
+            "REGD_S3_ENDPOINT_URL": relay.url,
+        }
+        yield EnvStorage("s3", settings, relay)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +133,17 @@ def path_of(url: str) -> str:
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
+REGCTL = str(Path(sys.executable).with_name("regctl"))
+
+
+def regctl_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("REGCTL_")}
+
+
 def regctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGCTL_")}
     return subprocess.run(
-        [str(Path(sys.executable).with_name("regctl")), *args],
-        env=clean,
+        [REGCTL, *args],
+        env=regctl_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -253,11 +277,23 @@ async def test_one_sweep_at_a_time_across_replicas(
     async with metadata_store(database, tmp_path) as store:
         assert await store.acquire_lock("gc", "a sweep elsewhere", 60)
         try:
-            for server in replicas.live():
-                busy = regctl("gc", "-q", "--grace", "0s", server.host)
-                assert busy.returncode != 0, busy.stdout
-                lines = busy.stderr.strip().splitlines()
-                assert len(lines) == 1, busy.stderr
+            # All three at once: each must find the sweep running, wherever it is.
+            asked = [
+                subprocess.Popen(
+                    [REGCTL, "gc", "-q", "--grace", "0s", server.host],
+                    env=regctl_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for server in replicas.live()
+            ]
+            for process in asked:
+                out, err = process.communicate(timeout=LOAD_DEADLINE)
+                assert process.returncode != 0, out
+                lines = err.strip().splitlines()
+                assert len(lines) == 1, err
                 assert "another garbage collection is running" in lines[0]
         finally:
             await store.release_lock("gc", "a sweep elsewhere")
@@ -433,3 +469,100 @@ def test_upload_continues_on_another_replica_after_a_sigkill(replicas: Replicas)
     victim.start()
     for api in on_each(replicas):
         assert api.get_blob(name, sha256(data)) == data
+
+
+# -- the storage unreachable for a while ------------------------------------------------
+
+
+def test_storage_unreachable_for_a_while(api: RoundRobinApi, replicas: Replicas) -> None:
+    relay = getattr(replicas.storage, "relay", None)
+    if relay is None:
+        pytest.skip(
+            f"{replicas.storage.name} storage cannot be made unreachable from here; "
+            "this case runs on S3, behind a relay it cuts"
+        )
+    name = unique("outage")
+    digest, body = api.push_tiny_image(name, "v1", payload=os.urandom(100_000))
+    layer = json.loads(body)["layers"][0]["digest"]
+    refused = os.urandom(300_000)
+    chunk = os.urandom(200_000)
+    session = api.start_upload(name)
+
+    relay.cut()
+    try:
+        answers = {
+            "monolithic push": api.http.post(
+                f"/v2/{name}/blobs/uploads/", params={"digest": sha256(refused)}, content=refused
+            ),
+            "chunk": api.http.patch(
+                session,
+                content=chunk,
+                headers={"Content-Type": "application/octet-stream", "Content-Range": "0-199999"},
+            ),
+            "blob read": api.http.get(f"/v2/{name}/blobs/{layer}"),
+        }
+        for what, answer in answers.items():
+            assert answer.status_code == 503, f"{what}: {answer.status_code} {answer.text}"
+            assert int(answer.headers["retry-after"]) > 0, what
+            assert answer.json()["errors"][0]["code"] == "TOOMANYREQUESTS", what
+        # Nothing refused was taken in: no blob, no bytes in the session, no manifest.
+        assert api.http.head(f"/v2/{name}/blobs/{sha256(refused)}").status_code == 404
+        status = expect(api.http.get(session), "session status in the outage", 204)
+        assert status.headers.get("range") in (None, "0-0", "0--1"), status.headers
+        # Metadata reads need no storage.
+        expect(
+            api.http.head(f"/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT}),
+            "manifest HEAD in the outage",
+            200,
+        )
+    finally:
+        relay.restore()
+
+    # Service resumes by itself: no replica is restarted or told anything.
+    deadline = time.monotonic() + LOAD_DEADLINE
+    while api.http.get(f"/v2/{name}/blobs/{layer}").status_code != 200:
+        assert time.monotonic() < deadline, "blob reads did not resume after the outage"
+        time.sleep(0.1)
+    answer = api.http.patch(
+        session,
+        content=chunk,
+        headers={"Content-Type": "application/octet-stream", "Content-Range": "0-199999"},
+    )
+    session = location(expect(answer, "the chunk again", 202))
+    expect(api.http.put(with_digest(session, sha256(chunk))), "complete after the outage", 201)
+    assert api.push_blob(name, refused) == sha256(refused)
+    for client in on_each(replicas):
+        assert pull_image(client, name, "v1") == digest
+        assert client.get_blob(name, sha256(chunk)) == chunk
+        assert client.get_blob(name, sha256(refused)) == refused
+
+
+# -- one replica on SQLite -----------------------------------------------------------------
+
+
+def test_one_replica_on_sqlite(
+    storage: SharedStorage, regd_factory: RegdFactory, tmp_path: Path
+) -> None:
+    """The smallest deployment on the same storage kind: one process, its own SQLite."""
+    if isinstance(storage, FilesystemStorage):
+        storage = FilesystemStorage(tmp_path / "storage")
+    server = regd_factory(database_url=None, env=dict(storage.env()))
+    with ApiClient(server.url) as client:
+        name = unique("single")
+        digest, _ = client.push_tiny_image(name, "v1", payload=os.urandom(150_000))
+        data = os.urandom(2 * 1024 * 1024 + 1)
+        url = client.start_upload(name)
+        for start in range(0, len(data), 700_000):
+            end = min(start + 700_000, len(data))
+            answer = client.http.patch(
+                url,
+                content=data[start:end],
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{start}-{end - 1}",
+                },
+            )
+            url = location(expect(answer, f"chunk {start}", 202))
+        expect(client.http.put(with_digest(url, sha256(data))), "complete", 201)
+        assert pull_image(client, name, "v1") == digest
+        assert client.get_blob(name, sha256(data)) == data

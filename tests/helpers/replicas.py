@@ -7,14 +7,17 @@ their requests over them the way a load balancer without sticky sessions would.
 - `Balancer`: a small HTTP/1.1 reverse proxy on a free port that does the same for tools
   that speak to one address (regctl, skopeo); each request, not each connection, goes to the
   next replica, so keep-alive connections do not pin a client to one process.
+- `TcpRelay`: a TCP forwarder in front of a storage endpoint, to make it unreachable for a
+  while and reachable again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import socket
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +34,8 @@ REPLICAS = 3
 class SharedStorage(Protocol):
     """Where every replica keeps its blobs, as the settings that say so."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def env(self) -> Mapping[str, str]: ...
 
@@ -49,10 +53,12 @@ class FilesystemStorage:
 
 @dataclass(frozen=True)
 class EnvStorage:
-    """Any other storage, given as the REGD_* settings that select it (e.g. a bucket)."""
+    """Any other storage, given as the REGD_* settings that select it (e.g. a bucket);
+    `relay`, when there is one, stands between the replicas and the storage's endpoint."""
 
     name: str
     settings: Mapping[str, str] = field(default_factory=dict)
+    relay: TcpRelay | None = None
 
     def env(self) -> Mapping[str, str]:
         return dict(self.settings)
@@ -283,3 +289,90 @@ class Balancer:
         self._thread.join(timeout=10)
         with contextlib.suppress(Exception):
             self._server.client.close()
+
+
+class TcpRelay:
+    """Forwards connections from a free port of 127.0.0.1 to `target` (host, port), and
+    can play an unreachable endpoint: `cut()` drops every open connection and refuses new
+    ones, `restore()` listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> TcpRelay:
+        self.restore()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def restore(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(128)
+        with self._lock:
+            self._listener = listener
+        self._spawn(self._accept, listener)
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            doomed, self._open = self._open, set()
+        if listener is not None:
+            # Closing alone would not wake the thread blocked in accept().
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for sock in doomed:
+            _drop(sock)
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                _drop(client)
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:
+                    _drop(client)
+                    _drop(upstream)
+                    return
+                self._open |= {client, upstream}
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+
+def _drop(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
