@@ -18,7 +18,7 @@ from regd.durations import duration_seconds
 from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-STORAGE_DRIVERS = ("filesystem", "memory")
+STORAGE_DRIVERS = ("filesystem", "memory", "s3")
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -174,6 +174,29 @@ def _access(value: Any, where: str) -> tuple[dict[str, Any], ...]:
 
 # -- end auth ----------------------------------------------------------------------------
 
+# -- s3 (regd.storage.s3): the `[s3]` table ------------------------------------------------
+# A table of its own rather than `[storage.s3]`: `storage` is already the driver's name.
+S3_KEYS = (
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "path_style",
+    "access_key",
+    "secret_key",
+    "encryption",
+    "storage_class",
+    "ca_bundle",
+    "redirect",
+    "redirect_expiry",
+    "chunk_size",
+    "copy_threshold",
+    "max_connections",
+)
+S3_ENCRYPTIONS = ("AES256", "aws:kms")
+_MiB = 1024 * 1024
+# -- end s3 ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Config:
@@ -217,6 +240,22 @@ class Config:
     auth_trust: tuple[TrustedIssuerConfig, ...] = ()
     auth_open: bool = False
     access: tuple[dict[str, Any], ...] = ()
+    # s3 (the `[s3]` table; used when storage = "s3")
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_region: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_path_style: bool = False
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_encryption: str | None = None
+    s3_storage_class: str | None = None
+    s3_ca_bundle: Path | None = None
+    s3_redirect: bool = False
+    s3_redirect_expiry: float = 1200.0
+    s3_chunk_size: int = 10 * _MiB
+    s3_copy_threshold: int = 5 * 1024 * _MiB
+    s3_max_connections: int = 32
 
     @property
     def auth_keys_dir(self) -> Path:
@@ -283,6 +322,7 @@ _FLOATS = frozenset(
         "body_timeout",
         "keep_alive_timeout",
         "auth_token_ttl",
+        "s3_redirect_expiry",
     }
 )
 _INTS = frozenset(
@@ -292,9 +332,14 @@ _INTS = frozenset(
         "max_connections",
         "max_connections_per_client",
         "max_header_size",
+        "s3_chunk_size",
+        "s3_copy_threshold",
+        "s3_max_connections",
     }
 )
-_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open"})
+_BOOLS = frozenset(
+    {"access_log", "gc_delete_untagged", "auth_open", "s3_path_style", "s3_redirect"}
+)
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -328,6 +373,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             "tls_client_ca",
             "auth_htpasswd",
             "auth_key_dir",
+            "s3_ca_bundle",
         ):
             result = Path(str(value)).expanduser()
         else:
@@ -337,21 +383,26 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return result
 
 
-def _flatten_auth(doc: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The `[auth]` table's keys as the flat `auth_*` settings."""
-    table = doc.get("auth")
+def _flatten(doc: dict[str, Any], path: Path, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The `[name]` table's keys as the flat `name_*` settings."""
+    table = doc.get(name)
     if table is None:
         return doc
     if not isinstance(table, dict):
-        raise ConfigError(f"{path}: auth must be a table ([auth])")
-    out = {k: v for k, v in doc.items() if k != "auth"}
+        raise ConfigError(f"{path}: {name} must be a table ([{name}])")
+    out = {k: v for k, v in doc.items() if k != name}
     for key, value in table.items():
-        if key.replace("-", "_") not in AUTH_KEYS:
+        if key.replace("-", "_") not in keys:
             raise ConfigError(
-                f"{path}: unknown setting auth.{key} (expected one of {', '.join(AUTH_KEYS)})"
+                f"{path}: unknown setting {name}.{key} (expected one of {', '.join(keys)})"
             )
-        out["auth_" + key.replace("-", "_")] = value
+        out[f"{name}_" + key.replace("-", "_")] = value
     return out
+
+
+def _flatten_tables(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The `[auth]` and `[s3]` tables' keys as the flat `auth_*` and `s3_*` settings."""
+    return _flatten(_flatten(doc, path, "auth", AUTH_KEYS), path, "s3", S3_KEYS)
 
 
 def load(
@@ -371,7 +422,7 @@ def load(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in _flatten_auth(doc, path).items():
+        for key, value in _flatten_tables(doc, path).items():
             key = key.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
@@ -405,6 +456,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if config.storage not in STORAGE_DRIVERS:
         raise ConfigError(f"storage must be one of {', '.join(STORAGE_DRIVERS)}")
+    if config.storage == "s3":
+        _validate_s3(config)
     if config.storage == "memory" and config.workers > 1:
         raise ConfigError("the memory storage driver cannot be shared by several workers")
     if config.database and not config.database.startswith(
@@ -436,3 +489,24 @@ def validate(config: Config) -> None:
         raise ConfigError("tls_client_ca needs tls_cert and tls_key")
     if config.tls_client_auth not in ("require", "optional"):
         raise ConfigError("tls_client_auth must be require or optional")
+
+
+def _validate_s3(config: Config) -> None:
+    if not config.s3_bucket:
+        raise ConfigError('storage = "s3" needs s3.bucket (REGD_S3_BUCKET)')
+    if (config.s3_access_key is None) != (config.s3_secret_key is None):
+        raise ConfigError("s3.access_key and s3.secret_key must be given together")
+    if config.s3_encryption is not None and config.s3_encryption not in S3_ENCRYPTIONS:
+        raise ConfigError(f"s3.encryption must be one of {', '.join(S3_ENCRYPTIONS)}")
+    if not 5 * _MiB <= config.s3_chunk_size <= 5 * 1024 * _MiB:
+        raise ConfigError("s3.chunk_size must be between 5 MiB and 5 GiB (S3's part sizes)")
+    if not 0 < config.s3_copy_threshold <= 5 * 1024 * _MiB:
+        raise ConfigError("s3.copy_threshold must be more than 0 and at most 5 GiB")
+    if not 1 <= config.s3_max_connections <= 1024:
+        raise ConfigError("s3.max_connections must be between 1 and 1024")
+    if not 1 <= config.s3_redirect_expiry <= 7 * 86400:
+        raise ConfigError("s3.redirect_expiry must be between 1 second and 7 days")
+    if config.s3_endpoint_url is not None and not config.s3_endpoint_url.startswith(
+        ("http://", "https://")
+    ):
+        raise ConfigError(f"s3.endpoint_url must be an http(s) URL, not {config.s3_endpoint_url!r}")

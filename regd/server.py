@@ -37,7 +37,14 @@ from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
 from regd.registry import Registry
 from regd.startup_check import warn_if_metadata_lost
-from regd.storage import FilesystemDriver, MemoryDriver, StorageDriver
+from regd.storage import (
+    FilesystemDriver,
+    MemoryDriver,
+    S3Driver,
+    S3Options,
+    StorageDriver,
+    StorageError,
+)
 
 log = logging.getLogger("regd.server")
 
@@ -67,10 +74,48 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-def build_registry(config: cfg.Config) -> Registry:
-    storage: StorageDriver = (
-        MemoryDriver() if config.storage == "memory" else FilesystemDriver(config.blob_root)
+def s3_options(config: cfg.Config) -> S3Options:
+    return S3Options(
+        bucket=config.s3_bucket or "",
+        prefix=config.s3_prefix,
+        region=config.s3_region,
+        endpoint_url=config.s3_endpoint_url,
+        path_style=config.s3_path_style,
+        access_key=config.s3_access_key,
+        secret_key=config.s3_secret_key,
+        encryption=config.s3_encryption,
+        storage_class=config.s3_storage_class,
+        ca_bundle=None if config.s3_ca_bundle is None else str(config.s3_ca_bundle),
+        redirect=config.s3_redirect,
+        redirect_expiry=config.s3_redirect_expiry,
+        chunk_size=config.s3_chunk_size,
+        copy_threshold=config.s3_copy_threshold,
+        max_connections=config.s3_max_connections,
     )
+
+
+def storage_driver(config: cfg.Config) -> StorageDriver:
+    if config.storage == "memory":
+        return MemoryDriver()
+    if config.storage == "s3":
+        return S3Driver(s3_options(config))
+    return FilesystemDriver(config.blob_root)
+
+
+def check_s3(config: cfg.Config) -> None:
+    """Stop at start when the bucket cannot be used (missing, refused, unreachable)."""
+    try:
+        driver = S3Driver(s3_options(config))
+        try:
+            trio.run(driver.check)
+        finally:
+            driver.close()
+    except StorageError as exc:
+        raise StartupError(f"cannot use storage {s3_options(config).where()}: {exc}") from None
+
+
+def build_registry(config: cfg.Config) -> Registry:
+    storage = storage_driver(config)
     clock = SYSTEM_CLOCK
     metadata = MetadataStore(
         config.database_url, clock=clock, write_timeout=config.database_write_timeout
@@ -124,6 +169,8 @@ def prepare(config: cfg.Config) -> None:
             raise StartupError(
                 f"cannot write in data dir {directory}: {exc.strerror or exc}"
             ) from None
+    if config.storage == "s3":
+        check_s3(config)
     store = MetadataStore(config.database_url)
     try:
         store.create_schema()

@@ -137,7 +137,8 @@ def test_all_interfaces_spelling() -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    # The [auth] table's settings are spelled as TOML keys: auth_htpasswd is `auth.htpasswd`.
-    keys = [f.name.replace("auth_", "auth.", 1) for f in fields(Config)]
+    # The [auth] and [s3] tables' settings are spelled as TOML keys: auth_htpasswd is
+    # `auth.htpasswd`, s3_bucket `s3.bucket`.
+    keys = [f.name.replace("auth_", "auth.", 1).replace("s3_", "s3.", 1) for f in fields(Config)]
     missing = [key for key in keys if f"| `{key}` |" not in readme]
     assert missing == []

@@ -15,6 +15,7 @@ from regd.storage.base import (
 )
 from regd.storage.filesystem import FilesystemDriver
 from regd.storage.memory import MemoryDriver
+from regd.storage.s3 import S3Driver, S3Options, StorageUnavailable
 
 __all__ = [
     "FileInfo",
@@ -24,10 +25,13 @@ __all__ = [
     "MemoryDriver",
     "PathNotFound",
     "Reader",
+    "S3Driver",
+    "S3Options",
     "Space",
     "StorageDriver",
     "StorageError",
     "StorageFull",
+    "StorageUnavailable",
     "Writer",
     "layout",
 ]
