@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Protocol
 import httpx
 
 from tests.helpers.http_api import ApiClient
-from tests.helpers.servers import RegdServer, ServerStartError, free_port
+from tests.helpers.servers import RegdServer, free_port
 
 REPLICAS = 3
 
@@ -91,14 +93,19 @@ class Replicas:
         ]
 
     def start(self) -> None:
-        try:
-            for server in self.servers:
-                server.start()
-        except ServerStartError:
+        """Start every replica at once (each start waits until it answers)."""
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            starts = [pool.submit(server.start) for server in self.servers]
+        failures = [exc for f in starts if (exc := f.exception()) is not None]
+        if failures:
             self.stop()
-            raise
+            raise failures[0]
 
     def stop(self) -> None:
+        # Every replica drains its connections at the same time, not one after another.
+        for server in self.live():
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
         for server in self.servers:
             server.stop()
 
