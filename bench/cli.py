@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     title = f"regd --workers {args.regd_workers} vs {reference}{' (quick)' if args.quick else ''}"
     if args.auth != "none":
         title += f", auth {args.auth}"
-    targets = None
+    variant = None
     if args.storage == "s3":
-        title += f", both on S3 (one moto server), {settings.blob_mib} MiB blobs"
-        targets = object_storage.TARGETS
-    verdicts = report.render(console, results, title, targets)
+        title += ", both on S3 (one moto server)"
+        variant = object_storage.variant(settings)
+    verdicts = report.render(console, results, title, variant)
     document = {
         "timestamp": stamp,
         "title": title,

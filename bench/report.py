@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,32 @@ class Row:
         return text, "PASS" if ok else "MISS"
 
 
-def rows_for(results: Results, targets: dict[str, tuple[str, float]] | None = None) -> list[Row]:
-    """The table's rows; `targets` replaces the ratio target of each workload it names
-    (the object-storage run has targets of its own)."""
+@dataclass(frozen=True)
+class Variant:
+    """A run with sizes and targets of its own (the object-storage run): `targets` replace
+    the ratio target of each workload they name, `labels` rewrite parts of the row labels
+    (sizes), and rows no server has a value for are left out."""
+
+    targets: Mapping[str, tuple[str, float]]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def adapt(self, row: Row, results: Results) -> Row | None:
+        if row.values(results) == (None, None):
+            return None
+        workload = row.workload
+        for old, new in self.labels.items():
+            workload = workload.replace(old, new)
+        target = row.target
+        if row.path[0] in self.targets and target is not None and target[0] == "ratio>=":
+            target = self.targets[row.path[0]]
+        return replace(row, workload=workload, target=target)
+
+
+def rows_for(results: Results, variant: Variant | None = None) -> list[Row]:
     rows = _rows(results)
-    if targets is None:
+    if variant is None:
         return rows
-    return [
-        replace(row, target=targets[row.path[0]])
-        if row.path[0] in targets and row.target is not None and row.target[0] == "ratio>="
-        else row
-        for row in rows
-    ]
+    return [adapted for row in rows if (adapted := variant.adapt(row, results)) is not None]
 
 
 def _rows(results: Results) -> list[Row]:
@@ -168,7 +183,7 @@ def _fmt(value: Any) -> str:
 
 
 def comparison(
-    results: Results, title: str, targets: dict[str, tuple[str, float]] | None = None
+    results: Results, title: str, variant: Variant | None = None
 ) -> tuple[Table, list[dict[str, Any]]]:
     table = Table(title=title, show_lines=False)
     for col, justify in (
@@ -182,7 +197,7 @@ def comparison(
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     verdicts = []
-    for row in rows_for(results, targets):
+    for row in rows_for(results, variant):
         regd, ref = row.values(results)
         ratio = (
             regd / ref
@@ -272,9 +287,9 @@ def render(
     console: Console,
     results: Results,
     title: str,
-    targets: dict[str, tuple[str, float]] | None = None,
+    variant: Variant | None = None,
 ) -> list[dict[str, Any]]:
-    table, verdicts = comparison(results, title, targets)
+    table, verdicts = comparison(results, title, variant)
     console.print(table)
     console.print(costs(results))
     for line in notes(results):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.report import Variant
 from bench.servers import (
     HOST,
     REPO_ROOT,
@@ -59,6 +60,19 @@ TARGETS: dict[str, tuple[str, float]] = {
     "blob_head": ("ratio>=", 10.0),
     "mounts": ("ratio>=", 3.0),
 }
+
+
+def variant(settings: Settings) -> Variant:
+    """The table of this run: its targets, and the sizes it really used in the labels."""
+    return Variant(
+        TARGETS,
+        {
+            "1 GiB": f"{settings.blob_mib} MiB",
+            "64 MiB": f"{settings.mount_mib} MiB",
+            "16 clients": f"{settings.small_clients} clients",
+            "small images": f"{settings.small_images} small images",
+        },
+    )
 
 
 def quarter(settings: Settings) -> Settings:
