@@ -506,7 +506,8 @@ def test_storage_unreachable_for_a_while(api: RoundRobinApi, replicas: Replicas)
         # Nothing refused was taken in: no blob, no bytes in the session, no manifest.
         assert api.http.head(f"/v2/{name}/blobs/{sha256(refused)}").status_code == 404
         status = expect(api.http.get(session), "session status in the outage", 204)
-        assert status.headers.get("range") in (None, "0-0", "0--1"), status.headers
+        # An empty session reports "0-0", as registries do.
+        assert status.headers.get("range") == "0-0", status.headers
         # Metadata reads need no storage.
         for method in ("HEAD", "GET"):
             expect(
