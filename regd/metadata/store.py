@@ -10,9 +10,10 @@ the hot paths stay one attribute lookup from their prebuilt statement.
 from __future__ import annotations
 
 from regd.metadata.blobs import Blobs
+from regd.metadata.hashstates import HashStates
 from regd.metadata.listings import Listings
 from regd.metadata.manifests import Manifests
 
 
-class MetadataStore(Manifests, Blobs, Listings):
+class MetadataStore(Manifests, Blobs, HashStates, Listings):
     """Registry metadata on SQLite or PostgreSQL: `MetadataStore(url, clock=...)`."""

@@ -328,6 +328,9 @@ class Lifecycle:
                 if not dry_run:
                     with contextlib.suppress(PathNotFound):
                         await self._storage.delete(path)
+        if not dry_run:
+            # What no listing shows: an object store's multipart uploads left by a crash.
+            await self._storage.purge_incomplete(idle_before)
 
     async def purge_uploads(self, max_age: float) -> int:
         """Only the stale-upload part of a collection; needs no sweep lease."""

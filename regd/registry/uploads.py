@@ -5,17 +5,17 @@ The session's truth is its metadata row (repository, bytes accepted). The bytes 
 never interleave writes to one session; a request that fails or is cut off rolls the file
 back to the accepted size, leaving the session usable.
 
-Hashing: hashlib cannot serialise a running sha256, so the hash state stays in the
-process that received the bytes. When the next request for the session lands in the same
-process and the state still matches the accepted size, hashing continues; otherwise the
-bytes are hashed again from storage when the upload completes.
+Hashing: the session's running sha256 is saved with its row after every chunk (in the
+transaction that records the new size), so the next chunk continues it on any replica
+without reading back what the session holds, and no process keeps anything in memory.
+Only a session without a usable saved state (another digest algorithm, a platform
+without libcrypto) is hashed again from storage when it completes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,11 +32,18 @@ from regd.errors import (
     TooManyRequests,
 )
 from regd.metadata import MetadataStore, UploadInfo
+from regd.metadata.hashstates import HashState
 from regd.metadata.rules import blob_lease
 from regd.oci.digest import Digest, Hasher
 from regd.registry import validation
 from regd.registry.blobs import BlobStat
-from regd.registry.hashing import hash_stored
+from regd.registry.hashing import (
+    STATE_KIND,
+    ResumableSha256,
+    StateInvalid,
+    hash_stored,
+    resumable,
+)
 from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
 from regd.registry.streaming import WRITE_CHUNK, pump, receive_small
 from regd.registry.tasks import task_group
@@ -77,29 +84,6 @@ class _Claim:
         return self.info.size
 
 
-class _HashStates:
-    """Running hashes of the sessions this process appended to last (bounded, LRU)."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self._states: OrderedDict[str, Hasher] = OrderedDict()
-        self._capacity = capacity
-
-    def take(self, upload_id: str, size: int, algorithm: str) -> Hasher | None:
-        """The state for a session at `size`, removed from the cache while in use."""
-        hasher = self._states.pop(upload_id, None)
-        if hasher is not None and hasher.size == size and hasher.algorithm == algorithm:
-            return hasher
-        return None
-
-    def put(self, upload_id: str, hasher: Hasher) -> None:
-        self._states[upload_id] = hasher
-        while len(self._states) > self._capacity:
-            self._states.popitem(last=False)
-
-    def drop(self, upload_id: str) -> None:
-        self._states.pop(upload_id, None)
-
-
 class Uploads:
     def __init__(
         self,
@@ -119,7 +103,6 @@ class Uploads:
         self._lease_seconds = lease_seconds
         self._blob_lease_seconds = blob_lease_seconds
         self._max_uploads = max_uploads_per_repository
-        self._hashes = _HashStates()
         self._locks = Leases(metadata)
 
     # -- sessions ------------------------------------------------------------------------
@@ -155,7 +138,6 @@ class Uploads:
     async def cancel(self, repository: str, upload_id: str) -> None:
         info = await self._session(repository, upload_id)
         await self._metadata.delete_upload(info.id)
-        self._hashes.drop(info.id)
         await self._remove_files(info.repository, info.id)
 
     async def _remove_files(self, repository: str, upload_id: str) -> None:
@@ -176,12 +158,16 @@ class Uploads:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
         claim, _ = await self._acquire(repository, upload_id, start)
         try:
-            size = await self._append_locked(claim, body, length)
+            size, hasher = await self._append_locked(claim, body, length)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._metadata.release_upload(claim.id, claim.lease, claim.size)
             raise
-        await self._metadata.release_upload(claim.id, claim.lease, size)
+        if isinstance(hasher, ResumableSha256):
+            state = HashState(hasher.algorithm, STATE_KIND, size, hasher.export())
+            await self._metadata.release_upload_hashed(claim.id, claim.lease, size, state)
+        else:
+            await self._metadata.release_upload(claim.id, claim.lease, size)
         return UploadStatus(claim.id, claim.repository, size)
 
     async def _acquire(
@@ -264,13 +250,26 @@ class Uploads:
             await self._remove_files(info.repository, info.id)
             raise BlobUploadInvalid(f"upload {info.id} lost its data; start a new upload") from None
 
+    async def _saved_hasher(self, info: UploadInfo) -> Hasher | None:
+        """The session's running hash as saved with it, or None when there is none usable
+        (the bytes are then hashed from storage when the upload completes)."""
+        if info.size == 0:
+            return resumable("sha256")
+        saved = await self._metadata.get_hash_state(info.id)
+        if saved is None or saved.kind != STATE_KIND or saved.size != info.size:
+            return None
+        if not ResumableSha256.available():
+            return None
+        try:
+            return ResumableSha256.restore(saved.state, saved.size)
+        except StateInvalid:
+            return None
+
     async def _append_locked(
         self, claim: _Claim, body: AsyncIterable[bytes], length: int | None
-    ) -> int:
+    ) -> tuple[int, Hasher | None]:
         info = claim.info
-        hasher = self._hashes.take(info.id, info.size, "sha256")
-        if hasher is None and info.size == 0:
-            hasher = Hasher("sha256")
+        hasher = await self._saved_hasher(info)
         writer = await self._open_writer(info)
         try:
             async with task_group() as nursery:
@@ -287,9 +286,7 @@ class Uploads:
                 {"received": received, "expected": length},
             )
         await writer.commit()
-        if hasher is not None:
-            self._hashes.put(info.id, hasher)
-        return writer.size
+        return writer.size, hasher
 
     async def _keep_lease(self, claim: _Claim) -> None:
         """Renew the lease while this request needs it (a long body, a wait), so that no
@@ -392,9 +389,9 @@ class Uploads:
         held: HeldLease | None,
     ) -> BlobStat:
         """The last chunk is appended to the session's file, which becomes the blob."""
-        size = await self._append_locked(claim, body, length)
+        size, hasher = await self._append_locked(claim, body, length)
         await self._verify(
-            await self._digest_of(claim.info, size, expected.algorithm), expected, claim
+            await self._digest_of(claim.info, size, expected.algorithm, hasher), expected, claim
         )
         place = self._moving(layout.upload_data(claim.repository, claim.id), expected, size)
         await self._place(claim.repository, expected, size, place, claim=claim, held=held)
@@ -495,7 +492,6 @@ class Uploads:
                     await self._metadata.release_lock(name, holder)
             raise
         if claim is not None:
-            self._hashes.drop(claim.id)
             await self._remove_files(claim.repository, claim.id)
 
     async def _wait_for_lease(self, name: str, claim: _Claim | None) -> str:
@@ -512,11 +508,11 @@ class Uploads:
             nursery.cancel_scope.cancel()
         return holder
 
-    async def _digest_of(self, info: UploadInfo, size: int, algorithm: str) -> Digest:
-        hasher = self._hashes.take(info.id, size, algorithm)
-        if hasher is not None:
+    async def _digest_of(
+        self, info: UploadInfo, size: int, algorithm: str, hasher: Hasher | None
+    ) -> Digest:
+        if hasher is not None and hasher.algorithm == algorithm and hasher.size == size:
             return hasher.digest()
-        # The running hash lives elsewhere (another replica, or before a restart).
         if not size:
             return Hasher(algorithm).digest()
         path = layout.upload_data(info.repository, info.id)
@@ -524,7 +520,6 @@ class Uploads:
 
     async def _abandon(self, info: UploadInfo) -> None:
         await self._metadata.delete_upload(info.id)
-        self._hashes.drop(info.id)
         await self._remove_files(info.repository, info.id)
 
 

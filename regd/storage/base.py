@@ -144,6 +144,13 @@ class StorageDriver(Protocol):
         """A URL clients may fetch `path` from directly, or None to have regd serve it."""
         ...
 
+    async def purge_incomplete(self, older_than: float) -> int:
+        """Free what writers began before `older_than` (UNIX time) and left unfinished,
+        where no file refers to it: an object store's multipart uploads whose process died
+        before saving them. Such leftovers are not files, so no listing shows them and
+        only the driver can find them. Returns how many it freed (0 for most drivers)."""
+        ...
+
     async def free_space(self) -> Space | None:
         """Free and total bytes where the data lives, or None when the driver cannot tell
         (an object store has no fixed size)."""

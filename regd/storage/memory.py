@@ -151,6 +151,10 @@ class MemoryDriver:
     async def redirect_url(self, path: str) -> str | None:
         return None
 
+    async def purge_incomplete(self, older_than: float) -> int:
+        # An unfinished file is a file: the upload purge finds it by listing.
+        return 0
+
     async def free_space(self) -> Space | None:
         # Bounded by the process's memory, which says nothing about room for blobs.
         return None
