@@ -503,8 +503,18 @@ def test_storage_unreachable_for_a_while(api: RoundRobinApi, replicas: Replicas)
             assert answer.status_code == 503, f"{what}: {answer.status_code} {answer.text}"
             assert int(answer.headers["retry-after"]) > 0, what
             assert answer.json()["errors"][0]["code"] == "TOOMANYREQUESTS", what
-        # Nothing refused was taken in: no blob, no bytes in the session, no manifest.
+        # Nothing refused was taken in: no blob, no bytes in the session, and no manifest
+        # may name the blob.
         assert api.http.head(f"/v2/{name}/blobs/{sha256(refused)}").status_code == 404
+        doc = json.loads(body)
+        doc["layers"][0] = {**doc["layers"][0], "digest": sha256(refused), "size": len(refused)}
+        orphan = api.http.put(
+            f"/v2/{name}/manifests/v2",
+            content=json.dumps(doc).encode(),
+            headers={"Content-Type": doc["mediaType"]},
+        )
+        assert orphan.status_code == 400, orphan.text
+        assert orphan.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
         status = expect(api.http.get(session), "session status in the outage", 204)
         # An empty session reports "0-0", as registries do.
         assert status.headers.get("range") == "0-0", status.headers
