@@ -333,9 +333,10 @@ def verify(
 def import_registry2(
     ctx: typer.Context,
     root: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="A Distribution 2.x storage root (it holds docker/registry/v2/) on the regd host",
+            help="A Distribution 2.x storage root (it holds docker/registry/v2/) on the regd "
+            "host, or s3://BUCKET/PREFIX: the bucket regd itself stores in",
             show_default=False,
         ),
     ],
@@ -349,7 +350,7 @@ def import_registry2(
     When ROOT is regd's own storage root no blob is copied; otherwise blobs are streamed
     in and verified."""
     host = _host(registry)
-    absolute = str(root.expanduser().resolve())
+    absolute = root if root.startswith("s3://") else str(Path(root).expanduser().resolve())
 
     async def work(client: RegistryClient) -> dict[str, Any]:
         return await admin_client(ctx, client, host).import_registry2(absolute, dry_run=dry_run)

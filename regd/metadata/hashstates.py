@@ -18,10 +18,10 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
-    delete,
     select,
 )
 
+from regd.metadata.engine import insert_for
 from regd.metadata.schema import metadata
 from regd.metadata.uploads import Uploads
 
@@ -52,19 +52,28 @@ class HashState:
 
 
 class _HashStatements:
-    def __init__(self) -> None:
+    def __init__(self, dialect: str) -> None:
         h = upload_hash_states
         self.get = select(h.c.algorithm, h.c.kind, h.c.size, h.c.state).where(
             h.c.upload_id == bindparam("upload_id")
         )
-        self.drop = delete(h).where(h.c.upload_id == bindparam("upload_id"))
-        self.add = h.insert()
+        insert = insert_for(dialect, h)
+        # One statement whether or not the session has a row yet.
+        self.put = insert.on_conflict_do_update(
+            index_elements=[h.c.upload_id],
+            set_={
+                "algorithm": insert.excluded.algorithm,
+                "kind": insert.excluded.kind,
+                "size": insert.excluded.size,
+                "state": insert.excluded.state,
+            },
+        )
 
 
 class HashStates(Uploads):
     def _prepare(self) -> None:
         super()._prepare()
-        self._hash_sql = _HashStatements()
+        self._hash_sql = _HashStatements(self.dialect)
 
     async def get_hash_state(self, upload_id: str) -> HashState | None:
         def q(conn: Connection) -> HashState | None:
@@ -88,9 +97,8 @@ class HashStates(Uploads):
             }
             if conn.execute(self._upload_sql.release, params).rowcount == 0:
                 return False
-            conn.execute(self._hash_sql.drop, {"upload_id": upload_id})
             conn.execute(
-                self._hash_sql.add,
+                self._hash_sql.put,
                 {
                     "upload_id": upload_id,
                     "algorithm": state.algorithm,

@@ -1,7 +1,8 @@
 """Adopting a Distribution 2.x storage root: index its repositories into the metadata.
 
-When the root is regd's own storage root, no blob byte moves: Distribution's blob paths
-are regd's. Otherwise blobs are streamed in and verified against their digests.
+When the root is regd's own storage root (a directory, or the `s3://bucket/prefix` regd
+stores in), no blob byte moves: Distribution's blob paths are regd's. Otherwise blobs are
+streamed in and verified against their digests.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from regd.oci.digest import Digest, DigestError
 from regd.registry.hashing import hash_stored
 from regd.registry.manifests import Manifests
 from regd.registry.validation import is_digest_reference
-from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
+from regd.storage import (
+    FilesystemDriver,
+    PathNotFound,
+    S3Driver,
+    StorageDriver,
+    StorageError,
+    layout,
+)
 from regd.storage.base import InvalidPath
 
 
@@ -62,6 +70,8 @@ class Adoption:
 
     async def import_root(self, root: str, *, dry_run: bool) -> ImportReport:
         started = time.monotonic()
+        if root.startswith("s3://"):
+            return await self._import_bucket(root, dry_run=dry_run, started=started)
         path = Path(root)
         if not path.is_absolute() or not (path / layout.ROOT).is_dir():
             raise ImportInvalid(
@@ -77,7 +87,24 @@ class Adoption:
         report.seconds = time.monotonic() - started
         return report
 
-    async def _find_repositories(self, source: FilesystemDriver) -> list[str]:
+    async def _import_bucket(self, root: str, *, dry_run: bool, started: float) -> ImportReport:
+        """Adopt the bucket (and prefix) regd itself stores in; another bucket is not
+        reachable from here."""
+        storage = self._storage
+        if not isinstance(storage, S3Driver) or storage.location != root.rstrip("/"):
+            own = storage.location if isinstance(storage, S3Driver) else "a directory"
+            raise ImportInvalid(
+                f"{root!r} is not this registry's storage ({own}): only the bucket and prefix "
+                "regd stores in can be adopted in place"
+            )
+        report = ImportReport(storage.location, copied_bytes=False, dry_run=dry_run)
+        for name in await self._find_repositories(storage):
+            report.repositories.append(name)
+            await self._import_repository(storage, name, report, in_place=True)
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _find_repositories(self, source: StorageDriver) -> list[str]:
         found: list[str] = []
         base = f"{layout.ROOT}/repositories"
 
@@ -95,7 +122,7 @@ class Adoption:
         await walk("")
         return sorted(found)
 
-    async def _links(self, source: FilesystemDriver, directory: str) -> list[Digest]:
+    async def _links(self, source: StorageDriver, directory: str) -> list[Digest]:
         """Digests named by `<directory>/<alg>/<hex>/link` files."""
         out: list[Digest] = []
         try:
@@ -110,7 +137,7 @@ class Adoption:
         return out
 
     async def _import_repository(
-        self, source: FilesystemDriver, name: str, report: ImportReport, *, in_place: bool
+        self, source: StorageDriver, name: str, report: ImportReport, *, in_place: bool
     ) -> None:
         repo_dir = f"{layout.ROOT}/repositories/{name}"
         for digest in await self._links(source, f"{repo_dir}/_layers"):
@@ -200,7 +227,7 @@ class Adoption:
         report.manifests += len(imported)
         return imported
 
-    async def _copy_blob(self, source: FilesystemDriver, digest: Digest) -> int:
+    async def _copy_blob(self, source: StorageDriver, digest: Digest) -> int:
         """Stream a blob into regd's storage, verified; 0 when it is already there."""
         target = layout.blob_data(digest)
         with contextlib.suppress(PathNotFound):

@@ -3,11 +3,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
-from regd.storage.s3 import MiB, S3Driver
+from regd.storage.s3 import MiB, S3Driver, S3Options, StorageUnavailable
 from tests.helpers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 - the fixture
+from tests.helpers.servers import free_port
 from tests.storage.conformance import StorageDriverSuite, pseudo_random, read_all, write_file
 
 
@@ -66,4 +68,18 @@ async def test_purge_aborts_only_unfinished_uploads_nothing_refers_to(
     await write_file(driver, "uploads/gone/data", data)
     await driver.delete("uploads/gone")
     assert uploads_in(s3_endpoint, bucket, prefix) == []
+    driver.close()
+
+
+async def test_an_unreachable_store_asks_to_retry() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    options = S3Options(
+        bucket="bucket", endpoint_url=url, access_key="a", secret_key="b", region="us-east-1"
+    )
+    driver = S3Driver(replace(options, retries=1, connect_timeout=2))
+    for call in (driver.get_content("x"), driver.stat("x"), driver.writer("x", offset=1)):
+        with pytest.raises(StorageUnavailable) as caught:
+            await call
+        assert caught.value.retry_after > 0
+        assert url in str(caught.value)
     driver.close()
