@@ -29,6 +29,7 @@ from bench.servers import (
     _spawn,
     free_port,
     reference_version,
+    regd_command,
 )
 from bench.settings import Settings
 
@@ -163,16 +164,7 @@ def start_regd(
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-s3-", dir=tmp_root))
     port = free_port()
     bucket = moto.create_bucket("bench-regd")
-    cmd = [
-        sys.executable, "-m", "regd", "serve",
-        "--addr", f"{HOST}:{port}",
-        "--data-dir", str(workdir / "data"),
-        "--workers", str(workers),
-        "--log-level", "warning",
-        "--no-access-log",
-    ]  # fmt: skip
-    if database:
-        cmd += ["--database", database]
+    cmd = regd_command(port, workdir / "data", workers, database)
     env = _no_ca_bundle({**os.environ, **regd_env(moto, bucket), "PYTHONPATH": str(REPO_ROOT)})
     proc, log_path = _spawn(cmd, workdir, env)
     server = Server(

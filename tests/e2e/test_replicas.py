@@ -150,6 +150,26 @@ def regctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+def push_in_chunks(client: ApiClient, name: str, data: bytes, bounds: list[int]) -> None:
+    """One session, a PATCH per span between consecutive `bounds`, then the PUT."""
+    url = client.start_upload(name)
+    for start, end in itertools.pairwise(bounds):
+        answer = client.http.patch(
+            url,
+            content=data[start:end],
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{start}-{end - 1}",
+            },
+        )
+        expect(answer, f"chunk {start}-{end - 1}", 202)
+        assert answer.headers.get("range") == f"0-{end - 1}"
+        url = location(answer)
+    done = client.http.put(with_digest(url, sha256(data)))
+    expect(done, "complete the upload", 201)
+    assert done.headers.get("docker-content-digest") == sha256(data)
+
+
 def spread(hosts: list[str], replicas: Replicas) -> None:
     """Consecutive requests went to different replicas, and every replica had some."""
     assert all(a != b for a, b in itertools.pairwise(hosts)), hosts
@@ -181,21 +201,7 @@ def test_chunked_push_with_every_chunk_on_another_replica(
     data = os.urandom(4 * 1024 * 1024 + 123)
     bounds = [0, 1_000_000, 1_000_001, 2_500_000, len(data) - 10, len(data)]
     first = len(api.transport.history)
-    url = api.start_upload(name)
-    for start, end in itertools.pairwise(bounds):
-        answer = api.http.patch(
-            url,
-            content=data[start:end],
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{start}-{end - 1}",
-            },
-        )
-        expect(answer, f"chunk {start}-{end - 1}", 202)
-        assert answer.headers.get("range") == f"0-{end - 1}"
-        url = location(answer)
-    done = api.http.put(with_digest(url, sha256(data)))
-    expect(done, "complete the upload", 201)
+    push_in_chunks(api, name, data, bounds)
     spread(api.transport.history[first:], replicas)
     for client in on_each(replicas):
         assert client.get_blob(name, sha256(data)) == data
@@ -566,18 +572,6 @@ def test_one_replica_on_sqlite(
         name = unique("single")
         digest, _ = client.push_tiny_image(name, "v1", payload=os.urandom(150_000))
         data = os.urandom(2 * 1024 * 1024 + 1)
-        url = client.start_upload(name)
-        for start in range(0, len(data), 700_000):
-            end = min(start + 700_000, len(data))
-            answer = client.http.patch(
-                url,
-                content=data[start:end],
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{start}-{end - 1}",
-                },
-            )
-            url = location(expect(answer, f"chunk {start}", 202))
-        expect(client.http.put(with_digest(url, sha256(data))), "complete", 201)
+        push_in_chunks(client, name, data, [*range(0, len(data), 700_000), len(data)])
         assert pull_image(client, name, "v1") == digest
         assert client.get_blob(name, sha256(data)) == data
