@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import auth, machine, report, servers
+from bench import s3 as object_storage
 from bench.settings import Settings
 from bench.suite import WORKLOADS, Suite
 
@@ -69,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--regd-budget", type=float, metavar="S",
         help="the same for regd (default 900; --quick 30)",
     )  # fmt: skip
+    p.add_argument(
+        "--storage", choices=("filesystem", "s3"), default="filesystem",
+        help="filesystem (default): both on temporary directories; s3: both on buckets of "
+        "one moto server started here (regd's s3 driver vs Distribution's), quarter-size "
+        "workloads, and by default only the workloads that touch storage",
+    )  # fmt: skip
     p.add_argument("--blob-mib", type=int, metavar="MIB", help="large blob size (default 1024)")
     p.add_argument("--tmp", metavar="DIR", help="where the temporary stores go (default: $TMPDIR)")
     p.add_argument("--keep-data", action="store_true", help="leave the stores behind")
@@ -86,6 +93,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         s.reference_populate_budget_s = args.reference_budget
     if args.regd_budget is not None:
         s.regd_populate_budget_s = args.regd_budget
+    if args.storage == "s3":
+        s = object_storage.quarter(s)
     if args.blob_mib:
         s.blob_mib = args.blob_mib
     return s
@@ -99,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
     settings = settings_from(args)
-    selected = [w for w in (args.only or WORKLOADS) if w not in args.skip]
+    if args.storage == "s3" and args.auth != "none":
+        console.print("--storage s3 runs without authentication only")
+        return 2
+    everything = object_storage.WORKLOADS if args.storage == "s3" else WORKLOADS
+    selected = [w for w in (args.only or everything) if w not in args.skip]
     if "manifest_get" in selected and shutil.which("wrk") is None:
         console.print("wrk is not installed; skipping manifest_get")
         selected.remove("manifest_get")
@@ -111,12 +124,24 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"starting regd --workers {args.regd_workers} (auth: {args.auth})")
     running: list[servers.Server] = []
+    moto: object_storage.Moto | None = None
     try:
-        regd = servers.start_regd(args.regd_workers, args.database, args.tmp, auth_mode=args.auth)
+        if args.storage == "s3":
+            log("starting moto_server (one S3 endpoint, a bucket for each registry)")
+            moto = object_storage.start_moto(args.tmp)
+            regd = object_storage.start_regd(args.regd_workers, moto, args.database, args.tmp)
+        else:
+            regd = servers.start_regd(
+                args.regd_workers, args.database, args.tmp, auth_mode=args.auth
+            )
         running.append(regd)
         if not args.no_reference:
             log(f"starting the reference registry (auth: {args.auth})")
-            running.append(servers.start_reference(args.reference_binary, args.tmp, regd))
+            running.append(
+                object_storage.start_reference(moto, args.reference_binary, args.tmp)
+                if moto is not None
+                else servers.start_reference(args.reference_binary, args.tmp, regd)
+            )
         cpu_at_start = {srv.name: srv.cpu() for srv in running}
         load_before = machine.load_average()
         results = Suite(running, settings, selected, log).run()
@@ -125,12 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for srv in running:
             srv.stop(keep=args.keep_data)
+        if moto is not None:
+            moto.stop()
     elapsed = time.perf_counter() - started
     reference = running[-1].description if len(running) > 1 else "no reference"
     title = f"regd --workers {args.regd_workers} vs {reference}{' (quick)' if args.quick else ''}"
     if args.auth != "none":
         title += f", auth {args.auth}"
-    verdicts = report.render(console, results, title)
+    variant = None
+    if args.storage == "s3":
+        title += ", both on S3 (one moto server)"
+        variant = object_storage.variant(settings)
+    verdicts = report.render(console, results, title, variant)
     document = {
         "timestamp": stamp,
         "title": title,

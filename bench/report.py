@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,35 @@ class Row:
         return text, "PASS" if ok else "MISS"
 
 
-def rows_for(results: Results) -> list[Row]:
+@dataclass(frozen=True)
+class Variant:
+    """A run with sizes and targets of its own (the object-storage run): `targets` replace
+    the ratio target of each workload they name, `labels` rewrite parts of the row labels
+    (sizes), and rows no server has a value for are left out."""
+
+    targets: Mapping[str, tuple[str, float]]
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def adapt(self, row: Row, results: Results) -> Row | None:
+        if row.values(results) == (None, None):
+            return None
+        workload = row.workload
+        for old, new in self.labels.items():
+            workload = workload.replace(old, new)
+        target = row.target
+        if row.path[0] in self.targets and target is not None and target[0] == "ratio>=":
+            target = self.targets[row.path[0]]
+        return replace(row, workload=workload, target=target)
+
+
+def rows_for(results: Results, variant: Variant | None = None) -> list[Row]:
+    rows = _rows(results)
+    if variant is None:
+        return rows
+    return [adapted for row in rows if (adapted := variant.adapt(row, results)) is not None]
+
+
+def _rows(results: Results) -> list[Row]:
     rows = [
         Row("1 GiB push, monolithic", "MB/s", ("push_monolithic", "mb_s"), ("ratio>=", 2.0)),
         Row("1 GiB push, 16 MiB chunks", "MB/s", ("push_chunked", "mb_s"), ("ratio>=", 2.0)),
@@ -153,7 +182,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def comparison(results: Results, title: str) -> tuple[Table, list[dict[str, Any]]]:
+def comparison(
+    results: Results, title: str, variant: Variant | None = None
+) -> tuple[Table, list[dict[str, Any]]]:
     table = Table(title=title, show_lines=False)
     for col, justify in (
         ("workload", "left"),
@@ -166,7 +197,7 @@ def comparison(results: Results, title: str) -> tuple[Table, list[dict[str, Any]
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     verdicts = []
-    for row in rows_for(results):
+    for row in rows_for(results, variant):
         regd, ref = row.values(results)
         ratio = (
             regd / ref
@@ -252,8 +283,13 @@ def notes(results: Results) -> list[str]:
     return out
 
 
-def render(console: Console, results: Results, title: str) -> list[dict[str, Any]]:
-    table, verdicts = comparison(results, title)
+def render(
+    console: Console,
+    results: Results,
+    title: str,
+    variant: Variant | None = None,
+) -> list[dict[str, Any]]:
+    table, verdicts = comparison(results, title, variant)
     console.print(table)
     console.print(costs(results))
     for line in notes(results):

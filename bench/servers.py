@@ -177,6 +177,21 @@ def _spawn(
     return proc, log_path
 
 
+def regd_command(port: int, data_dir: Path, workers: int, database: str | None) -> list[str]:
+    """`regd serve` as the benchmark runs it: quiet, no access log."""
+    cmd = [
+        sys.executable, "-m", "regd", "serve",
+        "--addr", f"{HOST}:{port}",
+        "--data-dir", str(data_dir),
+        "--workers", str(workers),
+        "--log-level", "warning",
+        "--no-access-log",
+    ]  # fmt: skip
+    if database:
+        cmd += ["--database", database]
+    return cmd
+
+
 def start_regd(
     workers: int,
     database: str | None = None,
@@ -190,16 +205,7 @@ def start_regd(
     account (every account may do everything when no `[[access]]` rule is given)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-", dir=tmp_root))
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "regd", "serve",
-        "--addr", f"{HOST}:{port}",
-        "--data-dir", str(data_dir or workdir / "data"),
-        "--workers", str(workers),
-        "--log-level", "warning",
-        "--no-access-log",
-    ]  # fmt: skip
-    if database:
-        cmd += ["--database", database]
+    cmd = regd_command(port, data_dir or workdir / "data", workers, database)
     credentials = auth.NO_AUTH
     notes: dict[str, str] = {}
     if auth_mode != "none":

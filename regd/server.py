@@ -23,7 +23,7 @@ from hypercorn.utils import wrap_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from regd import config as cfg
-from regd import tls
+from regd import sdnotify, tls
 from regd.app import create_app
 from regd.auth.wiring import check_exposure
 from regd.clock import SYSTEM_CLOCK
@@ -341,6 +341,7 @@ def serve(config: cfg.Config) -> None:
         open_files,
         connection_cap(config.max_connections, open_files),
     )
+    sdnotify.ready(config.addr)
     try:
         if config.workers == 1:
             if config.tls_cert is not None:
@@ -350,6 +351,7 @@ def serve(config: cfg.Config) -> None:
             return
         code = _supervise(config, sockets)
     finally:
+        sdnotify.stopping()
         for sock in _listening(sockets):
             sock.close()
     if code:
