@@ -154,6 +154,18 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
         status, headers, body = answer_for(error, request.method, request.path)
         return Response(body, status=status, headers=headers)
 
+    mirrors = registry.mirrors
+    if mirrors is not None:
+
+        @app.before_serving
+        async def _start_mirrors() -> None:
+            # Blob fills outlive the request that started them (its client may leave).
+            await app.nursery.start(mirrors.run)
+
+        @app.after_serving
+        async def _stop_mirrors() -> None:
+            mirrors.stop()
+
     if config.gc_interval or config.upload_purge_interval or config.retention:
 
         @app.before_serving

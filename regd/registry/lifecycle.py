@@ -30,6 +30,7 @@ from regd.metadata import MetadataStore
 from regd.metadata import collection as rows
 from regd.metadata.collection import RepositoryGraph, Snapshot
 from regd.metadata.rules import BATCH_SIZE, blob_lease
+from regd.mirror import Mirrors
 from regd.oci.digest import Digest
 from regd.registry.leases import SWEEP_LEASE_SECONDS
 from regd.registry.tasks import task_group
@@ -178,11 +179,17 @@ def _referenced_blobs(snapshot: Snapshot, doomed: set[int]) -> set[str]:
 
 class Lifecycle:
     def __init__(
-        self, storage: StorageDriver, metadata: MetadataStore, clock: Clock = SYSTEM_CLOCK
+        self,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        clock: Clock = SYSTEM_CLOCK,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
         self._clock = clock
+        # Cached blobs are referenced by the mirrors' own rows, which eviction removes.
+        self._mirrors = mirrors
 
     async def collect(self, policy: Policy, *, dry_run: bool) -> Plan:
         """Plan (and unless `dry_run`, carry out) one garbage collection."""
@@ -214,6 +221,12 @@ class Lifecycle:
         now = self._clock.now()
         cutoff = now - policy.grace_seconds
         plan = Plan(dry_run, policy)
+        cached: set[str] = set()
+        if self._mirrors is not None:
+            evicted = await self._mirrors.evict(dry_run=dry_run)
+            cached = await self._mirrors.kept_blobs()
+            if dry_run:
+                cached -= {e.digest for e in evicted if e.kind == "blob"}
         snap = await rows.snapshot(self._metadata)
         names = {rid: g.name for rid, g in snap.repositories.items()}
 
@@ -241,7 +254,7 @@ class Lifecycle:
             doomed = set()
             snap = await rows.snapshot(self._metadata)
 
-        referenced = _referenced_blobs(snap, doomed)
+        referenced = _referenced_blobs(snap, doomed) | cached
         candidates = sorted(
             d for d, (_, linked) in snap.blobs.items() if d not in referenced and linked < cutoff
         )
