@@ -16,6 +16,7 @@ from typing import Protocol
 
 import trio
 
+from regd.client.tasks import task_group
 from regd.clock import Clock
 from regd.config import MirrorConfig
 from regd.errors import BlobUnknown, ManifestInvalid
@@ -86,6 +87,8 @@ class Mirrors:
         self._store_blob = store_blob
         self._open_stored = open_stored
         self._upstreams = {m.prefix: Upstream(m, clock) for m in routes.mirrors}
+        # httpx notes every request at INFO; regd's own lines say what a fill did.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._manifests: Flights[tuple[str, str], str | None] = Flights()
         self._fetches: dict[str, BlobFetch] = {}
         self._nursery: trio.Nursery | None = None
@@ -320,7 +323,7 @@ class Mirrors:
             if await self._wait_for_other_replica(route, digest, lease, holder):
                 await fetch.give(STORED, mirror.timeout)
                 return
-            async with trio.open_nursery() as nursery:
+            async with task_group() as nursery:
                 nursery.start_soon(self._keep_lease, lease, holder)
                 await self._transfer(route, digest, fetch, upstream)
                 nursery.cancel_scope.cancel()
