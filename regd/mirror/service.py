@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -416,6 +416,38 @@ class Mirrors:
         if doomed and not dry_run:
             await cache.remove(self._metadata, doomed)
             log.info("cache eviction entries=%d bytes=%d", len(doomed), sum(e.size for e in doomed))
+        return doomed
+
+    async def usage(self) -> list[dict[str, Any]]:
+        """Per mirror: what its cache holds against its limit."""
+        held = await cache.usage(self._metadata)
+        return [
+            {
+                "prefix": m.prefix,
+                "upstream": m.upstream,
+                "default": m.default,
+                "bytes": held.get(m.prefix, (0, 0))[0],
+                "entries": held.get(m.prefix, (0, 0))[1],
+                "max_size": m.max_size,
+            }
+            for m in self.routes.mirrors
+        ]
+
+    async def entries(self, prefix: str | None = None) -> list[cache.CacheEntry]:
+        return await cache.entries(self._metadata, prefix)
+
+    async def remove(
+        self, prefix: str | None, repository: str | None, digest: str | None
+    ) -> list[cache.CacheEntry]:
+        """Evict what matches now (its blobs go at the next collection)."""
+        doomed = [
+            e
+            for e in await cache.entries(self._metadata, prefix)
+            if (repository is None or e.repository == repository)
+            and (digest is None or e.digest == digest)
+        ]
+        if doomed:
+            await cache.remove(self._metadata, doomed)
         return doomed
 
     async def kept_blobs(self) -> set[str]:

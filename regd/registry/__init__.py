@@ -89,6 +89,7 @@ __all__ = [
     "Lifecycle",
     "Listings",
     "Manifests",
+    "Mirrors",
     "Plan",
     "Policy",
     "PushedManifest",

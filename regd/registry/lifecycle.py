@@ -355,7 +355,15 @@ class Lifecycle:
         self, repository: str | None = None, *, grace_seconds: float = 3600.0
     ) -> dict[str, Any]:
         snap = await rows.snapshot(self._metadata)
-        usage = compute_usage(snap, repository, linked_before=self._clock.now() - grace_seconds)
+        cached = await self._mirrors.kept_blobs() if self._mirrors is not None else set()
+        usage = compute_usage(
+            snap, repository, linked_before=self._clock.now() - grace_seconds, kept=cached
+        )
+        # Pull-through cache apart from what was pushed: eviction only ever takes the former.
+        cached_bytes = sum(snap.blobs[d][0] for d in cached if d in snap.blobs)
+        usage["cached_bytes"] = cached_bytes
+        usage["pushed_bytes"] = usage["total_bytes"] - cached_bytes
+        usage["mirrors"] = await self._mirrors.usage() if self._mirrors is not None else []
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
         # The room left where the blobs live, so a filling disk is seen before pushes fail.
@@ -380,7 +388,11 @@ def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:
 
 
 def compute_usage(
-    snap: Snapshot, only: str | None = None, *, linked_before: float | None = None
+    snap: Snapshot,
+    only: str | None = None,
+    *,
+    linked_before: float | None = None,
+    kept: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Sizes per registry, repository and tag, from the rows alone.
 
@@ -442,7 +454,8 @@ def compute_usage(
                 "shared": total(held) - total(unique),
             }
         )
-    referenced = set(blob_repos)
+    # Blobs a mirror holds are referenced by its cache until evicted.
+    referenced = set(blob_repos) | set(kept)
     unreferenced = [d for d in sizes if d not in referenced]
     # What a collection with this grace period would free right now.
     collectable = [
