@@ -192,6 +192,8 @@ def _mirrors(value: Any, where: str) -> tuple[MirrorConfig, ...]:
         ca_cert = entry.get("ca_cert")
         if ca_cert is not None and not isinstance(ca_cert, str):
             raise ConfigError(f"{at}.ca_cert must be a file path")
+        if ca_cert is not None and not Path(ca_cert).expanduser().is_file():
+            raise ConfigError(f"{at}.ca_cert: {ca_cert} is not a readable file")
         ttl = parse_duration(entry.get("manifest_ttl", 300), f"{at}.manifest_ttl")
         timeout = parse_duration(entry.get("timeout", 60), f"{at}.timeout")
         if timeout <= 0:

@@ -12,7 +12,7 @@ from regctl.runtime import UsageProblem
 from regd.client.admin import AdminClient
 
 app = typer.Typer(
-    help="The pull-through caches of a regd ([[mirror]]): list and evict what they hold.",
+    help="The pull-through caches of a regd (its mirror tables): list and evict what they hold.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
