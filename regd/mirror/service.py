@@ -39,6 +39,7 @@ TOUCH_EVERY = 60.0
 # bytes arrive, so a crashed replica's lease lapses soon.
 FETCH_LEASE_SECONDS = 30.0
 TOUCHED_MEMORY = 10_000
+READER_PIECE = 256 * 1024
 
 
 class StoreBlob(Protocol):
@@ -372,17 +373,21 @@ class Mirrors:
             last: list[bytes] = []
 
             async def body() -> AsyncIterator[bytes]:
-                # The last piece is held back until the blob is verified and stored, so
-                # the first client never receives a whole body that was not checked.
-                held: bytes | None = None
+                # The first client gets the bytes in pieces of READER_PIECE (fewer hand-offs
+                # and sends than the network's small reads), and the last piece only once
+                # the blob is verified and stored: it never receives an unchecked whole.
+                held: list[bytes] = []
+                held_size = 0
                 async for chunk in stream.chunks():
                     fetch.received += len(chunk)
-                    if held is not None:
-                        await fetch.give(held, timeout)
-                    held = chunk
+                    if held_size >= READER_PIECE:
+                        await fetch.give(b"".join(held), timeout)
+                        held, held_size = [], 0
+                    held.append(chunk)
+                    held_size += len(chunk)
                     yield chunk
-                if held is not None:
-                    last.append(held)
+                if held:
+                    last.append(b"".join(held))
 
             await self._store_blob(route.repository, str(digest), body(), fetch.size)
         await cache.put_blob(

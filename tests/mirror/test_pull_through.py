@@ -166,7 +166,7 @@ def _drain(chunks: Iterator[bytes]) -> int:
 def test_upstream_killed_mid_blob_leaves_nothing_and_the_next_pull_succeeds(
     regd: RegdServer, upstream: Upstream
 ) -> None:
-    size = 64 << 20
+    size = 32 << 20
     digest = _push_big(upstream, "lib/big", size)
     url = f"{regd.url}/v2/up/lib/big/blobs/{digest}"
     received = 0

@@ -54,11 +54,15 @@ def test_basic_credentials_from_the_mirror_table(
         )
         regd = start_regd(
             tmp_path / "regd",
-            mirror_table("up", upstream.url, username="alice", password="right-password")
+            mirror_table(
+                "up", upstream.url, username="alice", password="right-password", default=True
+            )
             + mirror_table("anon", upstream.url),
         )
         try:
             _pull_and_compare(skopeo, regd.host, "up/lib/basic:v1", small_image)
+            # The default mirror: a prefix-less name, as docker's registry-mirrors asks.
+            _pull_and_compare(skopeo, regd.host, "lib/basic:v1", small_image)
             assert f"upstream {upstream.url} (mirror anon)" in _refusal(regd.url, "anon/lib/basic")
         finally:
             regd.stop()
