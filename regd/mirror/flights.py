@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 
 import trio
 
+from regd.errors import BackendError
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -61,13 +63,24 @@ class Flights(Generic[K, V]):
                 return flight.value  # type: ignore[return-value]
 
 
+class FillAbandoned(BackendError):
+    """A first client's stream ends early: the fill went on without it."""
+
+    kind = "mirror"
+
+
 class Stored:
     """Sent to a first client instead of bytes: the blob came into storage some other way
     (another replica fetched it); read it from there."""
 
 
+class End:
+    """Sent to a first client after the last piece: the blob is verified and stored."""
+
+
 STORED = Stored()
-Item = bytes | Exception | Stored
+END = End()
+Item = bytes | Exception | Stored | End
 
 
 class BlobFetch:
@@ -77,6 +90,8 @@ class BlobFetch:
         self.digest = digest
         self.size = size
         self.received = 0
+        # Signs of life other than bytes (another replica's fill still holding its lease).
+        self.beats = 0
         self.done = trio.Event()
         self.error: Exception | None = None
         self._to_reader: trio.MemorySendChannel[Item] | None = None
@@ -116,11 +131,11 @@ class BlobFetch:
         """Wait until the fetch ends, as long as it keeps receiving bytes: False when it
         made no progress for `stall` seconds."""
         while True:
-            seen = self.received
+            seen = (self.received, self.beats)
             with trio.move_on_after(stall):
                 await self.done.wait()
                 return True
-            if self.received == seen:
+            if (self.received, self.beats) == seen:
                 return False
 
 
@@ -137,7 +152,11 @@ async def chunks_of(
                 async for chunk in await open_stored():
                     yield chunk
                 return
+            elif isinstance(item, End):
+                return
             else:
                 raise item
+        # The fill dropped this client (it read nothing for too long).
+        raise FillAbandoned("the client read too slowly; the transfer was dropped")
     finally:
         receive.close()

@@ -23,7 +23,7 @@ from regd.errors import BlobUnknown, ManifestInvalid
 from regd.metadata import ManifestInfo, MetadataStore
 from regd.metadata import mirror_cache as cache
 from regd.mirror.errors import UpstreamError
-from regd.mirror.flights import STORED, BlobFetch, Flights, chunks_of
+from regd.mirror.flights import END, STORED, BlobFetch, Flights, chunks_of
 from regd.mirror.routing import Route, Routes
 from regd.mirror.upstream import Upstream
 from regd.oci.digest import Digest
@@ -40,6 +40,12 @@ TOUCH_EVERY = 60.0
 FETCH_LEASE_SECONDS = 30.0
 TOUCHED_MEMORY = 10_000
 READER_PIECE = 256 * 1024
+
+
+def _fetch_key(route: Route, digest: Digest) -> str:
+    # Per mirror: another mirror's upstream may not have the blob, or may not be trusted
+    # for it.
+    return f"{route.mirror.prefix}@{digest}"
 
 
 class StoreBlob(Protocol):
@@ -253,7 +259,7 @@ class Mirrors:
     async def blob_size(self, route: Route, digest: Digest) -> tuple[int, bool]:
         """(size, stored): stored when the blob is now linked into the repository (from
         another repository of the mirror); else it is still upstream."""
-        fetch = self._fetches.get(str(digest))
+        fetch = self._fetches.get(_fetch_key(route, digest))
         if fetch is not None:
             return fetch.size, False
         size = await self._adopt(route, digest)
@@ -284,17 +290,19 @@ class Mirrors:
     ) -> LiveBlob | None:
         """The blob as it arrives, for the first client asking for all of it; None once it
         is stored (fetched for, or by, someone else), to be read from storage."""
-        if self._nursery is None:
-            raise self._upstream(route.mirror).failure("the mirror is not running")
         whole = offset == 0 and length == size
         mirror = route.mirror
         while True:
-            fetch = self._fetches.get(str(digest))
+            fetch = self._fetches.get(_fetch_key(route, digest))
             if fetch is None:
                 if await self._adopt(route, digest) is not None:
                     return None
+                if _fetch_key(route, digest) in self._fetches:
+                    continue  # another request started the fill meanwhile: follow it
+                if self._nursery is None:
+                    raise self._upstream(mirror).failure("the mirror is not running")
                 fetch = BlobFetch(str(digest), size)
-                self._fetches[str(digest)] = fetch
+                self._fetches[_fetch_key(route, digest)] = fetch
                 receive = fetch.attach_reader() if whole else None
                 self._nursery.start_soon(self._fetch_blob, route, digest, fetch)
                 if receive is not None:
@@ -317,17 +325,19 @@ class Mirrors:
     async def _fetch_blob(self, route: Route, digest: Digest, fetch: BlobFetch) -> None:
         mirror = route.mirror
         upstream = self._upstream(mirror)
-        lease = f"mirror-fetch:{digest}"
+        lease = f"mirror-fetch:{_fetch_key(route, digest)}"
         holder = str(uuid.uuid4())
-        error: Exception | None = None
+        # Until the fill has ended well, its end is a failure (regd stopping cancels it).
+        error: Exception | None = upstream.failure(f"the fill of blob {digest} was cancelled")
         try:
-            if await self._wait_for_other_replica(route, digest, lease, holder):
+            if await self._wait_for_other_replica(route, digest, fetch, lease, holder):
                 await fetch.give(STORED, mirror.timeout)
-                return
-            async with task_group() as nursery:
-                nursery.start_soon(self._keep_lease, lease, holder)
-                await self._transfer(route, digest, fetch, upstream)
-                nursery.cancel_scope.cancel()
+            else:
+                async with task_group() as nursery:
+                    nursery.start_soon(self._keep_lease, lease, holder)
+                    await self._transfer(route, digest, fetch, upstream)
+                    nursery.cancel_scope.cancel()
+            error = None
         except Exception as exc:
             error = exc
             log.warning(
@@ -337,19 +347,22 @@ class Mirrors:
                 exc,
             )
         finally:
-            del self._fetches[str(digest)]
+            if self._fetches.get(_fetch_key(route, digest)) is fetch:
+                del self._fetches[_fetch_key(route, digest)]
             with trio.CancelScope(shield=True):
                 await self._metadata.release_lock(lease, holder)
                 await fetch.finish(error, mirror.timeout)
 
     async def _wait_for_other_replica(
-        self, route: Route, digest: Digest, lease: str, holder: str
+        self, route: Route, digest: Digest, fetch: BlobFetch, lease: str, holder: str
     ) -> bool:
         """Take the fetch lease; True when another replica stored the blob meanwhile."""
         delay = 0.05
         while not await self._metadata.acquire_lock(lease, holder, FETCH_LEASE_SECONDS):
-            # Held by another replica's fetch, renewed while its bytes arrive: it lapses
-            # soon after that replica stops, and the wait with it.
+            # Held by another replica's fill, renewed while it runs: it lapses soon after
+            # that replica stops, and the wait with it. Meanwhile this process's waiters
+            # count the other fill as progress.
+            fetch.beats += 1
             await trio.sleep(delay)
             delay = min(delay * 2, 0.5)
             if await self._adopt(route, digest) is not None:
@@ -395,6 +408,7 @@ class Mirrors:
         )
         for chunk in last:
             await fetch.give(chunk, timeout)
+        await fetch.give(END, timeout)
         log.info(
             "cache fill kind=blob repository=%s digest=%s size=%d",
             route.repository,
