@@ -22,13 +22,17 @@ def test_replicas_share_one_fetch_per_blob(
     try:
         seed(skopeo, multi_image, upstream, "lib/shared:v1")
         table = mirror_table("up", upstream.url, timeout="30s")
-        for n in range(2):
-            replicas.append(
-                start_regd(
-                    tmp_path / f"regd{n}",
-                    table,
-                    database_url=fresh_pg_url,
-                    data_dir=tmp_path / "data",
+        # Started side by side: each start waits for its process to answer.
+        with ThreadPoolExecutor(2) as pool:
+            replicas.extend(
+                pool.map(
+                    lambda n: start_regd(
+                        tmp_path / f"regd{n}",
+                        table,
+                        database_url=fresh_pg_url,
+                        data_dir=tmp_path / "data",
+                    ),
+                    range(2),
                 )
             )
         bases = [r.url for r in replicas] * PER_REPLICA
