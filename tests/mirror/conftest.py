@@ -5,52 +5,32 @@ and small images to pull."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.helpers.clients import Podman, Skopeo
+from tests.e2e.conftest import podman as podman
+from tests.helpers.clients import Skopeo
 from tests.helpers.oci import LayoutImage, build_image, build_multiplatform, machine_files
 from tests.helpers.reference import require_distribution
 from tests.helpers.servers import DistributionServer, RegdServer, ServerStartError
+from tests.regctl.support import _AuthDistribution as AuthDistribution
 
 # Whatever the machine's load, a poll for something regd must do gives up after this.
 DEADLINE = 60.0
 
 
 class Upstream(DistributionServer):
-    """Distribution that logs every request it serves, and may require authentication."""
+    """Distribution that logs every request it serves."""
 
     kind = "upstream"
 
     def __init__(self, *, root: Path, scratch: Path, extra_config: str = "") -> None:
         super().__init__(root=root, scratch=scratch, extra_config=extra_config)
         self.config.write_text(self.config.read_text().replace("disabled: true", "disabled: false"))
-        self.authenticated = bool(extra_config)
-
-    def _wait_ready(self, timeout: float) -> None:
-        if not self.authenticated:
-            super()._wait_ready(timeout)
-            return
-        # With auth on, a 401 on /v2/ is the sign of life.
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerStartError(f"distribution exited early:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/v2/", timeout=2).status_code == 401:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise ServerStartError(f"distribution did not answer on {self.url}")
 
     def blob_gets(self, digest: str) -> int:
         """GETs of the blob the upstream answered (every start's log counts)."""
@@ -61,9 +41,14 @@ class Upstream(DistributionServer):
         return total
 
 
+class AuthUpstream(Upstream, AuthDistribution):
+    """An upstream with an `auth:` section: a 401 on /v2/ is its sign of life."""
+
+
 def start_upstream(scratch: Path, extra_config: str = "") -> Upstream:
     require_distribution()
-    server = Upstream(root=scratch / "root", scratch=scratch, extra_config=extra_config)
+    kind = AuthUpstream if extra_config else Upstream
+    server = kind(root=scratch / "root", scratch=scratch, extra_config=extra_config)
     try:
         server.start()
     except ServerStartError as exc:
@@ -132,15 +117,6 @@ def module_scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def skopeo(module_scratch: Path) -> Skopeo:
     return Skopeo(module_scratch / "skopeo")
-
-
-@pytest.fixture
-def podman(tmp_path: Path) -> Iterator[Podman]:
-    runroot = Path(tempfile.mkdtemp(prefix="regd-podman-"))
-    try:
-        yield Podman(tmp_path / "podman", runroot)
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
