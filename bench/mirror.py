@@ -167,6 +167,12 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=3)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--burst-mib", type=int, default=64)
+    parser.add_argument(
+        "--regd-data",
+        type=Path,
+        default=None,
+        help="where regd keeps blobs (e.g. /dev/shm, to take the disk out of the comparison)",
+    )
     args = parser.parse_args()
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
@@ -174,6 +180,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="regd-bench-mirror-"))
     processes: list[subprocess.Popen[bytes]] = []
+    regd_data: Path | None = None
     try:
         up_port, regd_port = free_port(), free_port()
         config = work / "distribution.yml"
@@ -186,6 +193,7 @@ def main() -> int:
         upstream = f"http://127.0.0.1:{up_port}"
         _wait(upstream, processes[-1], "distribution")
 
+        regd_data = Path(tempfile.mkdtemp(dir=args.regd_data)) if args.regd_data else work / "regd"
         regd_config = work / "regd.toml"
         regd_config.write_text(
             f'[[mirror]]\nprefix = "up"\nupstream = "{upstream}"\ntimeout = "120s"\n'
@@ -201,7 +209,7 @@ def main() -> int:
                         "--addr",
                         f"127.0.0.1:{regd_port}",
                         "--data-dir",
-                        str(work / "regd"),
+                        str(regd_data),
                         "--log-level",
                         "warning",
                         "--no-access-log",
@@ -260,6 +268,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(work, ignore_errors=True)
+        if regd_data is not None and args.regd_data:
+            shutil.rmtree(regd_data, ignore_errors=True)
 
 
 if __name__ == "__main__":
