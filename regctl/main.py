@@ -17,6 +17,7 @@ from regctl.commands import (
     audit,
     auth,
     blob,
+    cache,
     copy,
     daemon,
     delete,
@@ -132,6 +133,7 @@ blob.register(app)
 copy.register(app)
 delete.register(app)
 storage.register(app)
+cache.register(app)
 # Accounts, machine tokens and the audit trail of a regd.
 users.register(app)
 tokens.register(app)

@@ -166,6 +166,18 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
         async def _start_events() -> None:
             app.add_background_task(run_events, registry.metadata, config)
 
+    mirrors = registry.mirrors
+    if mirrors is not None:
+
+        @app.before_serving
+        async def _start_mirrors() -> None:
+            # Blob fills outlive the request that started them (its client may leave).
+            await app.nursery.start(mirrors.run)
+
+        @app.after_serving
+        async def _stop_mirrors() -> None:
+            mirrors.stop()
+
     if config.gc_interval or config.upload_purge_interval or config.retention:
 
         @app.before_serving

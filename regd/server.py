@@ -125,6 +125,7 @@ def build_registry(config: cfg.Config) -> Registry:
         metadata,
         clock=clock,
         max_uploads_per_repository=config.max_uploads_per_repository,
+        mirrors=config.mirror,
     )
 
 

@@ -197,6 +197,18 @@ def du(
         f"registry total {size(usage['total_bytes'])} in {output.count(usage['blobs'], 'blob')}; "
         f"gc would free {size(usage['reclaimable_bytes'])} now"
     )
+    if usage.get("mirrors"):
+        # A pull-through cache: what eviction may take apart from what was pushed.
+        output.stdout().print(
+            f"pushed {size(usage['pushed_bytes'])}, cached from upstreams "
+            f"{size(usage['cached_bytes'])} ("
+            + ", ".join(
+                f"{m['prefix']}: {size(m['bytes'])}"
+                + (f" of {size(m['max_size'])}" if m["max_size"] else "")
+                for m in usage["mirrors"]
+            )
+            + ")"
+        )
     held = _held_note(usage.get("held_bytes"), usage.get("grace_seconds"))
     if held:
         output.stdout().print(held)

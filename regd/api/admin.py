@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+from dataclasses import asdict
 from typing import Any, cast
 
 from quart import Blueprint, Response, current_app, request
@@ -19,7 +20,7 @@ from regd.api.http import exchange, json_response
 from regd.api.origin import quart_origin
 from regd.errors import Denied, RegistryError, Unauthorized
 from regd.oci.manifest import nesting_problem
-from regd.registry import Policy, RetentionPolicy
+from regd.registry import Mirrors, Policy, RetentionPolicy
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
 
@@ -131,6 +132,39 @@ async def prune(name: str) -> Response:
         name, policy, dry_run=_flag(doc, "dry_run"), origin=quart_origin()
     )
     return json_response(result)
+
+
+def _mirrors() -> Mirrors:
+    mirrors = exchange().registry.mirrors
+    if mirrors is None:
+        raise BadRequest("this regd has no pull-through cache ([[mirror]] in its configuration)")
+    return mirrors
+
+
+def _text(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
+
+
+@bp.route("/cache", methods=["GET"])
+async def cache_list() -> Response:
+    """What the pull-through caches hold, least recently pulled first."""
+    mirrors = _mirrors()
+    entries = await mirrors.entries(request.args.get("mirror") or None)
+    return json_response(
+        {"mirrors": await mirrors.usage(), "entries": [asdict(e) for e in entries]}
+    )
+
+
+@bp.route("/cache/evict", methods=["POST"])
+async def cache_evict() -> Response:
+    doc = await body()
+    evicted = await _mirrors().remove(
+        _text(doc, "mirror"), _text(doc, "repository"), _text(doc, "digest")
+    )
+    return json_response({"evicted": [asdict(e) for e in evicted]})
 
 
 @bp.route("/verify", methods=["POST"])

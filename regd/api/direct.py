@@ -21,9 +21,10 @@ from urllib.parse import parse_qsl
 
 import trio
 
-from regd.api.errors import answer_for, method_not_allowed
+from regd.api.errors import answer_for, log, method_not_allowed
 from regd.api.exchange import API_VERSION, Exchange, drain_body, may_carry_body
 from regd.api.http import content_length
+from regd.errors import BackendError
 
 
 class ClientDisconnected(Exception):
@@ -164,7 +165,19 @@ class Router:
                 reply.headers["connection"] = "close"
         await _send(x, reply, send)
         if reply.stream is not None and not request.head:
-            await _stream(reply.stream, receive, send)
+            try:
+                await _stream(reply.stream, receive, send)
+            except* BackendError as failed:
+                # The status line is gone: all that is left is to end the connection short
+                # of the announced length, which every client takes for a failed transfer.
+                # Returning without the body's end does that (the server closes it).
+                log.error(
+                    "transfer broken off method=%s path=%s status=%s error=%s",
+                    method,
+                    path,
+                    reply.status,
+                    failed.exceptions[0],
+                )
         return True
 
 

@@ -30,6 +30,9 @@ async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str
         # When the tag (or, by digest, the manifest) was pushed: lets clients sort by time.
         "last-modified": formatdate(info.created_at, usegmt=True),
     }
+    if info.stale is not None:
+        # A mirror's upstream failed and the cached tag stands in (RFC 7234's warn-code).
+        headers["warning"] = f'110 regd "Response is Stale: {_header_text(info.stale)}"'
     return Reply(200, headers, info.payload or b"", length=info.size)
 
 
@@ -73,6 +76,15 @@ async def delete_manifest(x: Exchange, request: direct.Request, match: re.Match[
         kind = "delete-manifest" if ":" in match[2] else "delete-tag"
         await x.viewer.audit(kind, match[1], match[2])
     return Reply(202)
+
+
+def _header_text(text: str) -> str:
+    return (
+        text.encode("latin-1", "replace")
+        .decode("latin-1")
+        .replace('"', "'")[:300]
+        .replace("\n", " ")
+    )
 
 
 def _cannot_exist(name: str, reference: str) -> ManifestUnknown:

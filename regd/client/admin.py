@@ -82,6 +82,18 @@ class AdminClient:
         result: dict[str, Any] = await self._json("GET", "/usage", params=params)
         return result
 
+    async def cache(self, mirror: str | None = None) -> dict[str, Any]:
+        params = {"mirror": mirror} if mirror else None
+        result: dict[str, Any] = await self._json("GET", "/cache", params=params)
+        return result
+
+    async def evict(
+        self, mirror: str | None, repository: str | None, digest: str | None
+    ) -> dict[str, Any]:
+        body = {"mirror": mirror, "repository": repository, "digest": digest}
+        result: dict[str, Any] = await self._json("POST", "/cache/evict", body=body)
+        return result
+
     async def delete_repository(self, repository: str, *, dry_run: bool) -> dict[str, Any]:
         params = {"dry_run": "1"} if dry_run else None
         result: dict[str, Any] = await self._json(

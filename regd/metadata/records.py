@@ -33,6 +33,8 @@ class ManifestInfo:
     annotations: dict[str, str]
     created_at: float
     payload: bytes | None = None
+    # Why this answer may be older than the upstream's (a mirror whose upstream failed).
+    stale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from regd.clock import SYSTEM_CLOCK, Clock
+from regd.config import MirrorConfig
 from regd.metadata import MetadataStore
+from regd.mirror import Mirrors, Routes
 from regd.registry.adoption import Adoption
 from regd.registry.blobs import Blobs, BlobStat, BlobStream
 from regd.registry.browse import Browsing
@@ -31,6 +34,8 @@ class Registry:
     integrity: Integrity
     adoption: Adoption
     browsing: Browsing
+    # The pull-through caches; None when no `[[mirror]]` is configured.
+    mirrors: Mirrors | None = None
 
     @classmethod
     def create(
@@ -40,25 +45,36 @@ class Registry:
         *,
         clock: Clock = SYSTEM_CLOCK,
         max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
+        mirrors: Sequence[MirrorConfig] = (),
     ) -> Registry:
         """The registry over `storage` and `metadata`. Decisions that compare wall-clock
         times (grace periods, retention ages) read `clock`; give the store the same one."""
-        manifests = Manifests(metadata)
+        routes = Routes(mirrors)
+        uploads = Uploads(
+            storage,
+            metadata,
+            max_uploads_per_repository=max_uploads_per_repository,
+            refuse_push=routes.refuse_push if routes else None,
+        )
         blobs = Blobs(storage, metadata)
+        cache = None
+        if routes:
+            cache = Mirrors(routes, metadata, clock, uploads.store, blobs.open_stored)
+            blobs = Blobs(storage, metadata, cache)
+        manifests = Manifests(metadata, cache)
         return cls(
             storage=storage,
             metadata=metadata,
             blobs=blobs,
-            uploads=Uploads(
-                storage, metadata, max_uploads_per_repository=max_uploads_per_repository
-            ),
+            uploads=uploads,
             manifests=manifests,
             listings=Listings(metadata),
-            lifecycle=Lifecycle(storage, metadata, clock),
+            lifecycle=Lifecycle(storage, metadata, clock, cache),
             repositories=Repositories(metadata, clock),
             integrity=Integrity(storage, metadata, clock),
             adoption=Adoption(storage, metadata, manifests),
             browsing=Browsing(metadata, manifests, blobs),
+            mirrors=cache,
         )
 
     @property
@@ -82,6 +98,7 @@ __all__ = [
     "Lifecycle",
     "Listings",
     "Manifests",
+    "Mirrors",
     "Plan",
     "Policy",
     "PushedManifest",

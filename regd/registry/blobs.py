@@ -9,6 +9,7 @@ from regd.errors import BlobUnknown, NameInvalid
 from regd.metadata import MetadataStore, Origin, Target
 from regd.metadata.outbox import BLOB_MEDIA_TYPE
 from regd.metadata.rules import BATCH_SIZE
+from regd.mirror import LiveBlob, Mirrors, Route
 from regd.oci.digest import Digest
 from regd.registry import validation
 from regd.storage import PathNotFound, Reader, StorageDriver, layout
@@ -20,6 +21,8 @@ READ_CHUNK = 1024 * 1024
 class BlobStat:
     digest: Digest
     size: int
+    # A mirrored repository's blob that is still only upstream: its route.
+    upstream: Route | None = None
 
 
 class BlobStream:
@@ -46,27 +49,47 @@ class BlobStream:
 
 
 class Blobs:
-    def __init__(self, storage: StorageDriver, metadata: MetadataStore) -> None:
+    def __init__(
+        self, storage: StorageDriver, metadata: MetadataStore, mirrors: Mirrors | None = None
+    ) -> None:
         self._storage = storage
         self._metadata = metadata
+        self._mirrors = mirrors
 
     async def stat(self, repository: str, digest: str) -> BlobStat:
         name = validation.repository_name(repository)
         d = validation.digest(digest)
         size = await self._metadata.blob_size(name, str(d))
+        route = self._mirrors.find(name) if self._mirrors is not None else None
+        if route is not None and self._mirrors is not None:
+            # The miss hook: the mirror links the blob from its cache or finds it upstream.
+            if size is not None:
+                await self._mirrors.note_pull(route, str(d))
+                return BlobStat(d, size)
+            size, stored = await self._mirrors.blob_size(route, d)
+            return BlobStat(d, size, None if stored else route)
         if size is None:
             raise BlobUnknown(f"blob {d} is not in repository {name}", {"digest": str(d)})
         return BlobStat(d, size)
 
-    async def open(self, blob: BlobStat, offset: int, length: int) -> BlobStream:
+    async def open(self, blob: BlobStat, offset: int, length: int) -> BlobStream | LiveBlob:
+        if blob.upstream is not None and self._mirrors is not None:
+            live = await self._mirrors.open_blob(
+                blob.upstream, blob.digest, blob.size, offset, length
+            )
+            if live is not None:
+                return live
+        return await self.open_stored(blob.digest, offset, length)
+
+    async def open_stored(self, digest: Digest, offset: int, length: int) -> BlobStream:
         try:
-            reader = await self._storage.reader(layout.blob_data(blob.digest), offset)
+            reader = await self._storage.reader(layout.blob_data(digest), offset)
         except PathNotFound:
             # The rows say it exists but the bytes are gone: report it as missing
             # rather than failing; `regctl verify` finds such damage.
             raise BlobUnknown(
-                f"blob {blob.digest} is recorded but its content is missing",
-                {"digest": str(blob.digest)},
+                f"blob {digest} is recorded but its content is missing",
+                {"digest": str(digest)},
             ) from None
         return BlobStream(reader, length)
 
@@ -76,6 +99,8 @@ class Blobs:
         self._metadata.note_pull(target, origin)
 
     async def redirect_url(self, blob: BlobStat) -> str | None:
+        if blob.upstream is not None:
+            return None
         return await self._storage.redirect_url(layout.blob_data(blob.digest))
 
     async def delete(self, repository: str, digest: str, *, origin: Origin | None = None) -> None:
@@ -103,6 +128,8 @@ class Blobs:
         """
         name = validation.repository_name(repository)
         d = validation.digest(digest)
+        if self._mirrors is not None:
+            self._mirrors.routes.refuse_push(name)
         if source is not None:
             try:
                 source = validation.repository_name(source)

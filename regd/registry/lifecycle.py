@@ -30,6 +30,7 @@ from regd.metadata import MetadataStore
 from regd.metadata import collection as rows
 from regd.metadata.collection import RepositoryGraph, Snapshot
 from regd.metadata.rules import BATCH_SIZE, blob_lease
+from regd.mirror import Mirrors
 from regd.oci.digest import Digest
 from regd.registry.leases import SWEEP_LEASE_SECONDS
 from regd.registry.tasks import task_group
@@ -178,11 +179,17 @@ def _referenced_blobs(snapshot: Snapshot, doomed: set[int]) -> set[str]:
 
 class Lifecycle:
     def __init__(
-        self, storage: StorageDriver, metadata: MetadataStore, clock: Clock = SYSTEM_CLOCK
+        self,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        clock: Clock = SYSTEM_CLOCK,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self._storage = storage
         self._metadata = metadata
         self._clock = clock
+        # Cached blobs are referenced by the mirrors' own rows, which eviction removes.
+        self._mirrors = mirrors
 
     async def collect(self, policy: Policy, *, dry_run: bool) -> Plan:
         """Plan (and unless `dry_run`, carry out) one garbage collection."""
@@ -214,6 +221,12 @@ class Lifecycle:
         now = self._clock.now()
         cutoff = now - policy.grace_seconds
         plan = Plan(dry_run, policy)
+        cached: set[str] = set()
+        if self._mirrors is not None:
+            evicted = await self._mirrors.evict(dry_run=dry_run)
+            cached = await self._mirrors.kept_blobs()
+            if dry_run:
+                cached -= {e.digest for e in evicted if e.kind == "blob"}
         snap = await rows.snapshot(self._metadata)
         names = {rid: g.name for rid, g in snap.repositories.items()}
 
@@ -241,7 +254,7 @@ class Lifecycle:
             doomed = set()
             snap = await rows.snapshot(self._metadata)
 
-        referenced = _referenced_blobs(snap, doomed)
+        referenced = _referenced_blobs(snap, doomed) | cached
         candidates = sorted(
             d for d, (_, linked) in snap.blobs.items() if d not in referenced and linked < cutoff
         )
@@ -347,9 +360,19 @@ class Lifecycle:
         """`per_tag=False` leaves out each tag's figures (every repository's `tags` is
         empty): they are most of the work when a repository has many tags."""
         snap = await rows.snapshot(self._metadata)
+        cached = await self._mirrors.kept_blobs() if self._mirrors is not None else set()
         usage = compute_usage(
-            snap, repository, linked_before=self._clock.now() - grace_seconds, per_tag=per_tag
+            snap,
+            repository,
+            linked_before=self._clock.now() - grace_seconds,
+            kept=cached,
+            per_tag=per_tag,
         )
+        # Pull-through cache apart from what was pushed: eviction only ever takes the former.
+        cached_bytes = sum(snap.blobs[d][0] for d in cached if d in snap.blobs)
+        usage["cached_bytes"] = cached_bytes
+        usage["pushed_bytes"] = usage["total_bytes"] - cached_bytes
+        usage["mirrors"] = await self._mirrors.usage() if self._mirrors is not None else []
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
         # The room left where the blobs live, so a filling disk is seen before pushes fail.
@@ -379,6 +402,7 @@ def compute_usage(
     *,
     linked_before: float | None = None,
     per_tag: bool = True,
+    kept: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Sizes per registry, repository and tag, from the rows alone.
 
@@ -440,7 +464,8 @@ def compute_usage(
                 "shared": total(held) - total(unique),
             }
         )
-    referenced = set(blob_repos)
+    # Blobs a mirror holds are referenced by its cache until evicted.
+    referenced = set(blob_repos) | set(kept)
     unreferenced = [d for d in sizes if d not in referenced]
     # What a collection with this grace period would free right now.
     collectable = [

@@ -20,6 +20,7 @@ from regd.metadata import (
     Origin,
     Target,
 )
+from regd.mirror import Mirrors
 from regd.oci.digest import Digest
 from regd.oci.manifest import ManifestError, parse_manifest
 from regd.registry import validation
@@ -35,8 +36,9 @@ class PushedManifest:
 
 
 class Manifests:
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, mirrors: Mirrors | None = None) -> None:
         self._metadata = metadata
+        self._mirrors = mirrors
 
     async def put(
         self,
@@ -49,6 +51,8 @@ class Manifests:
         origin: Origin | None = None,
     ) -> PushedManifest:
         name = validation.repository_name(repository)
+        if self._mirrors is not None:
+            self._mirrors.routes.refuse_push(name)
         if len(payload) > MAX_MANIFEST_SIZE:
             raise ManifestTooLarge(
                 f"manifest is {len(payload)} bytes; the limit is {MAX_MANIFEST_SIZE}"
@@ -102,14 +106,30 @@ class Manifests:
 
     async def get(self, repository: str, reference: str, *, with_payload: bool) -> ManifestInfo:
         name = validation.repository_name(repository)
-        if validation.is_digest_reference(reference):
-            d = str(validation.digest(reference))
-            info = await self._metadata.get_manifest(name, digest=d, with_payload=with_payload)
-        else:
-            info = await self._metadata.get_manifest(
-                name, tag=validation.tag(reference), with_payload=with_payload
+        by_digest = validation.is_digest_reference(reference)
+        key = str(validation.digest(reference)) if by_digest else validation.tag(reference)
+        route = self._mirrors.find(name) if self._mirrors is not None else None
+        info = None
+        if route is None or not route.prefixed:
+            # A namespace that takes pushes (the default mirror's too): what was pushed wins.
+            if by_digest:
+                info = await self._metadata.get_manifest(
+                    name, digest=key, with_payload=with_payload
+                )
+            else:
+                info = await self._metadata.get_manifest(name, tag=key, with_payload=with_payload)
+        if info is None and route is not None and self._mirrors is not None:
+            # The miss hook: the mirror answers from its cache or the upstream.
+            info = await self._mirrors.manifest(
+                route, key, by_digest=by_digest, with_payload=with_payload
             )
         if info is None:
+            if route is not None:
+                raise ManifestUnknown(
+                    f"manifest {reference} is not in repository {name} nor upstream at "
+                    f"{route.mirror.upstream}",
+                    {"reference": reference},
+                )
             await self._raise_unknown(name, reference)
         assert info is not None
         return info

@@ -93,6 +93,7 @@ class Uploads:
         lease_seconds: float = LEASE_SECONDS,
         blob_lease_seconds: float = BLOB_LEASE_SECONDS,
         max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
+        refuse_push: Callable[[str], None] | None = None,
     ) -> None:
         if max_uploads_per_repository < 1:
             raise ConfigError(
@@ -104,11 +105,15 @@ class Uploads:
         self._blob_lease_seconds = blob_lease_seconds
         self._max_uploads = max_uploads_per_repository
         self._locks = Leases(metadata)
+        # Raises for repositories that take no pushes (a mirror's).
+        self._refuse_push = refuse_push
 
     # -- sessions ------------------------------------------------------------------------
 
     async def start(self, repository: str) -> UploadStatus:
         name = validation.repository_name(repository)
+        if self._refuse_push is not None:
+            self._refuse_push(name)
         upload_id = str(uuid.uuid4())
         limit = self._max_uploads
         if await self._metadata.create_upload_within(upload_id, name, limit) >= limit:
@@ -363,6 +368,22 @@ class Uploads:
         origin: Origin | None = None,
     ) -> BlobStat:
         """POST with ?digest=: the whole blob in one request, no session row."""
+        name = validation.repository_name(repository)
+        if self._refuse_push is not None:
+            self._refuse_push(name)
+        return await self.store(name, digest, body, length, origin=origin)
+
+    async def store(
+        self,
+        repository: str,
+        digest: str,
+        body: AsyncIterable[bytes],
+        length: int | None,
+        *,
+        origin: Origin | None = None,
+    ) -> BlobStat:
+        """A whole blob into storage, hashed on the way and linked once verified; what a
+        monolithic push and a mirror's fill share."""
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
         if length is not None and length <= WRITE_CHUNK:
