@@ -22,6 +22,7 @@ from regctl.commands import (
     delete,
     inspect,
     listing,
+    maintenance,
     manifest,
     storage,
     tokens,
@@ -131,6 +132,7 @@ blob.register(app)
 copy.register(app)
 delete.register(app)
 storage.register(app)
+maintenance.register(app)
 # Accounts, machine tokens and the audit trail of a regd.
 users.register(app)
 tokens.register(app)

@@ -174,6 +174,67 @@ def _access(value: Any, where: str) -> tuple[dict[str, Any], ...]:
 
 # -- end auth ----------------------------------------------------------------------------
 
+# -- quotas: the `[[quota]]` tables ------------------------------------------------------
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5}
+
+
+def parse_size(value: Any, where: str) -> int:
+    """Bytes from an integer or a string such as `500MB` or `50GiB` (`Ki`: 1024, `K`: 1000)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(f"{where}: invalid size {value!r} (e.g. 1073741824, 500MB, 50GiB)")
+        unit = (match[2] or "").upper().rstrip("B")
+        factor = 1024 ** " KMGTP".index(unit[0]) if unit.endswith("I") else _UNITS[unit]
+        size = int(float(match[1]) * factor)
+    if size < 1:
+        raise ConfigError(f"{where}: a quota limit must be at least 1 byte")
+    return size
+
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """One `[[quota]]` table: repositories matching `repositories` (the access policy's glob
+    syntax, regd.auth.policy.Pattern) may hold at most `limit` bytes together."""
+
+    repositories: str
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repositories": self.repositories, "limit": self.limit}
+
+
+def _quota(value: Any, where: str) -> tuple[QuotaRule, ...]:
+    from regd.auth.policy import Pattern
+
+    out: list[QuotaRule] = []
+    for i, entry in enumerate(_json_list(value, where, "quota")):
+        at = f"{where}: quota[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with repositories and limit")
+        unknown = set(entry) - {"repositories", "limit"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r} (repositories, limit)")
+        pattern, limit = entry.get("repositories"), entry.get("limit")
+        if not isinstance(pattern, str) or limit is None:
+            raise ConfigError(f"{at} needs repositories (a pattern string) and limit")
+        if "{user}" in pattern:
+            raise ConfigError(f"{at}: {{user}} has no meaning in a quota pattern")
+        try:
+            Pattern(pattern)
+        except ValueError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        if any(rule.repositories == pattern for rule in out):
+            raise ConfigError(f"{at}: a second quota for {pattern!r}")
+        out.append(QuotaRule(pattern, parse_size(limit, f"{at}.limit")))
+    return tuple(out)
+
+
+# -- end quotas ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Config:
@@ -217,6 +278,10 @@ class Config:
     auth_trust: tuple[TrustedIssuerConfig, ...] = ()
     auth_open: bool = False
     access: tuple[dict[str, Any], ...] = ()
+    # Quotas and maintenance mode (see the README's "Running in production").
+    quota: tuple[QuotaRule, ...] = ()
+    quota_refresh: float = 5.0
+    maintenance_refresh: float = 2.0
 
     @property
     def auth_keys_dir(self) -> Path:
@@ -263,6 +328,8 @@ class Config:
                 out["REGD_AUTH_TRUST"] = json.dumps([entry.to_json() for entry in value])
             elif f.name == "access":
                 out["REGD_ACCESS"] = json.dumps(list(value))
+            elif f.name == "quota":
+                out["REGD_QUOTA"] = json.dumps([rule.to_json() for rule in value])
             elif value is not None:
                 out[f"REGD_{f.name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
@@ -283,6 +350,8 @@ _FLOATS = frozenset(
         "body_timeout",
         "keep_alive_timeout",
         "auth_token_ttl",
+        "quota_refresh",
+        "maintenance_refresh",
     }
 )
 _INTS = frozenset(
@@ -311,6 +380,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             result = _trust(value, source)
         elif key == "access":
             result = _access(value, source)
+        elif key == "quota":
+            result = _quota(value, source)
         elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value

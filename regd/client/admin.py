@@ -1,5 +1,5 @@
-"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention, accounts,
-machine tokens and the audit trail.
+"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention, maintenance
+mode, accounts, machine tokens and the audit trail.
 
 Only regd answers these; another registry's 404 becomes a clear UnsupportedError. With an
 admin token the client sends it and nothing else; without one, the registry's challenge is
@@ -80,6 +80,17 @@ class AdminClient:
     async def usage(self, repository: str | None = None) -> dict[str, Any]:
         params = {"repository": repository} if repository else None
         result: dict[str, Any] = await self._json("GET", "/usage", params=params)
+        return result
+
+    async def maintenance(self) -> dict[str, Any]:
+        """`{"enabled", "message", "since"}`: whether regd refuses writes for maintenance."""
+        result: dict[str, Any] = await self._json("GET", "/maintenance")
+        return result
+
+    async def set_maintenance(self, enabled: bool, message: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "PUT", "/maintenance", body={"enabled": enabled, "message": message}
+        )
         return result
 
     async def delete_repository(self, repository: str, *, dry_run: bool) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from regd.metadata import ManifestInfo, MetadataStore, MissingReferences, NewMan
 from regd.oci.digest import Digest
 from regd.oci.manifest import ManifestError, parse_manifest
 from regd.registry import validation
+from regd.registry.quotas import Quotas
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
@@ -28,8 +29,9 @@ class PushedManifest:
 
 
 class Manifests:
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, quotas: Quotas | None = None) -> None:
         self._metadata = metadata
+        self._quotas = quotas or Quotas(metadata)
 
     async def put(
         self,
@@ -63,6 +65,8 @@ class Manifests:
         except ManifestError as exc:
             raise ManifestInvalid(str(exc)) from None
 
+        blobs = [str(d.digest) for d in manifest.blob_references()]
+        await self._quotas.check_manifest(name, str(digest), len(payload), blobs)
         try:
             await self._metadata.put_manifest(
                 name,
@@ -74,7 +78,7 @@ class Manifests:
                     artifact_type=manifest.effective_artifact_type,
                     subject=str(manifest.subject.digest) if manifest.subject else None,
                     annotations=manifest.annotations,
-                    blobs=[str(d.digest) for d in manifest.blob_references()],
+                    blobs=blobs,
                     children=[str(d.digest) for d in manifest.manifests],
                 ),
                 tags,
@@ -86,6 +90,7 @@ class Manifests:
                 f"manifest references {what} not in repository {name}: {', '.join(missing[:5])}",
                 {"missing": missing},
             ) from None
+        self._quotas.changed(name)
         return PushedManifest(
             digest, manifest.subject.digest if manifest.subject else None, tuple(tags)
         )
@@ -111,6 +116,7 @@ class Manifests:
             found = await self._metadata.delete_manifest(name, str(validation.digest(reference)))
         else:
             found = await self._metadata.delete_tag(name, validation.tag(reference))
+        self._quotas.changed(name)
         if not found:
             await self._raise_unknown(name, reference)
 

@@ -38,6 +38,7 @@ from regd.registry import validation
 from regd.registry.blobs import BlobStat
 from regd.registry.hashing import hash_stored
 from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
+from regd.registry.quotas import Quotas
 from regd.registry.streaming import WRITE_CHUNK, pump, receive_small
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
@@ -109,6 +110,7 @@ class Uploads:
         lease_seconds: float = LEASE_SECONDS,
         blob_lease_seconds: float = BLOB_LEASE_SECONDS,
         max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
+        quotas: Quotas | None = None,
     ) -> None:
         if max_uploads_per_repository < 1:
             raise ConfigError(
@@ -121,6 +123,7 @@ class Uploads:
         self._max_uploads = max_uploads_per_repository
         self._hashes = _HashStates()
         self._locks = Leases(metadata)
+        self._quotas = quotas or Quotas(metadata)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -176,6 +179,8 @@ class Uploads:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
         claim, _ = await self._acquire(repository, upload_id, start)
         try:
+            if length is not None:
+                await self._quotas.check_blob(claim.repository, claim.size + length)
             size = await self._append_locked(claim, body, length)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -335,6 +340,10 @@ class Uploads:
         else:
             claim, held = await self._acquire(repository, upload_id, start)
         try:
+            # With no Content-Length, what the session holds is all that is known yet.
+            await self._quotas.check_blob(
+                claim.repository, claim.size + (length or 0), str(expected)
+            )
             if claim.size == 0 and length is not None and length <= WRITE_CHUNK:
                 return await self._store_whole(
                     claim.repository, expected, body, length, claim=claim, held=held
@@ -359,6 +368,8 @@ class Uploads:
         """POST with ?digest=: the whole blob in one request, no session row."""
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
+        if length is not None:
+            await self._quotas.check_blob(name, length, str(expected))
         if length is not None and length <= WRITE_CHUNK:
             return await self._store_whole(name, expected, body, length)
         return await self._store_streamed(name, expected, body, length)
