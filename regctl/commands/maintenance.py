@@ -9,7 +9,7 @@ import typer
 
 from regctl import output
 from regctl.admin import AdminToken, JsonFlag, RegistryOption, host_of, run_admin, when
-from regctl.runtime import UsageProblem
+from regctl.runtime import UsageProblem, globals_of
 from regd.client.admin import AdminClient
 
 
@@ -59,7 +59,8 @@ def maintenance(
             return await admin.maintenance()
         return await admin.set_maintenance(switch is Switch.on, message)
 
-    state = run_admin(ctx, host, token, work)
+    # The global --admin-token (that of gc and du) serves here too.
+    state = run_admin(ctx, host, token or globals_of(ctx).admin_token, work)
     if as_json:
         output.emit_json(state)
         return

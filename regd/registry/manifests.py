@@ -66,7 +66,7 @@ class Manifests:
             raise ManifestInvalid(str(exc)) from None
 
         blobs = [str(d.digest) for d in manifest.blob_references()]
-        await self._quotas.check_manifest(name, str(digest), len(payload), blobs)
+        charges = await self._quotas.check_manifest(name, str(digest), len(payload), blobs)
         try:
             await self._metadata.put_manifest(
                 name,
@@ -90,7 +90,7 @@ class Manifests:
                 f"manifest references {what} not in repository {name}: {', '.join(missing[:5])}",
                 {"missing": missing},
             ) from None
-        self._quotas.changed(name)
+        self._quotas.charge(charges)
         return PushedManifest(
             digest, manifest.subject.digest if manifest.subject else None, tuple(tags)
         )

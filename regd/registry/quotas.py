@@ -7,10 +7,11 @@ Blobs pushed but not yet held by a manifest are not charged, as `du` does not co
 Where a push's size is known before its bytes arrive (Content-Length of a monolithic POST or
 PUT, the chunks of a session) a blob that would take the group past its limit is refused
 then; a manifest is refused when the blobs it would newly bring into the group, with its own
-bytes, would. Each process keeps every group's usage for `refresh` seconds (and drops it
-when it changes the group itself), so a check costs a dictionary lookup nearly always; the
-price is that replicas pushing into one group at the same moment may overshoot its limit by
-what they push within that time. The limit is a soft one, like any checked-then-written cap.
+bytes, would. Each process counts a group at most once per `refresh` seconds and adds its
+own pushes to that count meanwhile, so a check costs a dictionary lookup nearly always; a
+count so estimated is made again before it refuses anything. The price: replicas pushing
+into one group at the same moment may overshoot its limit by what they push within that
+time. The limit is a soft one, like any checked-then-written cap.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ class Quota:
         return self.pattern.split("*", 1)[0]
 
 
+@dataclass(slots=True)
+class _Count:
+    usage: GroupUsage
+    # Until when this process trusts it (trio's clock).
+    until: float
+    # False once this process has added its own pushes to it or deleted from the group:
+    # then it is an estimate, recounted before it refuses anything.
+    exact: bool = True
+
+
+# What a manifest push is charged to each group it lands in: pattern, bytes.
+Charges = list[tuple[str, int]]
+
+
 class Quotas:
     def __init__(
         self, metadata: MetadataStore, quotas: Sequence[Quota] = (), *, refresh: float = 5.0
@@ -61,7 +76,7 @@ class Quotas:
         self._quotas = tuple(quotas)
         self._refresh = refresh
         self._matching: OrderedDict[str, tuple[Quota, ...]] = OrderedDict()
-        self._usage: dict[str, tuple[GroupUsage, float]] = {}
+        self._counts: dict[str, _Count] = {}
         self._locks = {q.pattern: trio.Lock() for q in self._quotas}
 
     @property
@@ -79,56 +94,85 @@ class Quotas:
                 self._matching.popitem(last=False)
         return found
 
-    async def _group(self, quota: Quota, *, fresh: bool = False) -> GroupUsage:
-        cached = self._usage.get(quota.pattern)
-        if not fresh and cached is not None and trio.current_time() < cached[1]:
-            return cached[0]
-        # One reader per group at a time: a burst of pushes waits for one count.
+    async def _count(self, quota: Quota, *, fresh: bool = False) -> _Count:
+        """The group's count, from this process's memory while it is trusted, else (or
+        when `fresh`) counted now."""
+        cached = self._counts.get(quota.pattern)
+        if not fresh and cached is not None and trio.current_time() < cached.until:
+            return cached
+        # One count per group at a time: a burst of pushes waits for the same one.
         async with self._locks[quota.pattern]:
-            cached = self._usage.get(quota.pattern)
-            if not fresh and cached is not None and trio.current_time() < cached[1]:
-                return cached[0]
+            again = self._counts.get(quota.pattern)
+            if again is not None and again is not cached and again.exact:
+                return again  # counted while this task waited
+            if not fresh and again is not None and trio.current_time() < again.until:
+                return again
             usage = await group_usage(self._metadata, quota.prefix, quota.matches)
-            self._usage[quota.pattern] = (usage, trio.current_time() + self._refresh)
-            return usage
+            count = _Count(usage, trio.current_time() + self._refresh)
+            self._counts[quota.pattern] = count
+            return count
+
+    def charge(self, charges: Charges) -> None:
+        """Add what a push this process made has just stored to its groups' counts."""
+        for pattern, size in charges:
+            count = self._counts.get(pattern)
+            if count is not None:
+                count.usage = GroupUsage(count.usage.repository_ids, count.usage.bytes + size)
+                count.exact = False
 
     def changed(self, repository: str) -> None:
-        """This process changed what `repository` holds: count its groups again."""
+        """This process removed something from `repository`: its groups' counts are high
+        now, so each is recounted before it refuses a push."""
         for quota in self.applying_to(repository):
-            self._usage.pop(quota.pattern, None)
+            count = self._counts.get(quota.pattern)
+            if count is not None:
+                count.exact = False
 
     async def check_blob(self, repository: str, size: int, digest: str | None = None) -> None:
         """Refuse a blob of `size` bytes that would take a group of `repository` past its
         limit (unless the group holds that very blob already)."""
         for quota in self.applying_to(repository):
-            usage = await self._group(quota)
-            if usage.bytes + size <= quota.limit:
+            count = await self._count(quota)
+            if count.usage.bytes + size <= quota.limit:
                 continue
-            if digest is not None and await held_by(self._metadata, usage.repository_ids, [digest]):
+            if not count.exact:
+                count = await self._count(quota, fresh=True)
+                if count.usage.bytes + size <= quota.limit:
+                    continue
+            if digest is not None and await held_by(
+                self._metadata, count.usage.repository_ids, [digest]
+            ):
                 continue
-            raise _refusal(repository, quota, usage.bytes, size, "blob")
+            raise _refusal(repository, quota, count.usage.bytes, size, "blob")
 
     async def check_manifest(
         self, repository: str, digest: str, size: int, blobs: Sequence[str]
-    ) -> None:
+    ) -> Charges:
         """Refuse a manifest whose blobs new to the group, with its own bytes, would take a
-        group of `repository` past its limit."""
+        group of `repository` past its limit; else what to `charge` once it is stored."""
         quotas = self.applying_to(repository)
         if not quotas:
-            return
+            return []
         # Unknown blobs are the manifest push's own error (MANIFEST_BLOB_UNKNOWN), not ours.
         sizes = await blob_sizes(self._metadata, sorted(set(blobs)))
+        # At most this much is new to a group: an estimate, the exact figure costs more.
         at_most = sum(sizes.values()) + size
+        charges: Charges = []
         for quota in quotas:
-            usage = await self._group(quota)
-            if usage.bytes + at_most <= quota.limit:
+            count = await self._count(quota)
+            if count.usage.bytes + at_most <= quota.limit:
+                charges.append((quota.pattern, at_most))
                 continue
-            held = await held_by(self._metadata, usage.repository_ids, sorted(sizes))
+            if not count.exact:
+                count = await self._count(quota, fresh=True)
+            held = await held_by(self._metadata, count.usage.repository_ids, sorted(sizes))
             needed = sum(s for d, s in sizes.items() if d not in held)
             if not await self._metadata.get_manifest(repository, digest=digest, with_payload=False):
                 needed += size
-            if usage.bytes + needed > quota.limit:
-                raise _refusal(repository, quota, usage.bytes, needed, "manifest")
+            if count.usage.bytes + needed > quota.limit:
+                raise _refusal(repository, quota, count.usage.bytes, needed, "manifest")
+            charges.append((quota.pattern, needed))
+        return charges
 
     async def report(self, repository: str | None = None) -> list[dict[str, Any]]:
         """Each quota (those applying to `repository` when given) with its usage, counted
@@ -136,7 +180,7 @@ class Quotas:
         quotas = self._quotas if repository is None else self.applying_to(repository)
         out = []
         for quota in quotas:
-            usage = await self._group(quota, fresh=True)
+            usage = (await self._count(quota, fresh=True)).usage
             out.append(
                 {
                     "repositories": quota.pattern,

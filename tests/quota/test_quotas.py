@@ -26,6 +26,7 @@ QUOTAS = [
     {"repositories": "chunk/**", "limit": LIMIT},
     {"repositories": "late/*", "limit": "64 KiB"},
     {"repositories": "du/**", "limit": "1MiB"},
+    {"repositories": "room/**", "limit": "64KiB"},
 ]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -225,3 +226,13 @@ def test_du_shows_usage_against_quota_with_shared_blobs_counted_once(
     one = cli("du", f"{server.host}/du/one", "--json")
     assert one.code == 0, one.err
     assert [q["repositories"] for q in one.json()["quotas"]] == ["du/**"]
+
+
+def test_deleting_an_image_makes_room_at_once(server: RegdServer, api: ApiClient) -> None:
+    digest, _ = api.push_tiny_image("room/a", "v1", payload=os.urandom(40 * KiB))
+    layer = os.urandom(40 * KiB)
+    over = api.http.post(f"/v2/room/b/blobs/uploads/?digest={sha256(layer)}", content=layer)
+    refusal(over, "room/**")
+    assert api.http.delete(f"/v2/room/a/manifests/{digest}").status_code == 202
+    # No longer held by a manifest, the first layer is not counted, collected or not.
+    api.push_tiny_image("room/b", "v1", payload=layer)
