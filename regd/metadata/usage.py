@@ -83,6 +83,9 @@ async def blob_sizes(store: MetadataStore, digests: Sequence[str]) -> dict[str, 
                 out[digest] = int(size)
         return out
 
+    # One statement for a manifest's blobs, as nearly every manifest has: the hot path's read.
+    if len(digests) <= BATCH_SIZE:
+        return await store.run_query(q)
     return await store.run_read(q)
 
 
@@ -111,4 +114,6 @@ async def held_by(
                 )
         return out
 
+    if len(repository_ids) <= BATCH_SIZE and len(digests) <= BATCH_SIZE:
+        return await store.run_query(q)
     return await store.run_read(q)

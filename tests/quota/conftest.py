@@ -1,5 +1,5 @@
 """Fixtures for quotas and maintenance mode: regd processes (one per module and database kind
-where the tests can share it) and regctl run in-process."""
+where the tests can share it), and regctl's fixtures."""
 
 from __future__ import annotations
 
@@ -10,39 +10,17 @@ from typing import Any
 
 import pytest
 
-from regctl.main import main
 from tests.helpers.pg import Databases
 from tests.helpers.servers import RegdServer, ServerStartError
+from tests.regctl.conftest import _isolated_environment, cli
 from tests.regctl.support import CliResult
 
 Cli = Callable[..., CliResult]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """regctl must never read the developer's own credentials or daemon state."""
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    monkeypatch.setenv("REGD_DATA_DIR", str(tmp_path / "regd-data"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    monkeypatch.delenv("REGCTL_REGISTRY", raising=False)
-    monkeypatch.delenv("REGCTL_ADMIN_TOKEN", raising=False)
-    monkeypatch.setenv("NO_COLOR", "1")
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """regctl's `main()` in-process, as the console script runs it."""
-
-    def run(*args: str) -> CliResult:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
+# regctl's own isolation from the developer's credentials and daemon state (autouse), and
+# regctl run in-process, as its tests use them.
+__all__ = ["_isolated_environment", "cli"]
 
 
 def start_regd(server: RegdServer) -> RegdServer:
@@ -79,7 +57,7 @@ def regd_env(**settings: Any) -> dict[str, str]:
     }
 
 
-def stored_files(data_dir: Path) -> set[Path]:
-    """Every file under the storage root: blobs and upload sessions."""
+def stored_files(data_dir: Path) -> dict[Path, int]:
+    """Every file under the storage root (blobs and upload sessions) with its size."""
     root = data_dir / "docker" / "registry" / "v2"
-    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+    return {p.relative_to(root): p.stat().st_size for p in root.rglob("*") if p.is_file()}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 from tests.helpers.http_api import ApiClient, location, with_digest
 from tests.helpers.oci import sha256
 from tests.helpers.servers import RegdServer
-from tests.quota.conftest import Cli, regd_env, start_regd
+from tests.quota.conftest import Cli, regd_env, start_regd, stored_files
 
 KiB = 1024
 LIMIT = 64 * KiB
@@ -51,12 +50,6 @@ def server(
 def api(server: RegdServer) -> Iterator[ApiClient]:
     with ApiClient(server.url) as client:
         yield client
-
-
-def stored(server: RegdServer) -> dict[Path, int]:
-    """Every file under the storage root (blobs and upload sessions) with its size."""
-    root = server.data_dir / "docker" / "registry" / "v2"
-    return {p.relative_to(root): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
 
 def refusal(answer: httpx.Response, quota: str) -> dict[str, Any]:
@@ -97,7 +90,7 @@ def test_monolithic_blob_over_quota_is_refused_before_it_is_stored(
     api.push_tiny_image("mono/a", "v1", payload=layer)
     used = image_bytes(api, "mono/a", "v1")
     assert quota_usage(cli, server.host, "mono/**") == used
-    before = stored(server)
+    before = stored_files(server.data_dir)
 
     big = os.urandom(30 * KiB)
     digest = sha256(big)
@@ -109,7 +102,7 @@ def test_monolithic_blob_over_quota_is_refused_before_it_is_stored(
     url = api.start_upload("mono/b")
     refusal(api.http.put(with_digest(url, digest), content=big), "mono/**")
 
-    assert stored(server) == before
+    assert stored_files(server.data_dir) == before
     for name in ("mono/a", "mono/b"):
         assert api.http.head(f"/v2/{name}/blobs/{digest}").status_code == 404
     # A blob the group holds already costs nothing more: the same image in another repository
@@ -130,7 +123,7 @@ def test_chunks_over_quota_are_refused_and_the_session_stays_usable(
     answer = api.http.patch(url, content=first, headers={"Content-Range": f"0-{len(first) - 1}"})
     assert answer.status_code == 202, answer.text
     url = location(answer)
-    before = stored(server)
+    before = stored_files(server.data_dir)
 
     end = len(first) + len(second) - 1
     answer = api.http.patch(url, content=second, headers={"Content-Range": f"{len(first)}-{end}"})
@@ -139,7 +132,7 @@ def test_chunks_over_quota_are_refused_and_the_session_stays_usable(
     assert error["detail"]["needed"] == len(first) + len(second)
     # The last chunk with the PUT that completes the upload, without a Content-Range.
     refusal(api.http.put(with_digest(url, sha256(first + second)), content=second), "chunk/**")
-    assert stored(server) == before
+    assert stored_files(server.data_dir) == before
 
     status = api.http.get(url)
     assert status.status_code == 204
