@@ -24,6 +24,7 @@ from regctl.commands import (
     events,
     inspect,
     listing,
+    maintenance,
     manifest,
     storage,
     tokens,
@@ -134,6 +135,7 @@ copy.register(app)
 delete.register(app)
 storage.register(app)
 cache.register(app)
+maintenance.register(app)
 # Accounts, machine tokens and the audit trail of a regd.
 users.register(app)
 tokens.register(app)

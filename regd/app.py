@@ -68,8 +68,10 @@ class RegdApp(QuartTrio):
             headers["connection"] = "close"
             await self._answer(x, send, (status, headers, body))
         elif (
-            self.gate is None or await self._admitted(x, scope, receive, send)
-        ) and not await self.direct.handle(x, scope, receive, send):
+            (self.gate is None or await self._admitted(x, scope, receive, send))
+            and await self._writable(x, scope, receive, send)
+            and not await self.direct.handle(x, scope, receive, send)
+        ):
             # Quart's handlers find it in their request's scope (regd.api.http.exchange).
             cast(dict[str, Any], scope)[EXCHANGE_KEY] = x
             await super().__call__(scope, receive, _answering(x, send))
@@ -84,17 +86,40 @@ class RegdApp(QuartTrio):
         try:
             await self.gate.admit_exchange(x, scope, x.user)
         except Exception as error:
-            status, headers, body = answer_for(error, x.method, x.path)
-            if may_carry_body(cast(dict[str, Any], scope)["headers"]):
-                # Refused before its body was read. The client sends its whole body before
-                # it reads an answer, and the server stops delivering a body once the
-                # answer is complete: so take the body in first (bounded), then answer and
-                # close.
-                await drain_body(receive)
-                headers["connection"] = "close"
-            await self._answer(x, send, (status, headers, body))
+            await self._refuse(x, scope, receive, send, error)
             return False
         return True
+
+    async def _writable(
+        self, x: Exchange, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> bool:
+        """False, the request answered, for a write to the registry API in maintenance
+        mode (every method but GET and HEAD under /v2/, as Distribution's read-only mode)."""
+        if x.method in ("GET", "HEAD") or not x.path.startswith("/v2/"):
+            return True
+        try:
+            await self.registry.maintenance.check_writable()
+        except Exception as error:
+            await self._refuse(x, scope, receive, send, error)
+            return False
+        return True
+
+    async def _refuse(
+        self,
+        x: Exchange,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        error: Exception,
+    ) -> None:
+        status, headers, body = answer_for(error, x.method, x.path)
+        if may_carry_body(cast(dict[str, Any], scope)["headers"]):
+            # Refused before its body was read. The client sends its whole body before it
+            # reads an answer, and the server stops delivering a body once the answer is
+            # complete: so take the body in first (bounded), then answer and close.
+            await drain_body(receive)
+            headers["connection"] = "close"
+        await self._answer(x, send, (status, headers, body))
 
     @staticmethod
     async def _answer(x: Exchange, send: ASGISendCallable, answer: Answer) -> None:
@@ -244,6 +269,9 @@ async def _purge(registry: Registry, config: Config) -> None:
 
 
 async def _retain(registry: Registry, config: Config) -> None:
+    if (await registry.maintenance.state()).enabled:
+        log.info("retention skipped: maintenance mode is on")
+        return
     removed = await registry.repositories.apply_retention(
         [
             (rule.repositories, RetentionPolicy(rule.keep_last, rule.keep, rule.older_than))

@@ -298,19 +298,6 @@ MIRROR_KEYS = (
     "max_size",
     "timeout",
 )
-_SIZE = re.compile(r"^(\d+)\s*([kmgt]i?b?|b)?$")
-_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: Any, where: str) -> int:
-    """Bytes from a number or `512MiB`, `20G`, `1TiB` (powers of 1024)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.match(str(value).strip().lower())
-    if not match:
-        raise ConfigError(f"{where}: invalid size {value!r} (e.g. 0, 500MiB, 20GiB)")
-    unit = (match[2] or "b")[0]
-    return int(match[1]) * _SIZE_UNITS.get(unit, 1)
 
 
 @dataclass(frozen=True)
@@ -514,6 +501,71 @@ _MiB = 1024 * 1024
 # -- end s3 ------------------------------------------------------------------------------
 
 
+# -- quotas: the `[[quota]]` tables ------------------------------------------------------
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5}
+
+
+def parse_size(value: Any, where: str) -> int:
+    """Bytes from an integer or a string such as `500MB` or `50GiB` (`Ki`: 1024, `K`: 1000)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(f"{where}: invalid size {value!r} (e.g. 1073741824, 500MB, 50GiB)")
+        unit = (match[2] or "").upper().rstrip("B")
+        factor = 1024 ** " KMGTP".index(unit[0]) if unit.endswith("I") else _UNITS[unit]
+        size = int(float(match[1]) * factor)
+    if size < 0:
+        raise ConfigError(f"{where}: a size cannot be negative")
+    return size
+
+
+@dataclass(frozen=True)
+class QuotaRule:
+    """One `[[quota]]` table: repositories matching `repositories` (the access policy's glob
+    syntax, regd.auth.policy.Pattern) may hold at most `limit` bytes together."""
+
+    repositories: str
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repositories": self.repositories, "limit": self.limit}
+
+
+def _quota(value: Any, where: str) -> tuple[QuotaRule, ...]:
+    from regd.auth.policy import Pattern
+
+    out: list[QuotaRule] = []
+    for i, entry in enumerate(_json_list(value, where, "quota")):
+        at = f"{where}: quota[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at} must be a table with repositories and limit")
+        unknown = set(entry) - {"repositories", "limit"}
+        if unknown:
+            raise ConfigError(f"{at}: unknown key {sorted(unknown)[0]!r} (repositories, limit)")
+        pattern, limit = entry.get("repositories"), entry.get("limit")
+        if not isinstance(pattern, str) or limit is None:
+            raise ConfigError(f"{at} needs repositories (a pattern string) and limit")
+        if "{user}" in pattern:
+            raise ConfigError(f"{at}: {{user}} has no meaning in a quota pattern")
+        try:
+            Pattern(pattern)
+        except ValueError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+        if any(rule.repositories == pattern for rule in out):
+            raise ConfigError(f"{at}: a second quota for {pattern!r}")
+        size = parse_size(limit, f"{at}.limit")
+        if size < 1:
+            raise ConfigError(f"{at}.limit: a quota limit must be at least 1 byte")
+        out.append(QuotaRule(pattern, size))
+    return tuple(out)
+
+
+# -- end quotas ----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Config:
     addr: str = "127.0.0.1:5000"
@@ -581,6 +633,10 @@ class Config:
     s3_max_connections: int = 32
     # pull-through caches (the `[[mirror]]` tables; regd.mirror)
     mirror: tuple[MirrorConfig, ...] = ()
+    # Quotas and maintenance mode (see the README's "Running in production").
+    quota: tuple[QuotaRule, ...] = ()
+    quota_refresh: float = 5.0
+    maintenance_refresh: float = 2.0
 
     @property
     def auth_keys_dir(self) -> Path:
@@ -631,6 +687,8 @@ class Config:
                 out["REGD_EVENT_ENDPOINTS"] = json.dumps([e.to_json() for e in value])
             elif f.name == "mirror":
                 out["REGD_MIRROR"] = json.dumps([entry.to_json() for entry in value])
+            elif f.name == "quota":
+                out["REGD_QUOTA"] = json.dumps([rule.to_json() for rule in value])
             elif value is not None:
                 out[f"REGD_{f.name.upper()}"] = (
                     str(value).lower() if isinstance(value, bool) else str(value)
@@ -653,6 +711,8 @@ _FLOATS = frozenset(
         "auth_token_ttl",
         "event_poll_interval",
         "s3_redirect_expiry",
+        "quota_refresh",
+        "maintenance_refresh",
     }
 )
 _INTS = frozenset(
@@ -699,6 +759,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             result = _event_endpoints(value, source)
         elif key == "mirror":
             result = _mirrors(value, source)
+        elif key == "quota":
+            result = _quota(value, source)
         elif key in _BOOLS:
             if isinstance(value, bool):
                 result = value

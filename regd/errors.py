@@ -12,7 +12,9 @@
         ├── RangeInvalid            a chunk that does not continue the upload (416)
         ├── ManifestTooLarge        (413)
         ├── TooManyRequests         a bound on open upload sessions is reached (429)
+        ├── Denied                  not allowed (403); QuotaExceeded: a storage quota is full
         └── Unsupported             a feature the registry does not offer
+            └── ReadOnlyMode        a write during maintenance mode (405)
 
 The API layer maps each RegistryError subclass to its HTTP status in one table
 (`regd.api.errors`); nothing below the API knows about HTTP.
@@ -129,6 +131,19 @@ class Unsupported(RegistryError):
 
 class Denied(RegistryError):
     code = "DENIED"
+
+
+class QuotaExceeded(Denied):
+    """A push that would take a group of repositories past its storage quota (403)."""
+
+
+class ReadOnlyMode(Unsupported):
+    """A write while the registry is in maintenance mode: answered, as Distribution's
+    read-only mode answers it, 405 with `Allow: GET, HEAD`."""
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message, detail)
+        self.headers["allow"] = "GET, HEAD"
 
 
 class Unauthorized(RegistryError):

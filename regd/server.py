@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from regd import config as cfg
 from regd import sdnotify, tls
 from regd.app import create_app
+from regd.auth.policy import Pattern
 from regd.auth.wiring import check_exposure
 from regd.clock import SYSTEM_CLOCK
 from regd.connections import (
@@ -35,7 +36,7 @@ from regd.connections import (
 )
 from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
-from regd.registry import Registry
+from regd.registry import Quota, Registry
 from regd.startup_check import warn_if_metadata_lost
 from regd.storage import (
     FilesystemDriver,
@@ -126,7 +127,16 @@ def build_registry(config: cfg.Config) -> Registry:
         clock=clock,
         max_uploads_per_repository=config.max_uploads_per_repository,
         mirrors=config.mirror,
+        quotas=[_quota(rule) for rule in config.quota],
+        quota_refresh=config.quota_refresh,
+        maintenance_refresh=config.maintenance_refresh,
     )
+
+
+def _quota(rule: cfg.QuotaRule) -> Quota:
+    # The access policy's glob syntax; no caller is involved, so `{user}` never matches.
+    pattern = Pattern(rule.repositories)
+    return Quota(rule.repositories, rule.limit, lambda name: pattern.matches(name, None))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from regctl import output
 from regctl.background import (
@@ -18,6 +19,7 @@ from regctl.background import (
     probe,
     remember_started,
 )
+from regctl.commands.maintenance import describe
 from regctl.runtime import (
     DEFAULT_ADDR,
     admin_client,
@@ -165,6 +167,7 @@ def status(
         "freeBytes": None,
         "volumeBytes": None,
         "freePercent": None,
+        "maintenance": None,
     }
     if url is not None:
         host = url.split("://", 1)[-1]
@@ -177,6 +180,10 @@ def status(
                 free, size = int(volume["free_bytes"]), int(volume["size_bytes"])
                 info["freeBytes"], info["volumeBytes"] = free, size
                 info["freePercent"] = round(100 * free / size, 1) if size else None
+        with contextlib.suppress(ClientError):
+            info["maintenance"] = run_client(
+                ctx, lambda c: admin_client(ctx, c, host).maintenance()
+            )
     if pid is not None:
         info["storedBytes"] = daemon.stored_bytes()
     if as_json:
@@ -191,6 +198,8 @@ def status(
                 console.print(f"[bold]{'repositories:':<14}[/]{info['repositories']}")
             if info["freeBytes"] is not None:
                 console.print(f"[bold]{'free space:':<14}[/]{_free_space(info)}")
+            if info["maintenance"] is not None:
+                console.print(f"[bold]{'maintenance:':<14}[/]{_maintenance(info)}")
         else:
             uptime = info["uptimeSeconds"]
             rows = [
@@ -209,6 +218,7 @@ def status(
                     ),
                 ),
                 ("free space", _free_space(info)),
+                ("maintenance", _maintenance(info)),
                 ("data dir", str(daemon.data_dir)),
             ]
             for key, value in rows:
@@ -230,6 +240,15 @@ def _free_space(info: dict[str, object]) -> str:
     if percent < LOW_FREE_PERCENT:
         return f"[bold yellow]{text}: low, pushes fail when it runs out[/]"
     return text
+
+
+def _maintenance(info: dict[str, object]) -> str:
+    """Maintenance mode for `status`, in bold yellow while writes are refused; markup."""
+    state = info["maintenance"]
+    if not isinstance(state, dict):
+        return "-"
+    text = escape(describe(state))
+    return f"[bold yellow]{text} (writes refused)[/]" if state.get("enabled") else text
 
 
 def _duration(seconds: float | None) -> str:

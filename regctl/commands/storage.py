@@ -147,7 +147,8 @@ def du(
     as_json: JsonFlag = False,
 ) -> None:
     """Disk usage: per repository and tag, the total, the bytes unique to it (what deleting
-    it would free) and the bytes shared with others."""
+    it would free) and the bytes shared with others; then each storage quota (those that
+    apply to REPO when one is given) with its usage against its limit."""
     repository: str | None = None
     host = default_registry()
     if target:
@@ -193,6 +194,22 @@ def du(
                 ],
                 title=f"{r['name']}: {size(r['size'])}, {size(r['unique'])} unique",
             )
+    quotas = usage.get("quotas") or []
+    if quotas:
+        output.table(
+            ["QUOTA", "USED", "LIMIT", "USE", "REPOSITORIES"],
+            [
+                [
+                    q["repositories"],
+                    size(q["used_bytes"]),
+                    size(q["limit_bytes"]),
+                    f"{100 * q['used_bytes'] / q['limit_bytes']:.1f} %",
+                    str(q["repository_count"]),
+                ]
+                for q in quotas
+            ],
+            title="quotas",
+        )
     output.stdout().print(
         f"registry total {size(usage['total_bytes'])} in {output.count(usage['blobs'], 'blob')}; "
         f"gc would free {size(usage['reclaimable_bytes'])} now"

@@ -1,4 +1,5 @@
-"""`/admin/v1/...`: storage lifecycle for operators (garbage collection, usage, retention).
+"""`/admin/v1/...`: storage lifecycle for operators (garbage collection, usage, retention,
+maintenance mode).
 
 Not part of the distribution API. With authentication on (regd.api.auth) it needs the admin
 right, or `Authorization: Bearer <admin_token>`; being on loopback grants nothing. With it off,
@@ -101,15 +102,38 @@ async def collect() -> Response:
 async def usage() -> Response:
     repository = request.args.get("repository") or None
     defaults: Policy = current_app.config["REGD_GC_POLICY"]
-    return json_response(
-        await exchange().registry.lifecycle.usage(repository, grace_seconds=defaults.grace_seconds)
-    )
+    registry = exchange().registry
+    usage = await registry.lifecycle.usage(repository, grace_seconds=defaults.grace_seconds)
+    usage["quotas"] = await registry.quotas.report(repository)
+    return json_response(usage)
+
+
+@bp.route("/maintenance", methods=["GET"])
+async def maintenance_state() -> Response:
+    return json_response((await exchange().registry.maintenance.state()).to_json())
+
+
+@bp.route("/maintenance", methods=["PUT"])
+async def switch_maintenance() -> Response:
+    doc = await body()
+    if not isinstance(doc.get("enabled"), bool):
+        raise BadRequest("enabled must be true or false")
+    message = doc.get("message")
+    if message is not None and not isinstance(message, str):
+        raise BadRequest("message must be a string")
+    x = exchange()
+    state = await x.registry.maintenance.switch(doc["enabled"], message)
+    if x.viewer is not None:  # audit (regd.api.auth)
+        await x.viewer.audit("maintenance-on" if state.enabled else "maintenance-off", None)
+    return json_response(state.to_json())
 
 
 @bp.route("/repositories/<path:name>", methods=["DELETE"])
 async def delete_repository(name: str) -> Response:
     dry_run = request.args.get("dry_run", "").lower() in ("1", "true", "yes")
     x = exchange()
+    if not dry_run:
+        await x.registry.maintenance.check_writable()
     result = await x.registry.repositories.delete(name, dry_run=dry_run, origin=quart_origin())
     if x.viewer is not None and not dry_run:  # audit (regd.api.auth)
         await x.viewer.audit("delete-repository", name)
@@ -128,6 +152,8 @@ async def prune(name: str) -> Response:
     policy = RetentionPolicy(
         keep_last=keep_last, keep=keep, older_than=_number(doc, "older_than", None)
     )
+    if not _flag(doc, "dry_run"):
+        await exchange().registry.maintenance.check_writable()
     result = await exchange().registry.repositories.prune(
         name, policy, dry_run=_flag(doc, "dry_run"), origin=quart_origin()
     )
@@ -184,5 +210,7 @@ async def import_registry2() -> Response:
     root = doc.get("root")
     if not isinstance(root, str) or not root:
         raise BadRequest("root must be the path of a Distribution storage root on this host")
+    if not _flag(doc, "dry_run"):
+        await exchange().registry.maintenance.check_writable()
     report = await exchange().registry.adoption.import_root(root, dry_run=_flag(doc, "dry_run"))
     return json_response(report.to_json())

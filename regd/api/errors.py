@@ -32,6 +32,7 @@ JSON_TYPE = "application/json"
 # Most specific class first: the first isinstance match wins.
 STATUS: tuple[tuple[type[e.RegistryError], int], ...] = (
     (e.RangeInvalid, 416),
+    (e.ReadOnlyMode, 405),
     (e.ManifestTooLarge, 413),
     (e.BlobUnknown, 404),
     (e.BlobUploadUnknown, 404),

@@ -1,5 +1,5 @@
-"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention, accounts,
-machine tokens and the audit trail.
+"""regd's admin API (`/admin/v1/`): garbage collection, disk usage, retention, maintenance
+mode, accounts, machine tokens and the audit trail.
 
 Only regd answers these; another registry's 404 becomes a clear UnsupportedError. With an
 admin token the client sends it and nothing else; without one, the registry's challenge is
@@ -92,6 +92,17 @@ class AdminClient:
     ) -> dict[str, Any]:
         body = {"mirror": mirror, "repository": repository, "digest": digest}
         result: dict[str, Any] = await self._json("POST", "/cache/evict", body=body)
+        return result
+
+    async def maintenance(self) -> dict[str, Any]:
+        """`{"enabled", "message", "since"}`: whether regd refuses writes for maintenance."""
+        result: dict[str, Any] = await self._json("GET", "/maintenance")
+        return result
+
+    async def set_maintenance(self, enabled: bool, message: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json(
+            "PUT", "/maintenance", body={"enabled": enabled, "message": message}
+        )
         return result
 
     async def delete_repository(self, repository: str, *, dry_run: bool) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from regd.registry.browse import Browsing
 from regd.registry.integrity import Integrity
 from regd.registry.lifecycle import Lifecycle, Plan, Policy, SweepInProgress
 from regd.registry.listings import Listings, Referrers, page_size
+from regd.registry.maintenance import Maintenance, MaintenanceState
 from regd.registry.manifests import MAX_MANIFEST_SIZE, Manifests, PushedManifest
+from regd.registry.quotas import Quota, Quotas
 from regd.registry.retention import Repositories, RetentionPolicy
 from regd.registry.uploads import MAX_UPLOADS_PER_REPOSITORY, Uploads, UploadStatus
 from regd.storage import StorageDriver
@@ -34,6 +36,8 @@ class Registry:
     integrity: Integrity
     adoption: Adoption
     browsing: Browsing
+    quotas: Quotas
+    maintenance: Maintenance
     # The pull-through caches; None when no `[[mirror]]` is configured.
     mirrors: Mirrors | None = None
 
@@ -46,22 +50,27 @@ class Registry:
         clock: Clock = SYSTEM_CLOCK,
         max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
         mirrors: Sequence[MirrorConfig] = (),
+        quotas: Sequence[Quota] = (),
+        quota_refresh: float = 5.0,
+        maintenance_refresh: float = 2.0,
     ) -> Registry:
         """The registry over `storage` and `metadata`. Decisions that compare wall-clock
         times (grace periods, retention ages) read `clock`; give the store the same one."""
+        limits = Quotas(metadata, quotas, refresh=quota_refresh)
         routes = Routes(mirrors)
         uploads = Uploads(
             storage,
             metadata,
             max_uploads_per_repository=max_uploads_per_repository,
             refuse_push=routes.refuse_push if routes else None,
+            quotas=limits,
         )
         blobs = Blobs(storage, metadata)
         cache = None
         if routes:
             cache = Mirrors(routes, metadata, clock, uploads.store, blobs.open_stored)
             blobs = Blobs(storage, metadata, cache)
-        manifests = Manifests(metadata, cache)
+        manifests = Manifests(metadata, cache, limits)
         return cls(
             storage=storage,
             metadata=metadata,
@@ -74,6 +83,8 @@ class Registry:
             integrity=Integrity(storage, metadata, clock),
             adoption=Adoption(storage, metadata, manifests),
             browsing=Browsing(metadata, manifests, blobs),
+            quotas=limits,
+            maintenance=Maintenance(metadata, clock, refresh=maintenance_refresh),
             mirrors=cache,
         )
 
@@ -97,11 +108,15 @@ __all__ = [
     "Integrity",
     "Lifecycle",
     "Listings",
+    "Maintenance",
+    "MaintenanceState",
     "Manifests",
     "Mirrors",
     "Plan",
     "Policy",
     "PushedManifest",
+    "Quota",
+    "Quotas",
     "Referrers",
     "Registry",
     "Repositories",

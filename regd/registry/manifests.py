@@ -24,6 +24,7 @@ from regd.mirror import Mirrors
 from regd.oci.digest import Digest
 from regd.oci.manifest import ManifestError, parse_manifest
 from regd.registry import validation
+from regd.registry.quotas import Quotas
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
@@ -36,9 +37,15 @@ class PushedManifest:
 
 
 class Manifests:
-    def __init__(self, metadata: MetadataStore, mirrors: Mirrors | None = None) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        mirrors: Mirrors | None = None,
+        quotas: Quotas | None = None,
+    ) -> None:
         self._metadata = metadata
         self._mirrors = mirrors
+        self._quotas = quotas or Quotas(metadata)
 
     async def put(
         self,
@@ -76,6 +83,8 @@ class Manifests:
         except ManifestError as exc:
             raise ManifestInvalid(str(exc)) from None
 
+        blobs = [str(d.digest) for d in manifest.blob_references()]
+        charges = await self._quotas.check_manifest(name, str(digest), len(payload), blobs)
         try:
             await self._metadata.put_manifest(
                 name,
@@ -87,7 +96,7 @@ class Manifests:
                     artifact_type=manifest.effective_artifact_type,
                     subject=str(manifest.subject.digest) if manifest.subject else None,
                     annotations=manifest.annotations,
-                    blobs=[str(d.digest) for d in manifest.blob_references()],
+                    blobs=blobs,
                     children=[str(d.digest) for d in manifest.manifests],
                 ),
                 tags,
@@ -100,6 +109,7 @@ class Manifests:
                 f"manifest references {what} not in repository {name}: {', '.join(missing[:5])}",
                 {"missing": missing},
             ) from None
+        self._quotas.charge(charges)
         return PushedManifest(
             digest, manifest.subject.digest if manifest.subject else None, tuple(tags)
         )
@@ -153,6 +163,7 @@ class Manifests:
             )
         else:
             found = await self._metadata.delete_tag(name, validation.tag(reference), origin=origin)
+        self._quotas.changed(name)
         if not found:
             await self._raise_unknown(name, reference)
 

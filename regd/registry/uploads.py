@@ -45,6 +45,7 @@ from regd.registry.hashing import (
     resumable,
 )
 from regd.registry.leases import BLOB_LEASE_SECONDS, HeldLease, Leases
+from regd.registry.quotas import Quotas
 from regd.registry.streaming import WRITE_CHUNK, pump, receive_small
 from regd.registry.tasks import task_group
 from regd.storage import InvalidOffset, PathNotFound, StorageDriver, Writer, layout
@@ -94,6 +95,7 @@ class Uploads:
         blob_lease_seconds: float = BLOB_LEASE_SECONDS,
         max_uploads_per_repository: int = MAX_UPLOADS_PER_REPOSITORY,
         refuse_push: Callable[[str], None] | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         if max_uploads_per_repository < 1:
             raise ConfigError(
@@ -107,6 +109,7 @@ class Uploads:
         self._locks = Leases(metadata)
         # Raises for repositories that take no pushes (a mirror's).
         self._refuse_push = refuse_push
+        self._quotas = quotas or Quotas(metadata)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class Uploads:
         """Append a chunk. `start` (from Content-Range) must equal the accepted size."""
         claim, _ = await self._acquire(repository, upload_id, start)
         try:
+            if length is not None:
+                await self._quotas.check_blob(claim.repository, claim.size + length)
             size, hasher = await self._append_locked(claim, body, length)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -338,6 +343,10 @@ class Uploads:
         else:
             claim, held = await self._acquire(repository, upload_id, start)
         try:
+            # With no Content-Length, what the session holds is all that is known yet.
+            await self._quotas.check_blob(
+                claim.repository, claim.size + (length or 0), str(expected)
+            )
             if claim.size == 0 and length is not None and length <= WRITE_CHUNK:
                 return await self._store_whole(
                     claim.repository, expected, body, length, claim=claim, held=held, origin=origin
@@ -386,6 +395,8 @@ class Uploads:
         monolithic push and a mirror's fill share."""
         name = validation.repository_name(repository)
         expected = validation.digest(digest)
+        if length is not None:
+            await self._quotas.check_blob(name, length, str(expected))
         if length is not None and length <= WRITE_CHUNK:
             return await self._store_whole(name, expected, body, length, origin=origin)
         return await self._store_streamed(name, expected, body, length, origin)
