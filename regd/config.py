@@ -18,6 +18,7 @@ from regd.durations import duration_seconds
 from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 STORAGE_DRIVERS = ("filesystem", "memory")
 
 
@@ -182,7 +183,11 @@ class Config:
     database: str | None = None
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     access_log: bool = True
+    # Prometheus metrics at /metrics, on `addr` or on a listener of their own.
+    metrics: bool = True
+    metrics_addr: str | None = None
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
@@ -233,6 +238,17 @@ class Config:
         """The address to listen on; `:PORT` (an empty host) means every IPv4 interface."""
         host, _, port = self.addr.rpartition(":")
         return f"0.0.0.0:{port}" if host == "" else self.addr
+
+    @property
+    def metrics_bind(self) -> str | None:
+        if self.metrics_addr is None:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return f"0.0.0.0:{port}" if host == "" else self.metrics_addr
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_addr is None else int(self.metrics_addr.rsplit(":", 1)[1])
 
     @property
     def host(self) -> str:
@@ -294,7 +310,7 @@ _INTS = frozenset(
         "max_header_size",
     }
 )
-_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open"})
+_BOOLS = frozenset({"access_log", "gc_delete_untagged", "auth_open", "metrics"})
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -391,18 +407,33 @@ def load(
     return config
 
 
-def validate(config: Config) -> None:
-    host, sep, port = config.addr.rpartition(":")
+def _check_address(name: str, addr: str) -> None:
+    host, sep, port = addr.rpartition(":")
     if not sep or not port:
-        raise ConfigError(f"addr must be HOST:PORT or :PORT, not {config.addr!r}")
+        raise ConfigError(f"{name} must be HOST:PORT or :PORT, not {addr!r}")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"addr {config.addr!r} has an invalid port {port!r} (0 to 65535)")
+        raise ConfigError(f"{name} {addr!r} has an invalid port {port!r} (0 to 65535)")
     if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
-        raise ConfigError(f"addr {config.addr!r} has an invalid host {host!r}")
+        raise ConfigError(f"{name} {addr!r} has an invalid host {host!r}")
+
+
+def validate(config: Config) -> None:
+    _check_address("addr", config.addr)
+    if config.metrics_addr is not None:
+        _check_address("metrics_addr", config.metrics_addr)
+        if not config.metrics:
+            raise ConfigError("metrics_addr needs metrics = true")
+        # The application tells the two listeners apart by the port a request came to.
+        if config.metrics_port in (0, config.port):
+            raise ConfigError(
+                f"metrics_addr {config.metrics_addr!r} needs a port of its own, not 0 or addr's"
+            )
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f"workers must be between 1 and 64, not {config.workers}")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if config.storage not in STORAGE_DRIVERS:
         raise ConfigError(f"storage must be one of {', '.join(STORAGE_DRIVERS)}")
     if config.storage == "memory" and config.workers > 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from regd.api import accounts, admin, base, blobs, listings, manifests, uploads
+from regd.api import accounts, admin, base, blobs, health, listings, manifests, metrics, uploads
 from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
@@ -12,6 +12,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     listings.bp,
     admin.bp,
     accounts.bp,
+    health.bp,
 )
 
 # Served below Quart (see regd.api.direct); matched before any blueprint.
@@ -25,4 +26,7 @@ DIRECT_ROUTES: tuple[Route, ...] = (
     blobs.delete_blob,
 )
 
-__all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "Router"]
+# Registered only when metrics are on.
+METRICS_BLUEPRINT = metrics.bp
+
+__all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "METRICS_BLUEPRINT", "Router"]
