@@ -63,7 +63,7 @@ class RegdApp(QuartTrio):
     # The port of the separate metrics listener, if there is one.
     metrics_port: int | None = None
     # Set when graceful shutdown begins (regd.server): /readyz answers 503 from then on.
-    draining: bool = False
+    draining: trio.Event
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -203,6 +203,7 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     config = config or Config()
     app = RegdApp("regd")
     app.registry = registry
+    app.draining = trio.Event()
     app.direct = api.Router(api.DIRECT_ROUTES)
     if config.metrics:
         app.metrics = obs.enable()
@@ -216,6 +217,7 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     app.config.update(
         REGD_ADMIN_TOKEN=config.admin_token,
         REGD_METRICS=app.metrics,
+        REGD_READY_TIMEOUT=config.ready_timeout,
         REGD_GC_POLICY=Policy(
             grace_seconds=config.gc_grace,
             delete_untagged=config.gc_delete_untagged,

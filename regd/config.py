@@ -188,6 +188,8 @@ class Config:
     # Prometheus metrics at /metrics, on `addr` or on a listener of their own.
     metrics: bool = True
     metrics_addr: str | None = None
+    # How long /readyz waits for each of the database and the storage.
+    ready_timeout: float = 2.0
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
@@ -299,6 +301,7 @@ _FLOATS = frozenset(
         "body_timeout",
         "keep_alive_timeout",
         "auth_token_ttl",
+        "ready_timeout",
     }
 )
 _INTS = frozenset(
@@ -452,7 +455,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if config.max_connections_per_client < 0:
         raise ConfigError("max_connections_per_client must not be negative (0: no cap)")
-    for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "database_write_timeout"):
+    for name in (
+        "header_timeout",
+        "body_timeout",
+        "keep_alive_timeout",
+        "database_write_timeout",
+        "ready_timeout",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be more than 0 seconds")
     if config.auth_token_ttl < 10 or config.auth_token_ttl > 86400:

@@ -206,14 +206,14 @@ async def _serve_worker(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal=%s shutting down gracefully", signal.Signals(signum).name)
-                app.draining = True
+                app.draining.set()
                 stop.set()
                 return
 
     async def watch_parent(event: EventType) -> None:
         # A thread blocks on the shared event; abandoning it on cancel costs nothing.
         await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
-        app.draining = True
+        app.draining.set()
         stop.set()
 
     try:

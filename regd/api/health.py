@@ -1,9 +1,9 @@
 """`/healthz` and `/readyz`, for load balancers and orchestrators; no authentication.
 
 `/healthz` says the process answers. `/readyz` says whether it should get traffic: the
-database and the storage each answer within READY_TIMEOUT, and the process is not
+database and the storage each answer within `ready_timeout`, and the process is not
 draining (a graceful shutdown has begun: the answer turns 503 so a load balancer stops
-sending before the process exits).
+sending before the process exits; a probe waiting on its checks then answers at once).
 
 A check that does not answer in time is not waited for, and not started again while it
 is still running: every probe then reports it as hanging instead of piling up another
@@ -22,8 +22,6 @@ from regd.registry import Registry
 from regd.registry.health import check_database, check_storage
 
 bp = Blueprint("health", __name__)
-
-READY_TIMEOUT = 2.0
 
 
 class _Round:
@@ -94,12 +92,28 @@ async def healthz() -> Response:
 
 @bp.route("/readyz", methods=["GET", "HEAD"])
 async def readyz() -> Response:
-    if getattr(current_app, "draining", False):
-        return json_response({"status": "draining", "checks": {}}, status=503, headers=_NO_STORE)
+    draining: trio.Event = getattr(current_app, "draining", trio.Event())
     readiness: Readiness | None = current_app.extensions.get("regd.readiness")
     if readiness is None:
         readiness = current_app.extensions["regd.readiness"] = Readiness(exchange().registry)
-    problems = await readiness.problems(READY_TIMEOUT)
+    within: float = current_app.config["REGD_READY_TIMEOUT"]
+    problems: dict[str, str | None] | None = None
+
+    async def check(cancel: trio.CancelScope) -> None:
+        nonlocal problems
+        problems = await readiness.problems(within)
+        cancel.cancel()
+
+    async def watch(cancel: trio.CancelScope) -> None:
+        await draining.wait()
+        cancel.cancel()
+
+    if not draining.is_set():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(check, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+    if problems is None or draining.is_set():
+        return json_response({"status": "draining", "checks": {}}, status=503, headers=_NO_STORE)
     failed = {name: problem for name, problem in problems.items() if problem is not None}
     doc = {
         "status": "unavailable" if failed else "ready",
