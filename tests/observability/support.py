@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.servers import RegdServer
+from tests.server.test_tls import wait_for
+
+__all__ = ["json_lines", "scrape", "total", "value", "wait_for"]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -42,12 +43,3 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def json_lines(server: RegdServer) -> list[dict[str, Any]]:
     """Every line the server logged, each of which must be one JSON object."""
     return [json.loads(line) for line in server.output().splitlines() if line.strip()]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout:.0f} s: {what}")

@@ -65,14 +65,14 @@ def test_ready_follows_postgresql_refusing_connections(
         pg_admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
         )
-        wait_for(lambda: _status_is(server, 503), "/readyz answering 503")
+        wait_for(lambda: _status_is(server, 503), "/readyz answering 503", timeout=30)
         doc = _ready(server).json()
         assert doc["status"] == "unavailable"
         assert doc["checks"]["storage"] == "ok"
         assert "not currently accepting connections" in doc["checks"]["database"]
     finally:
         pg_admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-    wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again")
+    wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again", timeout=30)
 
 
 class _Locked:
@@ -111,7 +111,7 @@ def test_ready_gives_up_on_a_database_that_does_not_answer(
         assert _ready(server).json()["checks"]["database"] == "no answer within 1 s"
     finally:
         lock.release()
-    wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again")
+    wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again", timeout=30)
 
 
 def test_ready_follows_a_volume_that_turns_read_only(
@@ -130,7 +130,7 @@ def test_ready_follows_a_volume_that_turns_read_only(
             assert "read-only" in doc["checks"]["storage"].lower()
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(volume)], check=True)
-        wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again")
+        wait_for(lambda: _status_is(server, 200), "/readyz answering 200 again", timeout=30)
         server.stop()
 
 
@@ -173,4 +173,4 @@ def test_ready_turns_503_when_a_graceful_shutdown_begins(
         lock.release()
     assert head.startswith(b"HTTP/1.1 503"), head
     assert body == b'{"status":"draining","checks":{}}'
-    wait_for(lambda: not server.running, "regd exiting after the drain")
+    wait_for(lambda: not server.running, "regd exiting after the drain", timeout=30)

@@ -72,7 +72,9 @@ def test_workers_report_one_view_of_every_request(two_workers: RegdServer) -> No
         return len({logged[rid]["pid"] for rid in made if rid in logged}) == 2
 
     wait_for(spread, "both workers answering some of the requests", timeout=60)
-    wait_for(lambda: all(rid in _access(two_workers) for rid in made), "every access line")
+    wait_for(
+        lambda: all(rid in _access(two_workers) for rid in made), "every access line", timeout=30
+    )
     n = len(made)
     labels = {"route": "manifest", "method": "GET", "status": "404"}
     for _ in range(6):  # whichever worker answers the scrape
@@ -149,7 +151,7 @@ def test_json_logs_and_request_ids(two_workers: RegdServer) -> None:
         lines = _access(two_workers)
         return all(rid in lines for rid in ("lb-7f3a:edge/1", generated, "health-1"))
 
-    wait_for(logged, "the access lines of those requests")
+    wait_for(logged, "the access lines of those requests", timeout=30)
     line = _access(two_workers)["lb-7f3a:edge/1"]
     assert (line["method"], line["path"], line["status"]) == ("GET", "/v2/", 200)
     assert (line["level"], type(line["ms"])) == ("INFO", float)
