@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -19,6 +20,7 @@ from regd.api.errors import Answer, answer_for, refusal
 from regd.api.exchange import (
     API_VERSION,
     EXCHANGE_KEY,
+    REQUEST_ID_HEADER,
     Exchange,
     drain_body,
     framing_problem,
@@ -29,8 +31,13 @@ from regd.auth.wiring import build_authenticator
 from regd.config import Config
 from regd.errors import Conflict
 from regd.events import routing_for, run_events
+from regd.observability import metrics as obs
 from regd.registry import Policy, Registry, RetentionPolicy
 from regd.tls import client_cn
+
+# What a separate metrics listener (metrics_addr) answers; the main one then does not
+# answer /metrics.
+METRICS_LISTENER_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 
 # Only the admin API takes request bodies through Quart (blobs and manifests arrive on the
 # data plane), and its documents are small: Quart refuses longer bodies with 413.
@@ -52,6 +59,12 @@ class RegdApp(QuartTrio):
     access_logging: bool = True
     # None when authentication is off (regd.auth.wiring).
     gate: Gate | None = None
+    # None when metrics are off.
+    metrics: obs.Metrics | None = None
+    # The port of the separate metrics listener, if there is one.
+    metrics_port: int | None = None
+    # Set when graceful shutdown begins (regd.server): /readyz answers 503 from then on.
+    draining: trio.Event
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -61,12 +74,42 @@ class RegdApp(QuartTrio):
             return
         x = Exchange(scope, self.registry)
         x.user = client_cn(scope)
+        send = _stamping(x, send)
+        metrics = self.metrics
+        if metrics is None:
+            await self._dispatch(x, scope, receive, send)
+        else:
+            route = obs.route_of(x.path)
+            upload = False
+            if may_carry_body(scope["headers"]):
+                receive = _counting(x, receive)
+                upload = route == "blob_upload"
+            if upload:
+                metrics.uploads.inc()
+            try:
+                await self._dispatch(x, scope, receive, send)
+            finally:
+                if upload:
+                    metrics.uploads.dec()
+                metrics.request(
+                    route, x.method, x.status, time.perf_counter() - x.started, x.received, x.sent
+                )
+        if self.access_logging:
+            log_access(x)
+
+    async def _dispatch(
+        self, x: Exchange, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
         problem = framing_problem(scope["headers"])
         if problem is not None:
             status, headers, body = refusal(400, problem)
             # The body's end is unknowable, so the connection cannot carry another request.
             headers["connection"] = "close"
             await self._answer(x, send, (status, headers, body))
+        elif self._misdirected(scope, x.path):
+            if may_carry_body(scope["headers"]):
+                await drain_body(receive)
+            await self._answer(x, send, refusal(404, f"{x.path} is not served on this address"))
         elif (
             (self.gate is None or await self._admitted(x, scope, receive, send))
             and await self._writable(x, scope, receive, send)
@@ -75,8 +118,16 @@ class RegdApp(QuartTrio):
             # Quart's handlers find it in their request's scope (regd.api.http.exchange).
             cast(dict[str, Any], scope)[EXCHANGE_KEY] = x
             await super().__call__(scope, receive, _answering(x, send))
-        if self.access_logging:
-            log_access(x)
+
+    def _misdirected(self, scope: HTTPScope, path: str) -> bool:
+        """Whether a request reached the listener that does not serve its path: with a
+        metrics_addr, that one answers only metrics and health, the main one no metrics."""
+        if self.metrics_port is None:
+            return False
+        server = scope.get("server")
+        if server is not None and server[1] == self.metrics_port:
+            return path not in METRICS_LISTENER_PATHS
+        return path == "/metrics"
 
     async def _admitted(
         self, x: Exchange, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -132,6 +183,32 @@ class RegdApp(QuartTrio):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+def _stamping(x: Exchange, send: ASGISendCallable) -> ASGISendCallable:
+    """`send`, adding the request id to the answer and counting the body bytes sent."""
+    stamp = (REQUEST_ID_HEADER, x.request_id.encode("ascii"))
+
+    async def stamped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), stamp]}
+        elif message["type"] == "http.response.body":
+            x.sent += len(message.get("body", b""))
+        await send(message)
+
+    return stamped
+
+
+def _counting(x: Exchange, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
+    """`receive`, counting the body bytes received."""
+
+    async def counted() -> Any:
+        message = await receive()
+        if message["type"] == "http.request":
+            x.received += len(message.get("body", b""))
+        return message
+
+    return counted
+
+
 def _answering(x: Exchange, send: ASGISendCallable) -> ASGISendCallable:
     """`send`, adding the common headers to the answer and noting it in the exchange."""
 
@@ -152,15 +229,22 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
     config = config or Config()
     app = RegdApp("regd")
     app.registry = registry
+    app.draining = trio.Event()
     app.direct = api.Router(api.DIRECT_ROUTES)
+    if config.metrics:
+        app.metrics = obs.enable()
+        if config.metrics_addr is not None:
+            app.metrics_port = config.metrics_port
     authenticator = build_authenticator(config, registry.metadata, registry.metadata.clock)
     if authenticator is not None:
-        app.gate = Gate(authenticator, admin_token=config.admin_token)
+        app.gate = Gate(authenticator, admin_token=config.admin_token, metrics=app.metrics)
         install_auth(app, app.gate)
     app.access_logging = config.access_log
     app.config.update(
         REGD_ADMIN_TOKEN=config.admin_token,
         REGD_CONFIG=config,
+        REGD_METRICS=app.metrics,
+        REGD_READY_TIMEOUT=config.ready_timeout,
         REGD_GC_POLICY=Policy(
             grace_seconds=config.gc_grace,
             delete_untagged=config.gc_delete_untagged,
@@ -177,6 +261,8 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
         app.register_blueprint(blueprint)
     if config.ui:
         ui.install(app, config)
+    if app.metrics is not None:
+        app.register_blueprint(api.METRICS_BLUEPRINT)
 
     @app.errorhandler(Exception)
     async def _error(error: Exception) -> Response:
@@ -207,12 +293,14 @@ def create_app(registry: Registry, config: Config | None = None) -> RegdApp:
 
         @app.before_serving
         async def _start_housekeeping() -> None:
-            app.add_background_task(housekeeping, registry, config)
+            app.add_background_task(housekeeping, registry, config, app.metrics)
 
     return app
 
 
-async def housekeeping(registry: Registry, config: Config) -> None:
+async def housekeeping(
+    registry: Registry, config: Config, metrics: obs.Metrics | None = None
+) -> None:
     """Periodic garbage collection, upload purging and retention, in every worker.
 
     Workers sharing a database take turns through leases; first runs are spread randomly
@@ -220,7 +308,7 @@ async def housekeeping(registry: Registry, config: Config) -> None:
     """
     jobs: dict[str, tuple[float, Callable[[], Awaitable[None]]]] = {}
     if config.gc_interval:
-        jobs["gc"] = (config.gc_interval, lambda: _collect(registry, config))
+        jobs["gc"] = (config.gc_interval, lambda: _collect(registry, config, metrics))
     if config.upload_purge_interval:
         jobs["uploads"] = (
             config.upload_purge_interval,
@@ -244,7 +332,7 @@ async def housekeeping(registry: Registry, config: Config) -> None:
             log.exception("%s failed", name)
 
 
-async def _collect(registry: Registry, config: Config) -> None:
+async def _collect(registry: Registry, config: Config, metrics: obs.Metrics | None) -> None:
     policy = Policy(
         grace_seconds=config.gc_grace,
         delete_untagged=config.gc_delete_untagged,
@@ -252,6 +340,8 @@ async def _collect(registry: Registry, config: Config) -> None:
     )
     plan = await registry.lifecycle.collect(policy, dry_run=False)
     totals = plan.to_json()["totals"]
+    if metrics is not None:
+        metrics.collected("schedule", plan.bytes_freed, plan.seconds)
     log.info(
         "gc manifests=%d blobs=%d uploads=%d bytes_freed=%d seconds=%.2f",
         totals["manifests"],

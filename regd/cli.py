@@ -93,6 +93,13 @@ def serve(
             f"(default: {_DEFAULTS.log_level}; env: REGD_LOG_LEVEL)"
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="text (key=value lines) or json (one object per line) "
+            f"(default: {_DEFAULTS.log_format}; env: REGD_LOG_FORMAT)"
+        ),
+    ] = None,
     access_log: Annotated[
         bool | None,
         typer.Option(
@@ -144,6 +151,7 @@ def serve(
                 "database": database,
                 "workers": workers,
                 "log_level": log_level,
+                "log_format": log_format,
                 "access_log": access_log,
                 "max_connections": max_connections,
                 "max_connections_per_client": max_connections_per_client,

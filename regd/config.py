@@ -19,6 +19,7 @@ from regd.errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORAGE_DRIVERS = ("filesystem", "memory", "s3")
+LOG_FORMATS = ("text", "json")
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -573,7 +574,13 @@ class Config:
     database: str | None = None
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     access_log: bool = True
+    # Prometheus metrics at /metrics, on `addr` or on a listener of their own.
+    metrics: bool = True
+    metrics_addr: str | None = None
+    # How long /readyz waits for each of the database and the storage.
+    ready_timeout: float = 2.0
     storage: str = "filesystem"
     storage_root: Path | None = None
     graceful_timeout: float = 30.0
@@ -655,6 +662,17 @@ class Config:
         return f"0.0.0.0:{port}" if host == "" else self.addr
 
     @property
+    def metrics_bind(self) -> str | None:
+        if self.metrics_addr is None:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return f"0.0.0.0:{port}" if host == "" else self.metrics_addr
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_addr is None else int(self.metrics_addr.rsplit(":", 1)[1])
+
+    @property
     def host(self) -> str:
         return self.addr.rsplit(":", 1)[0].strip("[]")
 
@@ -713,6 +731,7 @@ _FLOATS = frozenset(
         "s3_redirect_expiry",
         "quota_refresh",
         "maintenance_refresh",
+        "ready_timeout",
     }
 )
 _INTS = frozenset(
@@ -737,6 +756,7 @@ _BOOLS = frozenset(
         "event_pulls",
         "s3_path_style",
         "s3_redirect",
+        "metrics",
     }
 )
 
@@ -847,18 +867,33 @@ def load(
     return config
 
 
-def validate(config: Config) -> None:
-    host, sep, port = config.addr.rpartition(":")
+def _check_address(name: str, addr: str) -> None:
+    host, sep, port = addr.rpartition(":")
     if not sep or not port:
-        raise ConfigError(f"addr must be HOST:PORT or :PORT, not {config.addr!r}")
+        raise ConfigError(f"{name} must be HOST:PORT or :PORT, not {addr!r}")
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"addr {config.addr!r} has an invalid port {port!r} (0 to 65535)")
+        raise ConfigError(f"{name} {addr!r} has an invalid port {port!r} (0 to 65535)")
     if host.startswith("[") != host.endswith("]") or any(c.isspace() for c in host):
-        raise ConfigError(f"addr {config.addr!r} has an invalid host {host!r}")
+        raise ConfigError(f"{name} {addr!r} has an invalid host {host!r}")
+
+
+def validate(config: Config) -> None:
+    _check_address("addr", config.addr)
+    if config.metrics_addr is not None:
+        _check_address("metrics_addr", config.metrics_addr)
+        if not config.metrics:
+            raise ConfigError("metrics_addr needs metrics = true")
+        # The application tells the two listeners apart by the port a request came to.
+        if config.metrics_port in (0, config.port):
+            raise ConfigError(
+                f"metrics_addr {config.metrics_addr!r} needs a port of its own, not 0 or addr's"
+            )
     if config.workers < 1 or config.workers > 64:
         raise ConfigError(f"workers must be between 1 and 64, not {config.workers}")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if config.storage not in STORAGE_DRIVERS:
         raise ConfigError(f"storage must be one of {', '.join(STORAGE_DRIVERS)}")
     if config.storage == "s3":
@@ -879,7 +914,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if config.max_connections_per_client < 0:
         raise ConfigError("max_connections_per_client must not be negative (0: no cap)")
-    for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "database_write_timeout"):
+    for name in (
+        "header_timeout",
+        "body_timeout",
+        "keep_alive_timeout",
+        "database_write_timeout",
+        "ready_timeout",
+    ):
         if getattr(config, name) <= 0:
             raise ConfigError(f"{name} must be more than 0 seconds")
     if config.auth_token_ttl < 10 or config.auth_token_ttl > 86400:

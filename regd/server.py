@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -36,6 +37,8 @@ from regd.connections import (
 )
 from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
+from regd.observability import metrics as obs
+from regd.observability.logs import JsonFormatter
 from regd.registry import Quota, Registry
 from regd.startup_check import warn_if_metadata_lost
 from regd.storage import (
@@ -61,10 +64,12 @@ class _LineFormatter(logging.Formatter):
         return text.replace("\n", " | ")
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        _LineFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else _LineFormatter(
             "ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s logger=%(name)s pid=%(process)d "
             "%(message)s",
             datefmt="%Y-%m-%dT%H:%M:%S",
@@ -121,6 +126,10 @@ def build_registry(config: cfg.Config) -> Registry:
     metadata = MetadataStore(
         config.database_url, clock=clock, write_timeout=config.database_write_timeout
     )
+    if config.metrics:
+        metrics = obs.enable()
+        storage = metrics.timed(storage)
+        metadata.observe = metrics.database_operation
     return Registry.create(
         storage,
         metadata,
@@ -196,6 +205,8 @@ def prepare(config: cfg.Config) -> None:
 def hypercorn_config(config: cfg.Config) -> HypercornConfig:
     hc = tls.ServerConfig(tls.settings_from(config))
     hc.bind = [config.bind]
+    if config.metrics_bind is not None:
+        hc.bind.append(config.metrics_bind)
     hc.worker_class = "trio"
     hc.workers = config.workers
     hc.graceful_timeout = config.graceful_timeout
@@ -214,7 +225,12 @@ def bind(config: cfg.Config, hc: HypercornConfig) -> Sockets:
         for sock in _listening(sockets):
             sock.listen(hc.backlog)
     except OSError as exc:
-        raise StartupError(f"cannot listen on {config.addr}: {exc.strerror or exc}") from None
+        where = (
+            config.addr
+            if config.metrics_addr is None
+            else f"{config.addr} or {config.metrics_addr}"
+        )
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     return sockets
 
 
@@ -248,12 +264,14 @@ async def _serve_worker(
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("signal=%s shutting down gracefully", signal.Signals(signum).name)
+                app.draining.set()
                 stop.set()
                 return
 
     async def watch_parent(event: EventType) -> None:
         # A thread blocks on the shared event; abandoning it on cancel costs nothing.
         await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
+        app.draining.set()
         stop.set()
 
     try:
@@ -273,11 +291,11 @@ async def _serve_worker(
 
 
 def _worker_process(config: cfg.Config, sockets: Sockets, stop: EventType) -> None:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     trio.run(_serve_worker, config, sockets, stop)
 
 
-def _supervise(config: cfg.Config, sockets: Sockets) -> int:
+def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -> int:
     """Run `config.workers` processes on the shared sockets.
 
     A signal to this process, or any worker's exit, stops all of them gracefully: each
@@ -331,11 +349,15 @@ def _supervise(config: cfg.Config, sockets: Sockets) -> int:
             worker.kill()
             worker.join()
             code = code or 1
+    if metrics_dir is not None:
+        for worker in workers:
+            if worker.pid is not None:
+                obs.process_gone(worker.pid, metrics_dir)
     return code
 
 
 def serve(config: cfg.Config) -> None:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     open_files = raise_open_file_limit()
     tls.check(config)
     prepare(config)
@@ -352,6 +374,8 @@ def serve(config: cfg.Config) -> None:
         open_files,
         connection_cap(config.max_connections, open_files),
     )
+    # Made before the workers start, so each inherits it (regd.observability.metrics).
+    metrics_dir = obs.make_directory() if config.metrics else None
     sdnotify.ready(config.addr)
     try:
         if config.workers == 1:
@@ -360,10 +384,12 @@ def serve(config: cfg.Config) -> None:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
             trio.run(_serve_worker, config, sockets)
             return
-        code = _supervise(config, sockets)
+        code = _supervise(config, sockets, metrics_dir)
     finally:
         sdnotify.stopping()
         for sock in _listening(sockets):
             sock.close()
+        if metrics_dir is not None:
+            obs.remove_directory(metrics_dir)
     if code:
         raise SystemExit(code)

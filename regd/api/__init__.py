@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from quart import Blueprint
 
-from regd.api import accounts, admin, base, blobs, events, listings, manifests, uploads
+from regd.api import (
+    accounts,
+    admin,
+    base,
+    blobs,
+    events,
+    health,
+    listings,
+    manifests,
+    metrics,
+    uploads,
+)
 from regd.api.direct import Route, Router
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
@@ -13,6 +24,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     admin.bp,
     accounts.bp,
     events.bp,
+    health.bp,
 )
 
 # Served below Quart (see regd.api.direct); matched before any blueprint.
@@ -26,4 +38,7 @@ DIRECT_ROUTES: tuple[Route, ...] = (
     blobs.delete_blob,
 )
 
-__all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "Router"]
+# Registered only when metrics are on.
+METRICS_BLUEPRINT = metrics.bp
+
+__all__ = ["BLUEPRINTS", "DIRECT_ROUTES", "METRICS_BLUEPRINT", "Router"]

@@ -95,6 +95,9 @@ async def collect() -> Response:
         upload_max_age=_number(doc, "upload_max_age", defaults.upload_max_age) or 0.0,
     )
     plan = await exchange().registry.lifecycle.collect(policy, dry_run=_flag(doc, "dry_run"))
+    metrics = current_app.config.get("REGD_METRICS")
+    if metrics is not None and not plan.dry_run:
+        metrics.collected("admin", plan.bytes_freed, plan.seconds)
     return json_response(plan.to_json())
 
 

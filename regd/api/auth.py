@@ -13,9 +13,10 @@ What a route needs (`Need`):
 - DELETE manifests, tags and blobs: delete;
 - GET /v2/_catalog: the catalog right (and the listing holds only what the caller may pull);
 - /admin/v1/...: the admin right, or `Authorization: Bearer <admin_token>`;
-- /auth/... (the token service): nothing;
+- /auth/... (the token service), /healthz and /readyz (load balancers' probes): nothing;
 - /ui/... (the web UI): nothing here; it authenticates its own requests by their session
   cookie and asks the same policy (regd.ui);
+- /metrics: the admin right, or `Authorization: Bearer <admin_token>`, as the admin API;
 - any other route: an authenticated caller.
 With authentication off there is no Gate: nothing here runs and no request awaits anything more.
 """
@@ -36,6 +37,7 @@ from regd.errors import BackendError, Denied, RegistryError, TooManyRequests, Un
 
 if TYPE_CHECKING:
     from regd.api.exchange import Exchange
+    from regd.observability.metrics import Metrics
 
 log = logging.getLogger("regd.auth")
 
@@ -115,9 +117,16 @@ def realm_of(configured: str, scheme: str, host: str | None) -> str:
 class Gate:
     """Authentication and authorization of every request, for both dispatchers."""
 
-    def __init__(self, authenticator: Authenticator, *, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        admin_token: str | None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self._admin_token = None if admin_token is None else f"Bearer {admin_token}".encode()
+        self._metrics = metrics
 
     async def admit(
         self,
@@ -167,15 +176,25 @@ class Gate:
             viewer = await self.admit(need, authorization, x.remote, client_cert_subject)
         except AuthError as error:
             realm = realm_of(self.authenticator.realm, scope.get("scheme", "http"), host)
-            raise self.refusal(error, need, realm) from None
+            presented = authorization is not None or client_cert_subject is not None
+            raise self.refusal(error, need, realm, credentials=presented) from None
         x.viewer = viewer
         x.user = viewer.identity.actor
 
-    def refusal(self, error: AuthError, need: Need | None, realm: str) -> RegistryError:
+    def refusal(
+        self, error: AuthError, need: Need | None, realm: str, *, credentials: bool = True
+    ) -> RegistryError:
         """The error that answers a refused request (regd.api.errors renders it): 401 with a
         challenge, 403 DENIED (with an insufficient_scope challenge), or 429 with
-        Retry-After."""
+        Retry-After. `credentials`: whether the request carried any; a refusal of one that
+        did not is how clients learn to log in, not a failure worth counting."""
         auth = self.authenticator
+        if self._metrics is not None:
+            if isinstance(error, Throttled):
+                self._metrics.refused("throttled")
+            elif credentials:
+                reason = "unauthenticated" if isinstance(error, Unauthenticated) else "denied"
+                self._metrics.refused(reason)
         scope = None if need is None else need.scope()
         scopes = [] if scope is None else [scope]
         detail = None if need is None else need.detail()
@@ -206,9 +225,9 @@ _LISTING = re.compile(r"^/v2/(.+)/(?:tags/list|referrers/[^/]+)/?$")
 def need_for(method: str, path: str) -> Need | None:
     """What a request needs; None for the token service and the UI. A path that names no route needs
     a logged-in caller (who is then told it does not exist)."""
-    if path.startswith(("/auth/", "/ui/")) or path == "/ui":
+    if path.startswith(("/auth/", "/ui/")) or path in ("/ui", "/healthz", "/readyz"):
         return None
-    if path.startswith("/admin/"):
+    if path.startswith("/admin/") or path == "/metrics":
         return Need(ADMIN)
     if path.rstrip("/") == "/v2/_catalog":
         return Need(CATALOG)

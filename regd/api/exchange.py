@@ -8,9 +8,10 @@ happen to every request (deciding who is asking, above all) is one call in that 
 
 from __future__ import annotations
 
-import itertools
 import logging
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,22 @@ API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 # Where Quart's handlers find the exchange: in the ASGI scope's extensions.
 EXCHANGE_KEY = "regd.exchange"
 
-_request_ids = itertools.count(1)
+REQUEST_ID_HEADER = b"x-request-id"
+# An incoming request id is kept when it is this short and made of visible ASCII (it goes
+# into log lines and answers as it is); otherwise the request gets an id of its own.
+MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_REQUEST_ID)
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request's id: the client's or a proxy's `X-Request-Id` when acceptable, else a
+    new one (a uuid4's hex)."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _REQUEST_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
 
 
 class Exchange:
@@ -36,10 +52,12 @@ class Exchange:
         "length",
         "method",
         "path",
+        "received",
         "registry",
         "remote",
         "request_id",
         "scheme",
+        "sent",
         "started",
         "status",
         "user",
@@ -54,8 +72,9 @@ class Exchange:
         client = scope.get("client")
         self.remote: str | None = client[0] if client else None
         self.started = time.perf_counter()
-        # Unique within the process; ties a request's log lines together.
-        self.request_id = next(_request_ids)
+        # Ties a request's log lines, its answer and what it caused together, also
+        # across the proxies in front that set X-Request-Id.
+        self.request_id: str = request_id_from(scope["headers"])
         # Who is asking, for the log: a verified client certificate's name until
         # authentication says otherwise.
         self.user: str | None = None
@@ -64,6 +83,9 @@ class Exchange:
         # Filled in as the answer starts.
         self.status = 0
         self.length: int | None = None
+        # Body bytes taken in and sent out, counted when metrics are on.
+        self.received = 0
+        self.sent = 0
 
 
 # Bytes of an unread request body read and dropped after an early answer (an error before
@@ -110,16 +132,24 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+ACCESS_FORMAT = (
+    "id=%(id)s method=%(method)s path=%(path)s status=%(status)d length=%(length)s "
+    "ms=%(ms).1f remote=%(remote)s user=%(user)s"
+)
+
+
 def log_access(x: Exchange) -> None:
     if access_log.isEnabledFor(logging.INFO):
-        access_log.info(
-            "id=%d method=%s path=%s status=%d length=%s ms=%.1f remote=%s user=%s",
-            x.request_id,
-            x.method,
-            x.path,
-            x.status,
-            x.length,
-            (time.perf_counter() - x.started) * 1000,
-            x.remote,
-            x.user or "-",
-        )
+        # One mapping as the arguments: the text format renders it, the JSON one
+        # (regd.observability.logs) keeps each field as a key.
+        fields = {
+            "id": x.request_id,
+            "method": x.method,
+            "path": x.path,
+            "status": x.status,
+            "length": x.length,
+            "ms": round((time.perf_counter() - x.started) * 1000, 1),
+            "remote": x.remote,
+            "user": x.user or "-",
+        }
+        access_log.info(ACCESS_FORMAT, fields)

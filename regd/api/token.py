@@ -39,7 +39,12 @@ def _keys() -> KeyRing:
 
 def _refused(error: AuthError) -> RegistryError:
     gate = _gate()
-    refused = gate.refusal(error, None, realm_of("", request.scheme, request.host))
+    refused = gate.refusal(
+        error,
+        None,
+        realm_of("", request.scheme, request.host),
+        credentials=request.method == "POST" or "Authorization" in request.headers,
+    )
     if isinstance(error, Unauthenticated):
         # Credentials for the token service itself are Basic ones.
         refused.headers["www-authenticate"] = f'Basic realm="{gate.authenticator.service}"'

@@ -182,6 +182,8 @@ class Database:
                 database=database,
                 wait_timeout=write_timeout,
             )
+        # Told how long each transaction took, and which function it ran (metrics).
+        self.observe: Callable[[Callable[..., Any], float], None] | None = None
         self._prepare()
 
     def _prepare(self) -> None:
@@ -210,7 +212,12 @@ class Database:
         **kwargs: P.kwargs,
     ) -> R:
         """Run a read in one transaction, so its statements see one snapshot."""
-        return await self._read(fn, False, *args, **kwargs)
+        started = time.perf_counter()
+        try:
+            return await self._read(fn, False, *args, **kwargs)
+        finally:
+            if self.observe is not None:
+                self.observe(fn, time.perf_counter() - started)
 
     async def run_query(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
@@ -222,12 +229,17 @@ class Database:
         wait for no writer; in the rare moments they would (recovery, for one), the short
         busy timeout of this connection gives up and the read goes to a thread.
         """
-        if self.dialect == "sqlite":
-            try:
-                return self._read_here(fn, *args, **kwargs)
-            except _Busy:
-                pass
-        return await self._read(fn, True, *args, **kwargs)
+        started = time.perf_counter()
+        try:
+            if self.dialect == "sqlite":
+                try:
+                    return self._read_here(fn, *args, **kwargs)
+                except _Busy:
+                    pass
+            return await self._read(fn, True, *args, **kwargs)
+        finally:
+            if self.observe is not None:
+                self.observe(fn, time.perf_counter() - started)
 
     def _read_here(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
@@ -276,6 +288,16 @@ class Database:
         return await trio.to_thread.run_sync(run, limiter=self._limiter)
 
     async def run_write(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        started = time.perf_counter()
+        try:
+            return await self._write(fn, *args, **kwargs)
+        finally:
+            if self.observe is not None:
+                self.observe(fn, time.perf_counter() - started)
+
+    async def _write(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         if self._batcher is not None:

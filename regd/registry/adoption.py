@@ -79,7 +79,9 @@ class Adoption:
                 f"holding {layout.ROOT}/"
             )
         source = FilesystemDriver(path)
-        in_place = isinstance(self._storage, FilesystemDriver) and self._storage.root == source.root
+        # A driver wrapped for metrics (regd.observability) names the one it wraps.
+        target = getattr(self._storage, "wrapped", self._storage)
+        in_place = isinstance(target, FilesystemDriver) and target.root == source.root
         report = ImportReport(str(source.root), copied_bytes=not in_place, dry_run=dry_run)
         for name in await self._find_repositories(source):
             report.repositories.append(name)

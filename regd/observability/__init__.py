@@ -1,0 +1,1 @@
+"""What regd tells operators about itself: metrics and structured logs."""
