@@ -15,6 +15,7 @@ One sweep at a time per database: the `gc` lease.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections import defaultdict
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 
 from regd.clock import SYSTEM_CLOCK, Clock
-from regd.errors import Conflict
+from regd.errors import Conflict, TooManyRequests
 from regd.metadata import MetadataStore
 from regd.metadata import collection as rows
 from regd.metadata.collection import RepositoryGraph, Snapshot
@@ -36,10 +37,17 @@ from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
 
 GC_LEASE_SECONDS = 600.0
+# A usage report holds a snapshot of every row and a core for seconds on a large registry:
+# one at a time per process, and a caller waits this long for its turn.
+USAGE_TURN_WAIT = 60.0
 
 
 class SweepInProgress(Conflict):
     """Another process holds the `gc` lease."""
+
+
+class UsageBusy(TooManyRequests):
+    """Another usage report is being computed and did not finish in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +191,11 @@ class Lifecycle:
         self._storage = storage
         self._metadata = metadata
         self._clock = clock
+        self._usage_turn = trio.Lock()
+        # The computation is pure Python over the snapshot: in a worker thread the event
+        # loop keeps answering other requests while it runs (it gets the GIL back at each
+        # switch interval).
+        self._usage_thread = trio.CapacityLimiter(1)
 
     async def collect(self, policy: Policy, *, dry_run: bool) -> Plan:
         """Plan (and unless `dry_run`, carry out) one garbage collection."""
@@ -343,9 +356,32 @@ class Lifecycle:
     ) -> dict[str, Any]:
         """`per_tag=False` leaves out each tag's figures (every repository's `tags` is
         empty): they are most of the work when a repository has many tags."""
+        try:
+            with trio.fail_after(USAGE_TURN_WAIT):
+                await self._usage_turn.acquire()
+        except trio.TooSlowError:
+            raise UsageBusy(
+                f"another usage report has been computing for over {USAGE_TURN_WAIT:.0f} s;"
+                " try again later"
+            ) from None
+        try:
+            return await self._usage(repository, grace_seconds, per_tag)
+        finally:
+            self._usage_turn.release()
+
+    async def _usage(
+        self, repository: str | None, grace_seconds: float, per_tag: bool
+    ) -> dict[str, Any]:
         snap = await rows.snapshot(self._metadata)
-        usage = compute_usage(
-            snap, repository, linked_before=self._clock.now() - grace_seconds, per_tag=per_tag
+        usage = await trio.to_thread.run_sync(
+            functools.partial(
+                compute_usage,
+                snap,
+                repository,
+                linked_before=self._clock.now() - grace_seconds,
+                per_tag=per_tag,
+            ),
+            limiter=self._usage_thread,
         )
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
