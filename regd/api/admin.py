@@ -11,12 +11,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
 import trio
 from quart import Blueprint, Response, current_app, request
 
+from regd import __version__
 from regd.api.http import exchange, json_response
 from regd.errors import Denied, RegistryError, Unauthorized
 from regd.oci.manifest import nesting_problem
@@ -133,6 +135,25 @@ async def usage() -> Response:
     )
     body = await trio.to_thread.run_sync(lambda: "".join(_encode(report)), limiter=_ENCODE_THREAD)
     return Response(body, content_type="application/json")
+
+
+# This module is loaded as the process starts serving: uptime counts from here.
+_LOADED = time.monotonic()
+
+
+@bp.route("/status", methods=["GET"])
+async def status() -> Response:
+    """What `regctl status` shows, cheap enough to ask often (usage reads every row)."""
+    registry = exchange().registry
+    sweep_until = await registry.browsing.collection_running_until()
+    return json_response(
+        {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - _LOADED, 1),
+            **await registry.lifecycle.status(),
+            "collection": {"running": sweep_until is not None, "lease_until": sweep_until},
+        }
+    )
 
 
 @bp.route("/repositories/<path:name>", methods=["DELETE"])

@@ -385,12 +385,21 @@ class Lifecycle:
         )
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
-        # The room left where the blobs live, so a filling disk is seen before pushes fail.
-        space = await self._storage.free_space()
-        usage["volume"] = (
-            None if space is None else {"free_bytes": space.free, "size_bytes": space.total}
-        )
+        usage["volume"] = await self._volume()
         return usage
+
+    async def _volume(self) -> dict[str, int] | None:
+        """The room left where the blobs live, so a filling disk is seen before pushes
+        fail; None when the driver cannot tell."""
+        space = await self._storage.free_space()
+        return None if space is None else {"free_bytes": space.free, "size_bytes": space.total}
+
+    async def status(self) -> dict[str, Any]:
+        """Where the data lives and the room left: no row is read, unlike usage."""
+        return {
+            "storage": {"driver": self._storage.name, "volume": await self._volume()},
+            "database": self._metadata.dialect,
+        }
 
 
 def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:
