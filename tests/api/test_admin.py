@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from regd import __version__
 from regd.app import create_app
@@ -92,6 +94,18 @@ async def test_usage(client: httpx.AsyncClient) -> None:
     assert [repo["name"] for repo in body["repositories"]] == ["app"]
     assert body["repositories"][0]["tags"][0]["tag"] == "v1"
     assert (await client.get("/admin/v1/usage?repository=none")).json()["repositories"] == []
+
+
+async def test_usage_waits_its_turn_then_answers_429(
+    client: httpx.AsyncClient, registry: Registry, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One report at a time: a second caller waits for the first, but not forever.
+    async with registry.lifecycle._usage_turn:
+        r = await client.get("/admin/v1/usage")
+    assert r.status_code == 429
+    assert error_code(r) == "TOOMANYREQUESTS"
+    assert "another usage report" in r.json()["errors"][0]["message"]
+    assert (await client.get("/admin/v1/usage")).status_code == 200
 
 
 async def test_status(client: httpx.AsyncClient, registry: Registry) -> None:

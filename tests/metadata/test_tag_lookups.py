@@ -4,7 +4,6 @@ through their manifest visits every tag of each manifest (100,000 rows for one G
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from sqlalchemy import event
 
 from regd.metadata import MetadataStore, NewManifest
 from regd.metadata import browse as browse_rows
+from tests.helpers.store import new_manifest
 
 REPO = "many/tags"
 # Enough tags per manifest that a plan through the manifests' side has something to visit.
@@ -20,22 +20,9 @@ TAGS = 600
 MANIFESTS = 2
 
 
-def _manifest(i: int) -> NewManifest:
-    payload = f'{{"schemaVersion":2,"n":{i}}}'.encode()
-    return NewManifest(
-        digest="sha256:" + hashlib.sha256(payload).hexdigest(),
-        media_type="application/vnd.oci.image.manifest.v1+json",
-        size=len(payload),
-        payload=payload,
-        artifact_type=None,
-        subject=None,
-        annotations={},
-    )
-
-
 @pytest.fixture
 async def many_tags(store: MetadataStore) -> list[NewManifest]:
-    manifests = [_manifest(i) for i in range(MANIFESTS)]
+    manifests = [new_manifest(f'{{"n":{i}}}'.encode()) for i in range(MANIFESTS)]
     for i, m in enumerate(manifests):
         names = [f"t{i}-{n:05d}" for n in range(TAGS)]
         await store.put_manifest(REPO, m, names)

@@ -11,8 +11,9 @@ import httpx
 import pytest
 import trio
 
-from regd.metadata import MetadataStore, NewManifest, sqlite_url
+from regd.metadata import MetadataStore, sqlite_url
 from tests.helpers.servers import RegdFactory
+from tests.helpers.store import new_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -28,27 +29,11 @@ COMPUTING_CPU = 0.3
 ANSWERS = 5
 DEADLINE = 120.0
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _manifest(media_type: str, doc: str, blobs: list[str], children: list[str]) -> NewManifest:
-    payload = doc.encode()
-    return NewManifest(
-        digest=_digest(payload),
-        media_type=media_type,
-        size=len(payload),
-        payload=payload,
-        artifact_type=None,
-        subject=None,
-        annotations={},
-        blobs=blobs,
-        children=children,
-    )
 
 
 async def _seed(database: Path) -> None:
@@ -61,10 +46,10 @@ async def _seed(database: Path) -> None:
             blobs = [_digest(f"blob {i} {k}".encode()) for k in range(BLOBS_PER_CHILD)]
             for k, blob in enumerate(blobs):
                 await store.link_blob(REPO, blob, 1_000_000 + i * BLOBS_PER_CHILD + k)
-            child = _manifest(OCI_MANIFEST, f'{{"image":{i}}}', blobs, [])
+            child = new_manifest(f'{{"image":{i}}}'.encode(), blobs=blobs)
             await store.put_manifest(REPO, child, [])
             children.append(child.digest)
-        index = _manifest(OCI_INDEX, '{"index":0}', [], children)
+        index = new_manifest(b'{"index":0}', OCI_INDEX, children=children)
         await store.put_manifest(REPO, index, [f"v{n:06d}" for n in range(TAGS)])
     finally:
         await store.aclose()
