@@ -168,6 +168,11 @@ def status(
         "volumeBytes": None,
         "freePercent": None,
         "maintenance": None,
+        "version": None,
+        "serverUptimeSeconds": None,
+        "storageDriver": None,
+        "database": None,
+        "collectionRunning": None,
     }
     if url is not None:
         host = url.split("://", 1)[-1]
@@ -175,7 +180,13 @@ def status(
             info["repositories"] = len(run_client(ctx, lambda client: client.catalog(host)))
         # The admin API may refuse (no admin right) or be absent (not regd): then unknown.
         with contextlib.suppress(ClientError):
-            volume = run_client(ctx, lambda c: admin_client(ctx, c, host).usage()).get("volume")
+            server = run_client(ctx, lambda c: admin_client(ctx, c, host).status())
+            info["version"] = server.get("version")
+            info["serverUptimeSeconds"] = server.get("uptime_seconds")
+            info["storageDriver"] = server.get("storage", {}).get("driver")
+            info["database"] = server.get("database")
+            info["collectionRunning"] = server.get("collection", {}).get("running")
+            volume = server.get("storage", {}).get("volume")
             if volume:
                 free, size = int(volume["free_bytes"]), int(volume["size_bytes"])
                 info["freeBytes"], info["volumeBytes"] = free, size
@@ -200,6 +211,8 @@ def status(
                 console.print(f"[bold]{'free space:':<14}[/]{_free_space(info)}")
             if info["maintenance"] is not None:
                 console.print(f"[bold]{'maintenance:':<14}[/]{_maintenance(info)}")
+            for key, value in _server_rows(info):
+                console.print(f"[bold]{key + ':':<14}[/]{value}")
         else:
             uptime = info["uptimeSeconds"]
             rows = [
@@ -220,6 +233,7 @@ def status(
                 ("free space", _free_space(info)),
                 ("maintenance", _maintenance(info)),
                 ("data dir", str(daemon.data_dir)),
+                *_server_rows(info),
             ]
             for key, value in rows:
                 console.print(f"[bold]{key + ':':<14}[/]{value}")
@@ -249,6 +263,21 @@ def _maintenance(info: dict[str, object]) -> str:
         return "-"
     text = escape(describe(state))
     return f"[bold yellow]{text} (writes refused)[/]" if state.get("enabled") else text
+
+
+def _server_rows(info: dict[str, object]) -> list[tuple[str, str]]:
+    """What regd says of itself (its admin status), when it said anything."""
+    if info["version"] is None:
+        return []
+    uptime = info["serverUptimeSeconds"]
+    running = info["collectionRunning"]
+    return [
+        ("version", str(info["version"])),
+        ("serving for", _duration(float(uptime) if isinstance(uptime, int | float) else None)),
+        ("storage", str(info["storageDriver"] or "-")),
+        ("database", str(info["database"] or "-")),
+        ("collection", "[bold yellow]running[/]" if running else "idle"),
+    ]
 
 
 def _duration(seconds: float | None) -> str:

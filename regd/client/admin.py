@@ -105,6 +105,12 @@ class AdminClient:
         )
         return result
 
+    async def status(self) -> dict[str, Any]:
+        """Version, uptime, storage driver and free space, database kind, and whether a
+        garbage collection runs: cheap, unlike usage."""
+        result: dict[str, Any] = await self._json("GET", "/status")
+        return result
+
     async def delete_repository(self, repository: str, *, dry_run: bool) -> dict[str, Any]:
         params = {"dry_run": "1"} if dry_run else None
         result: dict[str, Any] = await self._json(

@@ -57,9 +57,17 @@ class _ManifestStatements:
                     manifests.c.digest == bindparam("digest"),
                 )
             )
+            # From the tags' side: the repository's id and the tag's name are the tags'
+            # key, so the lookup reads one tag row, then its manifest by id. Joined from the
+            # manifests' side, a planner may walk every tag of each manifest instead (with
+            # 100,000 tags on a few hundred manifests, most of them).
             self.get[True, with_payload] = (
                 select(*cols, tags.c.updated_at)
-                .select_from(in_repo.join(tags, tags.c.manifest_id == manifests.c.id))
+                .select_from(
+                    repos.join(tags, tags.c.repository_id == repos.c.id).join(
+                        manifests, manifests.c.id == tags.c.manifest_id
+                    )
+                )
                 .where(repos.c.name == bindparam("repository"), tags.c.name == bindparam("tag"))
             )
 

@@ -15,6 +15,7 @@ One sweep at a time per database: the `gc` lease.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections import defaultdict
@@ -25,7 +26,7 @@ from typing import Any
 import trio
 
 from regd.clock import SYSTEM_CLOCK, Clock
-from regd.errors import Conflict
+from regd.errors import Conflict, TooManyRequests
 from regd.metadata import MetadataStore
 from regd.metadata import collection as rows
 from regd.metadata.collection import RepositoryGraph, Snapshot
@@ -37,10 +38,17 @@ from regd.registry.tasks import task_group
 from regd.storage import PathNotFound, StorageDriver, layout
 
 GC_LEASE_SECONDS = 600.0
+# A usage report holds a snapshot of every row and a core for seconds on a large registry:
+# one at a time per process, and a caller waits this long for its turn.
+USAGE_TURN_WAIT = 60.0
 
 
 class SweepInProgress(Conflict):
     """Another process holds the `gc` lease."""
+
+
+class UsageBusy(TooManyRequests):
+    """Another usage report is being computed and did not finish in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,11 @@ class Lifecycle:
         self._clock = clock
         # Cached blobs are referenced by the mirrors' own rows, which eviction removes.
         self._mirrors = mirrors
+        self._usage_turn = trio.Lock()
+        # The computation is pure Python over the snapshot: in a worker thread the event
+        # loop keeps answering other requests while it runs (it gets the GIL back at each
+        # switch interval).
+        self._usage_thread = trio.CapacityLimiter(1)
 
     async def collect(self, policy: Policy, *, dry_run: bool) -> Plan:
         """Plan (and unless `dry_run`, carry out) one garbage collection."""
@@ -359,14 +372,34 @@ class Lifecycle:
     ) -> dict[str, Any]:
         """`per_tag=False` leaves out each tag's figures (every repository's `tags` is
         empty): they are most of the work when a repository has many tags."""
+        try:
+            with trio.fail_after(USAGE_TURN_WAIT):
+                await self._usage_turn.acquire()
+        except trio.TooSlowError:
+            raise UsageBusy(
+                f"another usage report has been computing for over {USAGE_TURN_WAIT:.0f} s;"
+                " try again later"
+            ) from None
+        try:
+            return await self._usage(repository, grace_seconds, per_tag)
+        finally:
+            self._usage_turn.release()
+
+    async def _usage(
+        self, repository: str | None, grace_seconds: float, per_tag: bool
+    ) -> dict[str, Any]:
         snap = await rows.snapshot(self._metadata)
         cached = await self._mirrors.kept_blobs() if self._mirrors is not None else set()
-        usage = compute_usage(
-            snap,
-            repository,
-            linked_before=self._clock.now() - grace_seconds,
-            kept=cached,
-            per_tag=per_tag,
+        usage = await trio.to_thread.run_sync(
+            functools.partial(
+                compute_usage,
+                snap,
+                repository,
+                linked_before=self._clock.now() - grace_seconds,
+                per_tag=per_tag,
+                kept=cached,
+            ),
+            limiter=self._usage_thread,
         )
         # Pull-through cache apart from what was pushed: eviction only ever takes the former.
         cached_bytes = sum(snap.blobs[d][0] for d in cached if d in snap.blobs)
@@ -375,12 +408,21 @@ class Lifecycle:
         usage["mirrors"] = await self._mirrors.usage() if self._mirrors is not None else []
         usage["grace_seconds"] = grace_seconds
         usage["held_bytes"] = usage["unreferenced_bytes"] - usage["reclaimable_bytes"]
-        # The room left where the blobs live, so a filling disk is seen before pushes fail.
-        space = await self._storage.free_space()
-        usage["volume"] = (
-            None if space is None else {"free_bytes": space.free, "size_bytes": space.total}
-        )
+        usage["volume"] = await self._volume()
         return usage
+
+    async def _volume(self) -> dict[str, int] | None:
+        """The room left where the blobs live, so a filling disk is seen before pushes
+        fail; None when the driver cannot tell."""
+        space = await self._storage.free_space()
+        return None if space is None else {"free_bytes": space.free, "size_bytes": space.total}
+
+    async def status(self) -> dict[str, Any]:
+        """Where the data lives and the room left: no row is read, unlike usage."""
+        return {
+            "storage": {"driver": self._storage.name, "volume": await self._volume()},
+            "database": self._metadata.dialect,
+        }
 
 
 def _closure(graph: RepositoryGraph, roots: Iterable[int]) -> set[int]:

@@ -1,4 +1,4 @@
-"""The admin API: gc, usage, repository deletion, retention, and who may call it."""
+"""The admin API: gc, usage, status, repository deletion, retention, and who may call it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
+from regd import __version__
 from regd.app import create_app
 from regd.config import Config
 from regd.registry import Registry
@@ -91,6 +94,37 @@ async def test_usage(client: httpx.AsyncClient) -> None:
     assert [repo["name"] for repo in body["repositories"]] == ["app"]
     assert body["repositories"][0]["tags"][0]["tag"] == "v1"
     assert (await client.get("/admin/v1/usage?repository=none")).json()["repositories"] == []
+
+
+async def test_usage_waits_its_turn_then_answers_429(
+    client: httpx.AsyncClient, registry: Registry, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One report at a time: a second caller waits for the first, but not forever.
+    async with registry.lifecycle._usage_turn:
+        r = await client.get("/admin/v1/usage")
+    assert r.status_code == 429
+    assert error_code(r) == "TOOMANYREQUESTS"
+    assert "another usage report" in r.json()["errors"][0]["message"]
+    assert (await client.get("/admin/v1/usage")).status_code == 200
+
+
+async def test_status(client: httpx.AsyncClient, registry: Registry) -> None:
+    await push_image(client, "app", "v1")
+    r = await client.get("/admin/v1/status")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["version"] == __version__
+    assert body["uptime_seconds"] >= 0
+    assert body["storage"]["driver"] == "filesystem"
+    volume = body["storage"]["volume"]
+    assert 0 < volume["free_bytes"] <= volume["size_bytes"]
+    assert body["database"] == registry.metadata.dialect
+    assert body["collection"] == {"running": False, "lease_until": None}
+    # A sweep holds the `gc` lease while it runs, whichever replica runs it.
+    await registry.metadata.acquire_lock("gc", "other", 60)
+    collection = (await client.get("/admin/v1/status")).json()["collection"]
+    assert collection["running"] is True
+    assert collection["lease_until"] > 0
 
 
 async def test_delete_repository(client: httpx.AsyncClient) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from regd.clock import SYSTEM_CLOCK, Clock
-from regd.metadata import MetadataStore, sqlite_url
+from regd.metadata import MetadataStore, NewManifest, sqlite_url
 
 
 @contextlib.asynccontextmanager
@@ -25,6 +25,27 @@ async def metadata_store(
         yield store
     finally:
         await store.aclose()
+
+
+def new_manifest(
+    payload: bytes,
+    media_type: str = "application/vnd.oci.image.manifest.v1+json",
+    blobs: Sequence[str] = (),
+    children: Sequence[str] = (),
+) -> NewManifest:
+    """A manifest's rows as the registry layer would hand them to the store: for seeding a
+    store straight through the metadata layer (many rows fast, no blob bytes)."""
+    return NewManifest(
+        digest="sha256:" + hashlib.sha256(payload).hexdigest(),
+        media_type=media_type,
+        size=len(payload),
+        payload=payload,
+        artifact_type=None,
+        subject=None,
+        annotations={},
+        blobs=blobs,
+        children=children,
+    )
 
 
 def blob_files(root: Path) -> list[Path]:

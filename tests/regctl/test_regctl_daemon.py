@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from regd import __version__
 from regd.client import RegistryClient
 from tests.helpers.servers import RegdServer, ServerProcess, free_port
 from tests.regctl import support as content
@@ -181,6 +182,19 @@ def test_host_less_commands_find_a_daemon_started_with_data_dir(
     assert stopped.out.strip() == f"regd (pid {pid}) stopped", stopped
 
 
+def test_status_reads_regds_status_not_its_usage(
+    regd_factory: Callable[..., RegdServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Usage reads every row of the metadata: too heavy for a command run to take a look.
+    server = regd_factory(log_level="info", env={"REGD_ACCESS_LOG": "1"})
+    monkeypatch.setenv("REGCTL_REGISTRY", server.host)
+    for args in (("status",), ("status", "--json")):
+        assert regctl(*args).code == 0
+    log = server.output()
+    assert log.count("/admin/v1/status") == 2, log
+    assert "/admin/v1/usage" not in log, log
+
+
 def test_status_reports_a_regd_it_did_not_start(
     regd_factory: Callable[..., RegdServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,6 +208,13 @@ def test_status_reports_a_regd_it_did_not_start(
     assert info["startedByRegctl"] is False
     assert info["pid"] is None
     assert info["repositories"] == 0
+    assert info["version"] == __version__
+    assert info["storageDriver"] == "filesystem"
+    assert info["database"] == "sqlite"
+    assert info["collectionRunning"] is False
+    assert info["serverUptimeSeconds"] >= 0
+    for line in ("version:", "storage:", "database:", "collection:"):
+        assert line in human.out, human.out
     # An address where nothing answers is still "not running".
     monkeypatch.setenv("REGCTL_REGISTRY", f"127.0.0.1:{free_port()}")
     assert regctl("status").code == 1
