@@ -303,10 +303,13 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
     this process waits for every one of them."""
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
+    # The handler only notes the signal: setting the shared event takes its lock, which
+    # this very thread may hold inside `stop.is_set()` when the signal lands (a deadlock
+    # that left the supervisor hung on SIGTERM). The loop below passes the signal on.
+    signalled: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
-        log.info("signal=%s stopping workers gracefully", signal.Signals(signum).name)
-        stop.set()
+        signalled.append(signum)
 
     def on_hangup(signum: int, frame: object) -> None:
         # Each worker reloads its own certificates in place (regd/tls.py).
@@ -333,13 +336,18 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
     if reloads:
         signal.signal(signal.SIGHUP, on_hangup)
     code = 0
-    while not stop.is_set():
+    stopping = False
+    while not stopping:
         finished = multiprocessing.connection.wait([w.sentinel for w in workers], timeout=0.5)
-        if finished and not stop.is_set():
+        if signalled:
+            log.info("signal=%s stopping workers gracefully", signal.Signals(signalled[0]).name)
+            stopping = True
+        elif finished:
             exited = [w for w in workers if w.exitcode is not None]
             code = next((w.exitcode for w in exited if w.exitcode), 0) or 1
             log.error("a worker exited (status %s); stopping the others", exited[0].exitcode)
-            stop.set()
+            stopping = True
+    stop.set()
     deadline = time.monotonic() + config.graceful_timeout + 10
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
