@@ -32,6 +32,7 @@ from regd.connections import (
     connection_cap,
     install,
     raise_open_file_limit,
+    worker_share,
 )
 from regd.errors import BackendError, StartupError
 from regd.metadata import MetadataStore
@@ -166,12 +167,16 @@ def _listening(sockets: Sockets) -> list[socket.socket]:
 
 
 def limits_for(config: cfg.Config) -> Limits:
+    """This worker's limits: the connection caps are the whole server's, so each of the
+    workers takes its share."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return Limits(
-        max_connections=connection_cap(config.max_connections, soft),
-        max_connections_per_client=config.max_connections_per_client,
+        max_connections=connection_cap(worker_share(config.max_connections, config.workers), soft),
+        max_connections_per_client=worker_share(config.max_connections_per_client, config.workers),
         header_timeout=config.header_timeout,
         body_timeout=config.body_timeout,
+        send_timeout=config.send_timeout,
+        min_body_rate=config.min_body_rate,
     )
 
 
@@ -292,7 +297,8 @@ def serve(config: cfg.Config) -> None:
         "postgresql" if config.database_url.startswith("postgres") else "sqlite",
         config.workers,
         open_files,
-        connection_cap(config.max_connections, open_files),
+        config.workers
+        * connection_cap(worker_share(config.max_connections, config.workers), open_files),
     )
     try:
         if config.workers == 1:

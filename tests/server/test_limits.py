@@ -248,3 +248,55 @@ def test_memory_is_released_when_a_burst_of_connections_is_over() -> None:
     for _ in range(400):
         limits.release("a")
     assert released == [100, 25]
+
+
+def test_a_client_that_stops_reading_an_answer_is_dropped(regd_factory: RegdFactory) -> None:
+    server = regd_factory(log_level="info", env={"REGD_SEND_TIMEOUT": "1s"})
+    assert server.process is not None
+    pid = server.process.pid
+    # More than the kernel buffers on both ends can hold, so the server's writes stall.
+    blob = hashlib.sha256(b"stall").digest() * (16 * 1024 * 1024 // 32)
+    idle = open_sockets(pid)
+    with ApiClient(server.url) as good:
+        digest = good.push_blob("stall/app", blob)
+    wait_until(lambda: open_sockets(pid) <= idle, 30, "the push's connection closing")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A small receive window: the client takes almost nothing and then nothing at all.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_until(lambda: open_sockets(pid) > idle, 30, "the server accepting the reader")
+        wait_until(lambda: open_sockets(pid) <= idle, 60, "the server dropping the stalled reader")
+    assert "stopped reading the answer" in server.output()
+    good_client_round(server.url, 0)
+
+
+def test_a_body_slower_than_the_minimum_rate_is_answered_408(regd_factory: RegdFactory) -> None:
+    server = regd_factory(env={"REGD_MIN_BODY_RATE": "1000"}, extra_args=["--body-timeout", "3s"])
+    with ApiClient(server.url) as good:
+        location = httpx.URL(good.start_upload("trickle/app")).raw_path.decode()
+    reply = b""
+    with connect("127.0.0.1", server.port, "127.0.0.2", timeout=0.5) as sock:
+        sock.sendall(
+            f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".encode()
+        )
+        # One byte whenever half a second passes without an answer: never a pause as long
+        # as body_timeout, but far below 1000 bytes/s.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                with contextlib.suppress(OSError):
+                    sock.send(b"x")
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+    assert reply, "the trickling body was never answered"
+    assert status(reply) == 408, reply
+    assert b"minimum rate" in reply, reply
+    good_client_round(server.url, 0)
