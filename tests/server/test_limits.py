@@ -13,6 +13,7 @@ import resource
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -27,6 +28,7 @@ from tests.server.slow_clients import (
     open_sockets,
     raise_own_open_file_limit,
     rss_kib,
+    upload_sessions,
     wait_until,
 )
 from tests.server.test_tls import Pki, pki, tls_env
@@ -74,23 +76,31 @@ def test_slow_clients_leave_room_and_memory(regd_factory: RegdFactory) -> None:
     pid = server.process.pid
     assert f"open_files={hard}" in server.output()
 
-    good_client_round(server.url, 0)
     cold = rss_kib(pid)
-    # A first wave sets the allocator's high-water mark: Python keeps the arenas a burst
-    # of connections fragmented (malloc_trim cannot return them). What matters is that
-    # the next waves cost nothing more once they leave.
-    warm_held, warm_peak = slow_wave(server.url, pid, 0)
+    warm_up(server.url, SLOW_BODIES)
     baseline = settled_rss(pid)
     held, peak = slow_wave(server.url, pid, 1)
     final = settled_rss(pid)
-    per_client_kib = (max(peak, warm_peak) - cold) / (SLOW_BODIES + SLOW_HEADS)
+    per_client_kib = (peak - baseline) / (SLOW_BODIES + SLOW_HEADS)
     print(
-        f"\nslow clients: held={warm_held},{held} rss_kib cold={cold} first_peak={warm_peak} "
-        f"baseline={baseline} peak={peak} final={final} per_client_kib={per_client_kib:.1f}"
+        f"\nslow clients: held={held} rss_kib cold={cold} baseline={baseline} peak={peak} "
+        f"final={final} per_client_kib={per_client_kib:.1f}"
     )
+    # The issue's criterion: memory returns to within a fifth of its level before.
     assert final <= baseline * 1.2
     # Each slow client pinned a 1 MiB read buffer before reads started at 64 KiB.
     assert per_client_kib < 64
+
+
+def warm_up(url: str, sessions: int) -> None:
+    """What a server that has been serving for a while has done: pushes and pulls by
+    several clients at once (its thread and connection pools at their working size), and
+    as many upload sessions as the slow clients will use, so the database, and SQLite's
+    page caches over it, are already as large as they will be. The memory measured after
+    this is the baseline; the slow clients must leave nothing beyond it."""
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: good_client_round(url, 1000 + n), range(48)))
+    upload_sessions(url, "warm/clients", sessions)
 
 
 def slow_wave(url: str, pid: int, n: int) -> tuple[int, int]:
