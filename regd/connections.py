@@ -67,6 +67,10 @@ SEND_PIECE = 64 * 1024
 # buffers they freed are handed back to the operating system (glibc keeps freed memory in
 # its arenas otherwise).
 TRIM_AFTER_PEAK = 64
+# Worker threads started for a burst exit after trio's thread cache keeps them idle 10 s,
+# and free what they held only then: one more release once they are gone brought regd
+# from 1.17 to 1.09 times its memory before 2,000 slow clients.
+LATE_TRIM_DELAY = 15.0
 
 
 def raise_open_file_limit() -> int:
@@ -138,6 +142,8 @@ class Limits:
     by_address: dict[str, int] = field(default_factory=dict)
     peak: int = 0
     trim: Callable[[], None] = field(default_factory=_release_free_memory)
+    burst_over: trio.Event = field(default_factory=trio.Event)
+    last_burst: int = 0
 
     def admit(self, address: str) -> int | None:
         """Count a new connection in, or return the status refusing it."""
@@ -159,8 +165,24 @@ class Limits:
         else:
             del self.by_address[address]
         if self.peak >= TRIM_AFTER_PEAK and self.open <= self.peak // 4:
+            if not self.burst_over.is_set():
+                self.last_burst = self.peak
             self.peak = self.open
             self.trim()
+            self.burst_over.set()
+
+    async def release_after_bursts(self) -> None:
+        """Release memory once more after each burst, when its worker threads are gone."""
+        while True:
+            await self.burst_over.wait()
+            await trio.sleep(LATE_TRIM_DELAY)
+            self.burst_over = trio.Event()
+            self.trim()
+            log.info(
+                "connections=%d after a burst of %d: freed memory returned to the system",
+                self.open,
+                self.last_burst,
+            )
 
 
 _REASONS = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}

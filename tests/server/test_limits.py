@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
-from regd.connections import TRIM_AFTER_PEAK, Limits
+from regd.connections import LATE_TRIM_DELAY, TRIM_AFTER_PEAK, Limits
 from tests.conftest import RegdFactory
 from tests.helpers.http_api import ApiClient
 from tests.server.slow_clients import (
@@ -38,6 +40,8 @@ __all__ = ["pki"]  # the fixture, shared with the TLS tests
 pytestmark = pytest.mark.e2e
 
 SLOW_BODIES = 1500
+# What regd logs once it has handed back the memory a burst of connections freed.
+BURST_RELEASED = "freed memory returned to the system"
 SLOW_HEADS = 500
 
 
@@ -80,6 +84,7 @@ def test_slow_clients_leave_room_and_memory(regd_factory: RegdFactory) -> None:
     warm_up(server.url, SLOW_BODIES)
     baseline = settled_rss(pid)
     held, peak = slow_wave(server.url, pid, 1)
+    wait_until(lambda: BURST_RELEASED in server.output(), 60, "the release after the burst")
     final = settled_rss(pid)
     per_client_kib = (peak - baseline) / (SLOW_BODIES + SLOW_HEADS)
     print(
@@ -310,3 +315,32 @@ def test_a_body_slower_than_the_minimum_rate_is_answered_408(regd_factory: RegdF
     assert status(reply) == 408, reply
     assert b"minimum rate" in reply, reply
     good_client_round(server.url, 0)
+
+
+def test_memory_is_released_again_once_the_burst_threads_are_gone() -> None:
+    released: list[int] = []
+    limits = Limits(
+        max_connections=1000,
+        max_connections_per_client=0,
+        header_timeout=10,
+        body_timeout=10,
+        trim=lambda: released.append(limits.open),
+    )
+
+    async def burst() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(limits.release_after_bursts)
+            for _ in range(400):
+                limits.admit("a")
+            for _ in range(400):
+                limits.release("a")
+            assert released == [100, 25]
+            await trio.sleep(LATE_TRIM_DELAY - 1)
+            assert released == [100, 25]
+            await trio.sleep(2)
+            assert released == [100, 25, 0]
+            await trio.sleep(10 * LATE_TRIM_DELAY)
+            assert released == [100, 25, 0]  # once per burst
+            nursery.cancel_scope.cancel()
+
+    trio.run(burst, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -27,7 +27,7 @@ from tests.server.slow_clients import (
     upload_sessions,
     wait_until,
 )
-from tests.server.test_limits import settled_rss
+from tests.server.test_limits import BURST_RELEASED, settled_rss
 
 pytestmark = pytest.mark.e2e
 
@@ -176,7 +176,9 @@ async def trickle(slow: SlowClients, stop: trio.Event) -> None:
 
 async def test_soak(regd_factory: RegdFactory) -> None:
     raise_own_open_file_limit(4 * (SLOW_BODIES + SLOW_HEADS) + 1024)
-    server = regd_factory(extra_args=["--header-timeout", "1h", "--body-timeout", "1h"])
+    server = regd_factory(
+        log_level="info", extra_args=["--header-timeout", "1h", "--body-timeout", "1h"]
+    )
     assert server.process is not None
     pid = server.process.pid
     cold = rss_kib(pid)
@@ -192,6 +194,7 @@ async def test_soak(regd_factory: RegdFactory) -> None:
     figures = Figures()
     peak, still_slow = await soak_round(server.url, pid, figures, "soak/slow", SECONDS)
     wait_until(lambda: open_sockets(pid) < 20, 60, "the slow connections closing")
+    wait_until(lambda: BURST_RELEASED in server.output(), 60, "the release after the burst")
     final = settled_rss(pid)
     print(
         f"\nsoak {SECONDS:.0f}s: requests={figures.requests} pushes={figures.pushes} "
