@@ -300,12 +300,17 @@ def use_system_allocator() -> None:
     os.environ["PYTHONMALLOC"] = "malloc"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    try:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    except OSError:
+        # Some sandboxes refuse a second exec; serving on matters more, and the serving
+        # line names the allocator in use.
+        del os.environ["PYTHONMALLOC"]
 
 
 def serve(config: cfg.Config) -> None:
-    use_system_allocator()
     setup_logging(config.log_level)
+    use_system_allocator()
     open_files = raise_open_file_limit()
     tls.check(config)
     prepare(config)
@@ -314,7 +319,8 @@ def serve(config: cfg.Config) -> None:
     hc = hypercorn_config(config)
     sockets = bind(config, hc)
     log.info(
-        "serving addr=%s data_dir=%s database=%s workers=%d open_files=%d max_connections=%d",
+        "serving addr=%s data_dir=%s database=%s workers=%d open_files=%d max_connections=%d "
+        "allocator=%s",
         config.addr,
         config.data_dir,
         "postgresql" if config.database_url.startswith("postgres") else "sqlite",
@@ -322,6 +328,7 @@ def serve(config: cfg.Config) -> None:
         open_files,
         config.workers
         * connection_cap(worker_share(config.max_connections, config.workers), open_files),
+        os.environ.get("PYTHONMALLOC", "pymalloc"),
     )
     try:
         if config.workers == 1:
