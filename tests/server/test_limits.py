@@ -243,7 +243,8 @@ def tls_answer(conn: ssl.SSLSocket) -> bytes:
     return data
 
 
-def test_memory_is_released_when_a_burst_of_connections_is_over() -> None:
+def recording_limits() -> tuple[Limits, list[int]]:
+    """Limits whose memory releases are recorded (the connections open at each)."""
     released: list[int] = []
     limits = Limits(
         max_connections=1000,
@@ -252,6 +253,11 @@ def test_memory_is_released_when_a_burst_of_connections_is_over() -> None:
         body_timeout=10,
         trim=lambda: released.append(limits.open),
     )
+    return limits, released
+
+
+def test_memory_is_released_when_a_burst_of_connections_is_over() -> None:
+    limits, released = recording_limits()
     for _ in range(TRIM_AFTER_PEAK - 1):
         limits.admit("a")
     for _ in range(TRIM_AFTER_PEAK - 1):
@@ -326,14 +332,7 @@ def test_a_body_slower_than_the_minimum_rate_is_answered_408(regd_factory: RegdF
 
 
 def test_memory_is_released_again_once_the_burst_threads_are_gone() -> None:
-    released: list[int] = []
-    limits = Limits(
-        max_connections=1000,
-        max_connections_per_client=0,
-        header_timeout=10,
-        body_timeout=10,
-        trim=lambda: released.append(limits.open),
-    )
+    limits, released = recording_limits()
 
     async def burst() -> None:
         async with trio.open_nursery() as nursery:
