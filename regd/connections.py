@@ -69,8 +69,9 @@ SEND_PIECE = 64 * 1024
 TRIM_AFTER_PEAK = 64
 # Worker threads started for a burst exit after trio's thread cache keeps them idle 10 s,
 # and free what they held only then: one more release once they are gone brought regd
-# from 1.17 to 1.09 times its memory before 2,000 slow clients.
-LATE_TRIM_DELAY = 15.0
+# from 1.17 to 1.09 times its memory before 2,000 slow clients. Counted from the burst's
+# first release, while its last connections may still be closing, hence the margin.
+LATE_TRIM_DELAY = 20.0
 
 
 def raise_open_file_limit() -> int:
