@@ -599,6 +599,8 @@ class Config:
     max_connections_per_client: int = 512
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    min_body_rate: int = 1024
+    send_timeout: float = 60.0
     keep_alive_timeout: float = 30.0
     max_header_size: int = 16 * 1024
     tls_cert: Path | None = None
@@ -725,6 +727,7 @@ _FLOATS = frozenset(
         "retention_interval",
         "header_timeout",
         "body_timeout",
+        "send_timeout",
         "keep_alive_timeout",
         "auth_token_ttl",
         "event_poll_interval",
@@ -741,6 +744,7 @@ _INTS = frozenset(
         "max_connections",
         "max_connections_per_client",
         "max_header_size",
+        "min_body_rate",
         "event_batch",
         "s3_chunk_size",
         "s3_copy_threshold",
@@ -914,9 +918,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must be at least 1")
     if config.max_connections_per_client < 0:
         raise ConfigError("max_connections_per_client must not be negative (0: no cap)")
+    if config.min_body_rate < 0:
+        raise ConfigError("min_body_rate must not be negative (0: no minimum)")
     for name in (
         "header_timeout",
         "body_timeout",
+        "send_timeout",
         "keep_alive_timeout",
         "database_write_timeout",
         "ready_timeout",

@@ -75,6 +75,19 @@ def connect(host: str, port: int, source: str, timeout: float = 30.0) -> socket.
 REPOSITORIES = 16
 
 
+def upload_sessions(base_url: str, repo: str, count: int) -> list[str]:
+    """Open `count` upload sessions; returns their locations."""
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        locations = []
+        for i in range(count):
+            # Spread over repositories: one may hold max_uploads_per_repository open
+            # sessions, and every wave's sessions stay open.
+            r = http.post(f"/v2/{repo}-{i % REPOSITORIES}/blobs/uploads/")
+            assert r.status_code == 202, r.text
+            locations.append(r.headers["Location"])
+    return locations
+
+
 class SlowClients:
     """`bodies` PATCHes whose bodies trickle in and `heads` requests whose heads do."""
 
@@ -86,14 +99,7 @@ class SlowClients:
         self.sockets: list[socket.socket] = []
 
     def open(self, bodies: int, heads: int) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=60) as http:
-            locations = []
-            for i in range(bodies):
-                # Spread over repositories: one may hold max_uploads_per_repository open
-                # sessions, and every wave's sessions stay open.
-                r = http.post(f"/v2/{self.repo}-{i % REPOSITORIES}/blobs/uploads/")
-                assert r.status_code == 202, r.text
-                locations.append(r.headers["Location"])
+        locations = upload_sessions(self.base_url, self.repo, bodies)
         for i in range(bodies + heads):
             sock = connect(self.host, self.port, SOURCES[i % len(SOURCES)])
             if i < bodies:
