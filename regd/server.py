@@ -13,7 +13,7 @@ import socket
 import sys
 import tempfile
 import time
-from multiprocessing.synchronize import Event as EventType
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import trio
@@ -255,7 +255,7 @@ def limits_for(config: cfg.Config) -> Limits:
 
 
 async def _serve_worker(
-    config: cfg.Config, sockets: Sockets, parent_stop: EventType | None = None
+    config: cfg.Config, sockets: Sockets, parent_stop: Connection | None = None
 ) -> None:
     """Serve on already bound sockets until SIGTERM or SIGINT (or the parent says stop),
     letting requests in flight finish within graceful_timeout."""
@@ -274,9 +274,10 @@ async def _serve_worker(
                 stop.set()
                 return
 
-    async def watch_parent(event: EventType) -> None:
-        # A thread blocks on the shared event; abandoning it on cancel costs nothing.
-        await trio.to_thread.run_sync(event.wait, abandon_on_cancel=True)
+    async def watch_parent(conn: Connection) -> None:
+        # The parent never writes: the pipe turns readable when it closes its end, to stop
+        # us, or when it dies. A thread blocks on it; abandoning it on cancel costs nothing.
+        await trio.to_thread.run_sync(conn.poll, None, abandon_on_cancel=True)
         app.draining.set()
         stop.set()
 
@@ -297,7 +298,7 @@ async def _serve_worker(
         await registry.aclose()
 
 
-def _worker_process(config: cfg.Config, sockets: Sockets, stop: EventType) -> None:
+def _worker_process(config: cfg.Config, sockets: Sockets, stop: Connection) -> None:
     setup_logging(config.log_level, config.log_format)
     trio.run(_serve_worker, config, sockets, stop)
 
@@ -309,10 +310,11 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
     worker finishes its requests in flight (up to graceful_timeout) before it exits, and
     this process waits for every one of them."""
     ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    # The handler only notes the signal: setting the shared event takes its lock, which
-    # this very thread may hold inside `stop.is_set()` when the signal lands (a deadlock
-    # that left the supervisor hung on SIGTERM). The loop below passes the signal on.
+    # Workers stop when this process closes its end of a pipe. (A shared Event hung here:
+    # its set() waits for every waiter to acknowledge, and a worker that already exited
+    # never does; it can also deadlock when a signal lands inside is_set().) The signal
+    # handler only notes the signal; the loop below acts on it.
+    stop_reader, stop_writer = ctx.Pipe(duplex=False)
     signalled: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -333,11 +335,13 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
     if reloads:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers = [
-        ctx.Process(target=_worker_process, args=(config, sockets, stop))
+        ctx.Process(target=_worker_process, args=(config, sockets, stop_reader))
         for _ in range(config.workers)
     ]
     for worker in workers:
         worker.start()
+    # Each worker holds its own copy now; ours would keep the pipe open for nothing.
+    stop_reader.close()
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if reloads:
@@ -354,7 +358,7 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
             code = next((w.exitcode for w in exited if w.exitcode), 0) or 1
             log.error("a worker exited (status %s); stopping the others", exited[0].exitcode)
             stopping = True
-    stop.set()
+    stop_writer.close()
     deadline = time.monotonic() + config.graceful_timeout + 10
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
