@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from regd.api.auth import Viewer
 from regd.api.errors import answer_for
 from regd.api.http import exchange
+from regd.api.origin import quart_origin
 from regd.auth import ANONYMOUS, Authenticator, Identity
 from regd.auth.errors import AuthError, Throttled
 from regd.auth.scopes import ADMIN, DELETE, PULL
@@ -245,6 +246,8 @@ async def _page(template: str, title: str, status: int = 200, **context: Any) ->
         caller=caller,
         # No signer only when reading its key failed: that error's page has no form.
         csrf="" if _state().signer is None else _signer().csrf_token(_session()),
+        # Read through a short cache (regd.registry.maintenance): costs nothing per page.
+        maintenance=await _registry().maintenance.state(),
         here=request.full_path.rstrip("?"),
         **context,
     )
@@ -451,7 +454,11 @@ async def delete_tag() -> Response:
         raise NameUnknown(f"repository {name} is not known", {"name": name})
     if not caller.may(DELETE, name):
         return await _refuse(403, f"{caller.identity.actor} may not delete tags of {name}")
-    await _registry().manifests.delete(name, tag)
+    registry = _registry()
+    # The API's writes meet this check at the front door (regd.app); the UI's here.
+    await registry.maintenance.check_writable()
+    origin = replace(quart_origin(), actor=caller.identity.name or "")
+    await registry.manifests.delete(name, tag, origin=origin)
     state = _state()
     if state.auth is not None:
         await Viewer(caller.identity, state.auth, exchange().remote).audit("delete-tag", name, tag)

@@ -119,6 +119,36 @@ def test_anonymous_delete_follows_the_api_and_needs_the_token(
     tagged.remove(victim)
 
 
+def test_maintenance_mode_shows_on_every_page_and_refuses_deletion(
+    server: RegdServer, tagged: list[str]
+) -> None:
+    victim = tagged[-1]
+    client = UiClient(server.url)
+    try:
+        switch = client.http.put(
+            "/admin/v1/maintenance", json={"enabled": True, "message": "moving <disks>"}
+        )
+        assert switch.status_code == 200, switch.text
+        page = client.page(f"/ui/repository?name={REPO}&order=name")
+        assert "maintenance mode" in page
+        # The operator's message is escaped like everything else on the page.
+        assert "moving &lt;disks&gt;" in page
+        form = {"repository": REPO, "tag": victim, "csrf": csrf_of(page)}
+        answer = client.http.post("/ui/delete", data=form)
+        assert answer.status_code == 405
+        assert "maintenance mode" in answer.text
+        with ApiClient(server.url) as api:
+            assert victim in api.tags(REPO)
+    finally:
+        client.http.put("/admin/v1/maintenance", json={"enabled": False})
+        client.close()
+    after = UiClient(server.url)
+    try:
+        assert "maintenance mode" not in after.page("/ui/")
+    finally:
+        after.close()
+
+
 def test_bad_input_gets_an_error_page_not_a_500(server: RegdServer, tagged: list[str]) -> None:
     client = UiClient(server.url)
     try:
