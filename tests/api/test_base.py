@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 import httpx
 import pytest
@@ -36,8 +35,8 @@ async def test_wrong_method_is_a_json_405(client: httpx.AsyncClient) -> None:
     ("method", "path"),
     [
         ("PUT", "/v2/repo/blobs/uploads/"),
-        ("HEAD", f"/v2/repo/blobs/uploads/{uuid.uuid4()}"),
-        ("POST", f"/v2/repo/blobs/uploads/{uuid.uuid4()}"),
+        ("HEAD", "/v2/repo/blobs/uploads/6d00d2f0-7f4a-40e7-80d7-939baa97185e"),
+        ("POST", "/v2/repo/blobs/uploads/d2fc3e09-48fa-4d88-806d-6ecbba4acbf2"),
         ("POST", "/v2/repo/manifests/latest"),
         ("PATCH", "/v2/repo/blobs/sha256:" + "0" * 64),
     ],
