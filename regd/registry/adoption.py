@@ -93,13 +93,15 @@ class Adoption:
         """Adopt the bucket (and prefix) regd itself stores in; another bucket is not
         reachable from here."""
         storage = self._storage
-        if not isinstance(storage, S3Driver) or storage.location != root.rstrip("/"):
-            own = storage.location if isinstance(storage, S3Driver) else "a directory"
+        # Seen through the metrics' timing wrapper, as for a directory above.
+        target = getattr(storage, "wrapped", storage)
+        if not isinstance(target, S3Driver) or target.location != root.rstrip("/"):
+            own = target.location if isinstance(target, S3Driver) else "a directory"
             raise ImportInvalid(
                 f"{root!r} is not this registry's storage ({own}): only the bucket and prefix "
                 "regd stores in can be adopted in place"
             )
-        report = ImportReport(storage.location, copied_bytes=False, dry_run=dry_run)
+        report = ImportReport(target.location, copied_bytes=False, dry_run=dry_run)
         for name in await self._find_repositories(storage):
             report.repositories.append(name)
             await self._import_repository(storage, name, report, in_place=True)
