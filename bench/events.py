@@ -90,15 +90,20 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
             "pulls": args.workload == "pulls",
         }
     ]
-    saved = os.environ.get("REGD_EVENT_ENDPOINTS")
-    os.environ["REGD_EVENT_ENDPOINTS"] = json.dumps(endpoint if events else [])
+    settings = {"REGD_EVENT_ENDPOINTS": json.dumps(endpoint if events else [])}
+    if args.with_metrics:
+        # "Everything a production setup turns on" against "all of it off".
+        settings["REGD_METRICS"] = "true" if events else "false"
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         server = start_regd(args.workers, args.database)
     finally:
-        if saved is None:
-            os.environ.pop("REGD_EVENT_ENDPOINTS")
-        else:
-            os.environ["REGD_EVENT_ENDPOINTS"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     try:
         if args.workload == "pulls":
             return pull_run(server, events, receiver, args.seconds)
@@ -134,6 +139,11 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--workload", choices=("push", "pulls"), default="push")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--with-metrics",
+        action="store_true",
+        help="turn /metrics off on the side without events (it is on by default)",
+    )
     args = parser.parse_args()
     receiver = Receiver()
     runs = []
