@@ -16,6 +16,7 @@ import html5lib
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -98,10 +99,17 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Callable[[WebDriver
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = PAGE_TIMEOUT) -> Any:
-    """Poll `check` until it answers something true (a page loading in the browser)."""
+    """Poll `check` until it answers something true (a page loading in the browser).
+
+    While a form's submission navigates, the old page's elements go stale and the new
+    page's are not there yet: both mean "not yet", not a failure.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
+        try:
+            result = check()
+        except (NoSuchElementException, StaleElementReferenceException):
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
