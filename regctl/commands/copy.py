@@ -16,7 +16,14 @@ from rich.progress import (
 
 from regctl import output
 from regctl.runtime import UsageProblem, parse_ref, run_client
-from regd.client import BlobOutcome, CopyReport, Platform, RegistryClient, copy_repository
+from regd.client import (
+    BlobOutcome,
+    CopyOptions,
+    CopyReport,
+    Platform,
+    RegistryClient,
+    copy_repository,
+)
 from regd.client import copy as copy_image
 from regd.client.layout import (
     LayoutReference,
@@ -228,29 +235,14 @@ def copy(
     )
     sink = _RichProgress(progress) if show_progress else None
 
+    options = CopyOptions(
+        platforms=platforms, keep_index=keep_index, referrers=referrers, jobs=jobs, progress=sink
+    )
+
     async def work(client: RegistryClient) -> list[CopyReport]:
         if all_tags:
-            return await copy_repository(
-                client,
-                src,
-                dst,
-                platforms=platforms,
-                keep_index=keep_index,
-                referrers=referrers,
-                jobs=jobs,
-                progress=sink,
-            )
-        report = await copy_image(
-            client,
-            src,
-            dst,
-            platforms=platforms,
-            keep_index=keep_index,
-            referrers=referrers,
-            jobs=jobs,
-            progress=sink,
-        )
-        return [report]
+            return await copy_repository(client, src, dst, options)
+        return [await copy_image(client, src, dst, options)]
 
     with progress:
         reports = run_client(ctx, work)

@@ -24,6 +24,7 @@ from regd.client.auth import Credentials, CredentialStore
 from regd.client.blobs import MONOLITHIC_LIMIT, BlobStream
 from regd.client.copy import (
     BlobOutcome,
+    CopyOptions,
     CopyProgress,
     CopyReport,
     Platform,
@@ -51,6 +52,7 @@ __all__ = [
     "BlobStream",
     "ClientError",
     "ConnectError",
+    "CopyOptions",
     "CopyProgress",
     "CopyReport",
     "CredentialStore",

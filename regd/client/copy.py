@@ -101,29 +101,33 @@ class CopyReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CopyOptions:
+    """How a copy goes: which platforms of an index, whether a filtered index is kept as a
+    new index, whether referrers follow their subject, how many blobs move at once, and who
+    hears of each blob's progress."""
+
+    platforms: Sequence[Platform] = ()
+    keep_index: bool = False
+    referrers: bool = False
+    jobs: int = 4
+    progress: CopyProgress | None = None
+
+
 class _Copier:
     def __init__(
-        self,
-        client: RegistryClient,
-        src: Reference,
-        dst: Reference,
-        *,
-        platforms: Sequence[Platform],
-        keep_index: bool = False,
-        referrers: bool,
-        jobs: int,
-        progress: CopyProgress | None,
+        self, client: RegistryClient, src: Reference, dst: Reference, options: CopyOptions
     ) -> None:
-        if len(platforms) > 1 and not keep_index:
+        if len(options.platforms) > 1 and not options.keep_index:
             raise ValueError("several platforms can only be copied as an index: keep_index")
         self.client = client
-        self.keep_index = keep_index
+        self.keep_index = options.keep_index
         self.src = Reference(src.host, src.repository)
         self.dst = Reference(dst.host, dst.repository)
-        self.platforms = tuple(platforms)
-        self.referrers = referrers
-        self.limiter = trio.CapacityLimiter(max(1, jobs))
-        self.progress = progress
+        self.platforms = tuple(options.platforms)
+        self.referrers = options.referrers
+        self.limiter = trio.CapacityLimiter(max(1, options.jobs))
+        self.progress = options.progress
         # One transfer per digest even when several manifests share a blob.
         self._blobs: dict[Digest, trio.Event] = {}
         self._manifests: dict[Digest, trio.Event] = {}
@@ -329,60 +333,26 @@ def _destination_tag(src: Reference, dst: Reference) -> str | None:
 
 
 async def copy(
-    client: RegistryClient,
-    src: Reference,
-    dst: Reference,
-    *,
-    platforms: Sequence[Platform] = (),
-    keep_index: bool = False,
-    referrers: bool = False,
-    jobs: int = 4,
-    progress: CopyProgress | None = None,
+    client: RegistryClient, src: Reference, dst: Reference, options: CopyOptions | None = None
 ) -> CopyReport:
     """Copy what `src` names (image, index or artifact) to `dst`.
 
     Without a tag on `dst`, the source's tag is used; a source named only by digest is
-    pushed by digest. With one of `platforms`, an index's manifest for that platform is
-    copied itself, digest preserved. With `keep_index`, an index is instead reduced to the
-    children matching `platforms` and pushed as a new index (its digest then differs).
+    pushed by digest. With one of `options.platforms`, an index's manifest for that platform is
+    copied itself, digest preserved. With `options.keep_index`, an index is instead reduced to the
+    children matching those platforms and pushed as a new index (its digest then differs).
     """
-    copier = _Copier(
-        client,
-        src,
-        dst,
-        platforms=platforms,
-        keep_index=keep_index,
-        referrers=referrers,
-        jobs=jobs,
-        progress=progress,
-    )
+    copier = _Copier(client, src, dst, options or CopyOptions())
     return await copier.copy_top(src, _destination_tag(src, dst))
 
 
 async def copy_repository(
-    client: RegistryClient,
-    src: Reference,
-    dst: Reference,
-    *,
-    platforms: Sequence[Platform] = (),
-    keep_index: bool = False,
-    referrers: bool = False,
-    jobs: int = 4,
-    progress: CopyProgress | None = None,
+    client: RegistryClient, src: Reference, dst: Reference, options: CopyOptions | None = None
 ) -> list[CopyReport]:
     """Copy every tag of `src`'s repository to `dst`'s, one tag after another."""
-    copier = _Copier(
-        client,
-        src,
-        dst,
-        platforms=platforms,
-        keep_index=keep_index,
-        referrers=referrers,
-        jobs=jobs,
-        progress=progress,
-    )
+    copier = _Copier(client, src, dst, options or CopyOptions())
     tags = await client.tags(src)
-    fallback = [t for t in tags if _referrers_subject(t) is not None] if referrers else []
+    fallback = [t for t in tags if _referrers_subject(t) is not None] if copier.referrers else []
     reports = []
     for tag in tags:
         if tag not in fallback:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import trio
 
-from regd.client import MONOLITHIC_LIMIT, BlobOutcome, RegistryClient, copy
+from regd.client import MONOLITHIC_LIMIT, BlobOutcome, CopyOptions, RegistryClient, copy
 from regd.oci import mediatypes as mt
 from regd.oci.digest import Digest
 from regd.oci.reference import Reference
@@ -344,7 +344,7 @@ def test_interrupted_copy_resumes_without_resending(
                 client,
                 Reference(registry_server.host, "big", "v1"),
                 Reference(second_registry.host, "big"),
-                progress=recorder,
+                CopyOptions(progress=recorder),
             )
             assert report.digest == image.digest
             assert (report.blobs_copied, report.blobs_skipped) == (2, 2)
