@@ -42,6 +42,9 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as receivers in production speak.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
@@ -66,13 +69,15 @@ class Receiver:
         return time.monotonic() - started
 
 
-def pull_run(server: Server, events: bool, receiver: Receiver, seconds: float) -> dict[str, Any]:
+def pull_run(
+    server: Server, events: bool, receiver: Receiver, args: argparse.Namespace
+) -> dict[str, Any]:
     hot.prepare(server)
     target = f"/v2/{hot.REPO}/manifests/{hot.TAG}"
     before, cpu = receiver.count, server.cpu()
-    result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, seconds)
+    result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, args.seconds)
     out: dict[str, Any] = {"events": events, "req_s": result.req_s, "errors": result.errors}
-    if events:
+    if events and not (args.metrics_only or args.no_pull_events):
         # Push events (5) and one event per GET: best effort, so counted, not awaited.
         time.sleep(2.5)
         out["pull_events"] = receiver.count - before - 5
@@ -87,11 +92,13 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
         {
             "name": "bench",
             "url": f"http://127.0.0.1:{receiver.port}/",
-            "pulls": args.workload == "pulls",
+            "pulls": args.workload == "pulls" and not args.no_pull_events,
         }
     ]
-    settings = {"REGD_EVENT_ENDPOINTS": json.dumps(endpoint if events else [])}
-    if args.with_metrics:
+    settings = {
+        "REGD_EVENT_ENDPOINTS": json.dumps(endpoint if events and not args.metrics_only else [])
+    }
+    if args.with_metrics or args.metrics_only:
         # "Everything a production setup turns on" against "all of it off".
         settings["REGD_METRICS"] = "true" if events else "false"
     saved = {name: os.environ.get(name) for name in settings}
@@ -106,7 +113,7 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
                 os.environ[name] = value
     try:
         if args.workload == "pulls":
-            return pull_run(server, events, receiver, args.seconds)
+            return pull_run(server, events, receiver, args)
         before = receiver.count
         load = os.getloadavg()[0]
         cpu = server.cpu()
@@ -117,7 +124,7 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
             "errors": result["errors"],
             "load1": round(load, 2),
         }
-        if events:
+        if events and not args.metrics_only:
             out["delivered_after_s"] = round(receiver.wait_for(before + 5 * args.images), 3)
         else:
             # The same pause as delivery takes on the other side, for idle work to show.
@@ -143,6 +150,16 @@ def main() -> int:
         "--with-metrics",
         action="store_true",
         help="turn /metrics off on the side without events (it is on by default)",
+    )
+    parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="the 'on' side has metrics and no event endpoint: what metrics alone cost",
+    )
+    parser.add_argument(
+        "--no-pull-events",
+        action="store_true",
+        help="with --workload pulls: the endpoint does not hear of pulls (the default)",
     )
     args = parser.parse_args()
     receiver = Receiver()
