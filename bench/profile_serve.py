@@ -1,7 +1,7 @@
 """Where regd's CPU goes under one workload, with metrics and events on or off: a profile.
 
     python bench/profile_serve.py [--metrics] [--events none|pushes|pulls] [--workload pulls|push]
-        [--seconds 10] [--images 200] [--top 25] [--match REGEX]
+        [--seconds 10] [--images 200] [--top 25] [--match REGEX] [--save FILE]
 
 One `regd serve --workers 1` runs under cProfile (one worker: the profile is one process's,
 and the event loop's thread is the one measured; the database writer's thread is not). The
@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--match", default=None)
+    parser.add_argument("--save", default=None, help="keep the profile in this file")
     args = parser.parse_args()
     receiver = Receiver()
     endpoint = {
@@ -104,6 +105,8 @@ def main() -> int:
         if args.match:
             stats.sort_stats("cumulative").print_stats(re.compile(args.match).pattern)
         print(out.getvalue())
+        if args.save:
+            stats.dump_stats(args.save)
     return 0
 
 
