@@ -2,6 +2,9 @@
 
     python bench/events.py [--rounds 5] [--images 200] [--clients 16] [--workers 2] [--database URL]
     python bench/events.py --workload pulls [--seconds 10]     # manifest GETs, pulls reported
+    ... --with-metrics       # the side without events has metrics off too
+    ... --metrics-only       # metrics on against off, no endpoint on either side
+    ... --workload pulls --no-pull-events   # an endpoint that does not hear of pulls
 
 Each round starts a fresh regd twice, once without events and once with one endpoint (a
 local receiver answering 200 at once), in alternating order, and pushes the same number of
@@ -9,7 +12,8 @@ small images (3 x 4 KiB layers, a config, a manifest; 5 events an image) with ea
 shared machine single runs swing more than the difference sought, so the rounds interleave
 and the medians are compared. With events on, the time until the receiver has every event
 is measured as well. `--workload pulls` compares manifest GETs by 32 keep-alive clients
-(`wrk`) without events and with an endpoint that hears of pulls.
+(`wrk`) without events and with an endpoint that hears of pulls. The receiver keeps
+connections alive (HTTP/1.1), as receivers in production do.
 """
 
 from __future__ import annotations
