@@ -2,6 +2,9 @@
 
     python bench/events.py [--rounds 5] [--images 200] [--clients 16] [--workers 2] [--database URL]
     python bench/events.py --workload pulls [--seconds 10]     # manifest GETs, pulls reported
+    ... --with-metrics       # the side without events has metrics off too
+    ... --metrics-only       # metrics on against off, no endpoint on either side
+    ... --workload pulls --no-pull-events   # an endpoint that does not hear of pulls
 
 Each round starts a fresh regd twice, once without events and once with one endpoint (a
 local receiver answering 200 at once), in alternating order, and pushes the same number of
@@ -9,7 +12,8 @@ small images (3 x 4 KiB layers, a config, a manifest; 5 events an image) with ea
 shared machine single runs swing more than the difference sought, so the rounds interleave
 and the medians are compared. With events on, the time until the receiver has every event
 is measured as well. `--workload pulls` compares manifest GETs by 32 keep-alive clients
-(`wrk`) without events and with an endpoint that hears of pulls.
+(`wrk`) without events and with an endpoint that hears of pulls. The receiver keeps
+connections alive (HTTP/1.1), as receivers in production do.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as receivers in production speak.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
@@ -66,13 +73,15 @@ class Receiver:
         return time.monotonic() - started
 
 
-def pull_run(server: Server, events: bool, receiver: Receiver, seconds: float) -> dict[str, Any]:
+def pull_run(
+    server: Server, events: bool, receiver: Receiver, args: argparse.Namespace
+) -> dict[str, Any]:
     hot.prepare(server)
     target = f"/v2/{hot.REPO}/manifests/{hot.TAG}"
     before, cpu = receiver.count, server.cpu()
-    result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, seconds)
+    result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, args.seconds)
     out: dict[str, Any] = {"events": events, "req_s": result.req_s, "errors": result.errors}
-    if events:
+    if events and not (args.metrics_only or args.no_pull_events):
         # Push events (5) and one event per GET: best effort, so counted, not awaited.
         time.sleep(2.5)
         out["pull_events"] = receiver.count - before - 5
@@ -87,11 +96,13 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
         {
             "name": "bench",
             "url": f"http://127.0.0.1:{receiver.port}/",
-            "pulls": args.workload == "pulls",
+            "pulls": args.workload == "pulls" and not args.no_pull_events,
         }
     ]
-    settings = {"REGD_EVENT_ENDPOINTS": json.dumps(endpoint if events else [])}
-    if args.with_metrics:
+    settings = {
+        "REGD_EVENT_ENDPOINTS": json.dumps(endpoint if events and not args.metrics_only else [])
+    }
+    if args.with_metrics or args.metrics_only:
         # "Everything a production setup turns on" against "all of it off".
         settings["REGD_METRICS"] = "true" if events else "false"
     saved = {name: os.environ.get(name) for name in settings}
@@ -106,7 +117,7 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
                 os.environ[name] = value
     try:
         if args.workload == "pulls":
-            return pull_run(server, events, receiver, args.seconds)
+            return pull_run(server, events, receiver, args)
         before = receiver.count
         load = os.getloadavg()[0]
         cpu = server.cpu()
@@ -117,7 +128,7 @@ def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[
             "errors": result["errors"],
             "load1": round(load, 2),
         }
-        if events:
+        if events and not args.metrics_only:
             out["delivered_after_s"] = round(receiver.wait_for(before + 5 * args.images), 3)
         else:
             # The same pause as delivery takes on the other side, for idle work to show.
@@ -143,6 +154,16 @@ def main() -> int:
         "--with-metrics",
         action="store_true",
         help="turn /metrics off on the side without events (it is on by default)",
+    )
+    parser.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="the 'on' side has metrics and no event endpoint: what metrics alone cost",
+    )
+    parser.add_argument(
+        "--no-pull-events",
+        action="store_true",
+        help="with --workload pulls: the endpoint does not hear of pulls (the default)",
     )
     args = parser.parse_args()
     receiver = Receiver()

@@ -16,6 +16,7 @@ drop`) or make a failing endpoint try again at once (`regctl events retry`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -45,6 +46,8 @@ PULL_FLUSH_SECONDS = 1.0
 RESTART_SECONDS = 5.0
 # Bytes of an error answer's body kept for `regctl events`.
 ERROR_BODY = 300
+# Bytes of a success answer's body read so that its connection can carry the next delivery.
+MAX_DRAINED = 64 * 1024
 
 log = logging.getLogger("regd.events")
 
@@ -221,6 +224,16 @@ class Deliverer:
                     timeout=self.endpoint.timeout,
                 ) as answer:
                     if 200 <= answer.status_code < 300:
+                        # Read to its end, the connection goes back to the pool for the
+                        # next delivery; left unread, it is closed and the next delivery
+                        # connects again. A long body is not worth reading for that.
+                        # The endpoint has taken the events whatever happens to the rest.
+                        with contextlib.suppress(httpx.HTTPError):
+                            received = 0
+                            async for chunk in answer.aiter_raw():
+                                received += len(chunk)
+                                if received > MAX_DRAINED:
+                                    break
                         return None
                     text = b""
                     async for chunk in answer.aiter_bytes():

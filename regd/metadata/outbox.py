@@ -31,6 +31,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Engine,
     Float,
     Index,
     Integer,
@@ -44,7 +45,7 @@ from sqlalchemy import (
     update,
 )
 
-from regd.metadata.engine import Database
+from regd.metadata.engine import Database, DriverStatement
 from regd.metadata.schema import metadata
 
 # Distribution's names for what happened.
@@ -230,20 +231,33 @@ def render(
 
 
 class _OutboxStatements:
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine) -> None:
         queue, ep = event_queue, event_endpoints
-        self.add = queue.insert()
+        # Each runs once per event (or per delivery of many), so on the driver's cursor.
+        # :endpoint, :created_at, :body
+        self.add = DriverStatement(
+            queue.insert().values(
+                endpoint=bindparam("endpoint"),
+                created_at=bindparam("created_at"),
+                body=bindparam("body"),
+            ),
+            engine,
+        )
         # :endpoint, :limit
-        self.pending = (
+        self.pending = DriverStatement(
             select(queue.c.seq, queue.c.body)
             .where(queue.c.endpoint == bindparam("endpoint"))
             .order_by(queue.c.seq)
-            .limit(bindparam("limit"))
+            .limit(bindparam("limit")),
+            engine,
         )
-        # :endpoint, :seqs (expanding)
-        self.ack = delete(queue).where(
-            queue.c.endpoint == bindparam("endpoint"),
-            queue.c.seq.in_(bindparam("seqs", expanding=True)),
+        # :endpoint, :seq; run for each delivered event, so that its text is the same
+        # whatever the delivery's size.
+        self.ack = DriverStatement(
+            delete(queue).where(
+                queue.c.endpoint == bindparam("endpoint"), queue.c.seq == bindparam("seq")
+            ),
+            engine,
         )
         self.state = select(ep).where(ep.c.name == bindparam("endpoint"))
 
@@ -251,7 +265,7 @@ class _OutboxStatements:
 class Outbox(Database):
     def _prepare(self) -> None:
         super()._prepare()
-        self._outbox_sql = _OutboxStatements()
+        self._outbox_sql = _OutboxStatements(self.engine)
         self.event_routing = EventRouting()
         self._pulls: list[tuple[float, Target, Origin]] = []
         self.pulls_dropped = 0
@@ -291,8 +305,7 @@ class Outbox(Database):
         return rows
 
     def _write_events(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            conn.execute(self._outbox_sql.add, rows if len(rows) > 1 else rows[0])
+        self._outbox_sql.add.many(conn, rows)
 
     # -- pulls, best effort --------------------------------------------------------------
 
@@ -329,17 +342,18 @@ class Outbox(Database):
         """The endpoint's next undelivered events, oldest first."""
 
         def q(conn: Connection) -> list[PendingEvent]:
-            rows = conn.execute(self._outbox_sql.pending, {"endpoint": endpoint, "limit": limit})
+            rows = self._outbox_sql.pending.rows(conn, {"endpoint": endpoint, "limit": limit})
             return [PendingEvent(int(seq), body) for seq, body in rows]
 
-        return await self.run_read(q)
+        # One statement: on SQLite read on the loop's thread, cheaper than a hand-off.
+        return await self.run_query(q)
 
     async def events_delivered(self, endpoint: str, seqs: Sequence[int]) -> None:
         """The endpoint took these events: they leave its queue."""
         batch = list(seqs)
 
         def w(conn: Connection) -> None:
-            conn.execute(self._outbox_sql.ack, {"endpoint": endpoint, "seqs": batch})
+            self._outbox_sql.ack.many(conn, [{"endpoint": endpoint, "seq": seq} for seq in batch])
             now = self.clock.now()
             self._upsert_state(
                 conn,

@@ -20,6 +20,8 @@ class Delivery:
     path: str
     headers: dict[str, str]
     body: bytes
+    # The sender's address and port: one per connection.
+    peer: tuple[str, int] = ("", 0)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -32,7 +34,10 @@ class Delivery:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_alive: bool = False) -> None:
+        # HTTP/1.0 (the default) closes each connection after its answer, so that a
+        # receiver taken down is down at once; HTTP/1.1 keeps it for the next delivery.
+        self.keep_alive = keep_alive
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.deliveries: list[Delivery] = []
@@ -44,12 +49,16 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver._lock:
-                    receiver.deliveries.append(Delivery(self.path, headers, body))
+                    receiver.deliveries.append(
+                        Delivery(self.path, headers, body, self.client_address[:2])
+                    )
                 self.send_response(200)
                 self.send_header("content-length", "0")
                 self.end_headers()

@@ -211,6 +211,25 @@ def test_two_replicas_deliver_each_event_once(
     assert len({e["source"]["instanceID"] for e in events}) == 2
 
 
+def test_deliveries_share_one_connection(regd_factory: RegdFactory, tmp_path: Path) -> None:
+    """A receiver that keeps connections alive gets every delivery on the first one: a
+    connection per delivery would cost each a connect (and a TLS handshake)."""
+    receiver = Receiver(keep_alive=True)
+    receiver.start()
+    try:
+        server = regd_factory(extra_args=["--config", str(config_file(tmp_path, receiver))])
+        with ApiClient(server.url) as api:
+            for i in range(4):
+                api.push_tiny_image("ev/app", f"t{i}", payload=b"layer %d" % i)
+                # Each push in a delivery of its own (the poll interval is 0.1 s).
+                receiver.wait_for(3 * (i + 1), "/hook")
+        hook = [d for d in receiver.deliveries if d.path == "/hook"]
+        assert len(hook) >= 4
+        assert len({d.peer for d in hook}) == 1
+    finally:
+        receiver.stop()
+
+
 def test_operators_can_drop_what_an_endpoint_will_never_take(
     regd_factory: RegdFactory, receiver: Receiver, tmp_path: Path
 ) -> None:
