@@ -456,33 +456,24 @@ class Uploads:
         length: int | None,
         origin: Origin | None = None,
     ) -> BlobStat:
-        """A large POSTed blob streams, hashed on the way, to a file of its own (no session
-        row), which becomes the blob."""
+        """A large POSTed blob streams, hashed on the way, into a new file at the blob's
+        path (no session row), which appears there when committed, once verified and
+        under the blob's lease; until then nobody sees any of it."""
         staging = str(uuid.uuid4())
-        source = layout.upload_data(repository, staging)
         hasher = Hasher(expected.algorithm)
-        writer = await self._storage.writer(source)
+        writer = await self._storage.new_file(
+            layout.blob_data(expected), staging=layout.upload_data(repository, staging)
+        )
         try:
-            try:
-                received = await pump(body, writer, hasher, length)
-                if length is not None and received != length:
-                    raise SizeInvalid(
-                        f"received {received} bytes but the request announced {length}"
-                    )
-                await self._verify(hasher.digest(), expected, None)
-            except BaseException:
-                await writer.cancel()
-                raise
-            await writer.commit()
-            await self._place(
-                repository,
-                expected,
-                received,
-                self._moving(source, expected, received),
-                origin=origin,
-            )
+            received = await pump(body, writer, hasher, length)
+            if length is not None and received != length:
+                raise SizeInvalid(f"received {received} bytes but the request announced {length}")
+            await self._verify(hasher.digest(), expected, None)
+            await self._place(repository, expected, received, writer.commit, origin=origin)
         finally:
             with trio.CancelScope(shield=True):
+                # A no-op once committed; otherwise what was written goes.
+                await writer.cancel()
                 await self._remove_files(repository, staging)
         return BlobStat(expected, received)
 
