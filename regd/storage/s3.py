@@ -48,6 +48,9 @@ DELETE_BATCH = 1000
 
 STATE_SUFFIX = ".~writer"
 
+# Bytes a reader takes from a GET's body at a time (two at most are held per reader).
+READ_PIECE = 4 * MiB
+
 # Parts one writer uploads at once: the body keeps arriving while earlier parts travel,
 # and the store works on several. Memory per writer stays within this many chunks.
 PARTS_IN_FLIGHT = 3
@@ -809,37 +812,43 @@ class S3Driver:
 
 
 class _S3Reader:
-    """Streams one GET's body. While the caller sends one piece on, the next is already
-    being read (one read ahead, so at most two pieces are held)."""
+    """Streams one GET's body in pieces of READ_PIECE, whatever the caller asks for, so a
+    blob costs few thread hand-offs; while the caller sends one piece on, the next is
+    already being read (at most two pieces held)."""
 
     def __init__(self, driver: S3Driver, path: str, body: Any) -> None:
         self._driver = driver
         self._path = path
         self._body = body
         self._ahead: _InThread[bytes] | None = None
-        self._spare = b""
+        self._piece = memoryview(b"")
+        self._at = 0
 
     async def read(self, max_bytes: int) -> bytes:
-        if self._spare:
-            data, self._spare = self._spare[:max_bytes], self._spare[max_bytes:]
-            return data
+        if self._at >= len(self._piece):
+            self._piece, self._at = memoryview(await self._next()), 0
+        data = bytes(self._piece[self._at : self._at + max_bytes])
+        self._at += len(data)
+        return data
+
+    async def _next(self) -> bytes:
         if self._body is None:
             return b""
-        if self._ahead is not None:
+        if self._ahead is None:
+            data: bytes = await self._driver._run(self._path, self._body.read, READ_PIECE)
+        else:
             ahead = self._ahead
             await ahead.done.wait()
             self._ahead = None
             data = await ahead.wait()
-        else:
-            data = await self._driver._run(self._path, self._body.read, max_bytes)
         if data:
-            self._ahead = await self._driver._start(self._path, self._body.read, max_bytes)
-        data, self._spare = data[:max_bytes], data[max_bytes:]
+            self._ahead = await self._driver._start(self._path, self._body.read, READ_PIECE)
         return data
 
     async def aclose(self) -> None:
         body, self._body = self._body, None
         ahead, self._ahead = self._ahead, None
+        self._piece = memoryview(b"")
         if ahead is not None:
             # The body is not closed under a read still running on its thread.
             with trio.CancelScope(shield=True):
@@ -911,7 +920,9 @@ class _S3Writer:
         self._buffer += data
         chunk = self._driver._chunk
         while len(self._buffer) >= chunk:
-            piece = bytes(self._buffer[:chunk])
+            # One copy of the piece (a slice of the bytearray would be a second).
+            with memoryview(self._buffer) as view:
+                piece = bytes(view[:chunk])
             del self._buffer[:chunk]
             await self._launch(piece)
 
