@@ -9,6 +9,10 @@ least 5 MiB, except the last). Which parts make the file, and the tail itself, l
 state object beside the file (`<key>.~writer`), written last by each commit, so any
 process can continue the file from S3 alone. Reading a pending file, or moving it, first
 completes the multipart upload into a plain object; moving is then a server-side copy.
+
+A file made with `new_file` is no pending file: its parts go to its own key and the
+upload is completed by its one writer's commit, so it needs no state object and no copy;
+until then S3 shows nothing at that key.
 """
 
 from __future__ import annotations
