@@ -326,6 +326,10 @@ class TimedStorage:
         writer = await self._timed("writer", self.wrapped.writer(path, offset=offset))
         return _TimedWriter(writer, self)
 
+    async def new_file(self, path: str, *, staging: str) -> Writer:
+        writer = await self._timed("new_file", self.wrapped.new_file(path, staging=staging))
+        return _TimedWriter(writer, self)
+
     async def stat(self, path: str) -> FileInfo:
         return await self._timed("stat", self.wrapped.stat(path))
 

@@ -351,6 +351,12 @@ class Uploads:
                 return await self._store_whole(
                     claim.repository, expected, body, length, claim=claim, held=held, origin=origin
                 )
+            if claim.size == 0:
+                # The whole blob in the PUT of an empty session: its digest is known before
+                # the first byte, so it goes straight to its place like a monolithic POST.
+                return await self._store_streamed(
+                    claim.repository, expected, body, length, origin, claim=claim
+                )
             return await self._store_session_file(
                 claim, expected, body, length, held=held, origin=origin
             )
@@ -455,35 +461,36 @@ class Uploads:
         body: AsyncIterable[bytes],
         length: int | None,
         origin: Origin | None = None,
+        *,
+        claim: _Claim | None = None,
     ) -> BlobStat:
-        """A large POSTed blob streams, hashed on the way, to a file of its own (no session
-        row), which becomes the blob."""
-        staging = str(uuid.uuid4())
-        source = layout.upload_data(repository, staging)
+        """A large blob whose digest is known before its first byte (a monolithic POST,
+        or the PUT of an empty session `claim`) streams, hashed on the way, into a new
+        file at the blob's path, which appears there when committed, once verified and
+        under the blob's lease; until then nobody sees any of it."""
+        staging = str(uuid.uuid4()) if claim is None else claim.id
         hasher = Hasher(expected.algorithm)
-        writer = await self._storage.writer(source)
+        writer = await self._storage.new_file(
+            layout.blob_data(expected), staging=layout.upload_data(repository, staging)
+        )
         try:
-            try:
+            async with task_group() as nursery:
+                if claim is not None:
+                    nursery.start_soon(self._keep_lease, claim)
                 received = await pump(body, writer, hasher, length)
-                if length is not None and received != length:
-                    raise SizeInvalid(
-                        f"received {received} bytes but the request announced {length}"
-                    )
-                await self._verify(hasher.digest(), expected, None)
-            except BaseException:
-                await writer.cancel()
-                raise
-            await writer.commit()
+                nursery.cancel_scope.cancel()
+            if length is not None and received != length:
+                raise SizeInvalid(f"received {received} bytes but the request announced {length}")
+            await self._verify(hasher.digest(), expected, claim)
             await self._place(
-                repository,
-                expected,
-                received,
-                self._moving(source, expected, received),
-                origin=origin,
+                repository, expected, received, writer.commit, claim=claim, origin=origin
             )
         finally:
             with trio.CancelScope(shield=True):
-                await self._remove_files(repository, staging)
+                # A no-op once committed; otherwise what was written goes.
+                await writer.cancel()
+                if claim is None:
+                    await self._remove_files(repository, staging)
         return BlobStat(expected, received)
 
     async def _verify(self, actual: Digest, expected: Digest, claim: _Claim | None) -> None:

@@ -121,6 +121,18 @@ class StorageDriver(Protocol):
         """
         ...
 
+    async def new_file(self, path: str, *, staging: str) -> Writer:
+        """A writer for a file that appears at `path` whole, when committed, replacing
+        any file there atomically; before that nothing at `path` changes, and a cancel
+        leaves no trace there.
+
+        `staging` is a path the caller owns (and removes afterwards) where a driver with
+        an atomic rename writes the bytes before moving them in place; an object store
+        writes them to `path` itself, invisible until committed, and so saves copying
+        every byte once more.
+        """
+        ...
+
     async def stat(self, path: str) -> FileInfo: ...
 
     async def list(self, path: str) -> Sequence[str]:
@@ -168,3 +180,28 @@ def check_path(path: str) -> str:
     ):
         raise InvalidPath(path)
     return path
+
+
+class StagedWriter:
+    """`new_file` for a driver that renames atomically: the bytes go to `staging`, and
+    commit moves them to `path`."""
+
+    def __init__(self, driver: StorageDriver, inner: Writer, staging: str, path: str) -> None:
+        self._driver = driver
+        self._inner = inner
+        self._staging = staging
+        self._path = path
+
+    @property
+    def size(self) -> int:
+        return self._inner.size
+
+    async def write(self, data: bytes) -> None:
+        await self._inner.write(data)
+
+    async def commit(self) -> None:
+        await self._inner.commit()
+        await self._driver.move(self._staging, self._path)
+
+    async def cancel(self) -> None:
+        await self._inner.cancel()

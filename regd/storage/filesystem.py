@@ -23,6 +23,7 @@ from regd.storage.base import (
     InvalidOffset,
     PathNotFound,
     Space,
+    StagedWriter,
     StorageError,
     StorageFull,
     check_path,
@@ -303,6 +304,10 @@ class FilesystemDriver:
                 raise
             raise out from None
         return _FileWriter(full, fh, offset, created, self._limiter)
+
+    async def new_file(self, path: str, *, staging: str) -> StagedWriter:
+        check_path(path)
+        return StagedWriter(self, await self.writer(staging), staging, path)
 
     async def stat(self, path: str) -> FileInfo:
         full = self._full(path)

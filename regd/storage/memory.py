@@ -11,6 +11,7 @@ from regd.storage.base import (
     InvalidOffset,
     PathNotFound,
     Space,
+    StagedWriter,
     StorageError,
     check_path,
 )
@@ -108,6 +109,10 @@ class MemoryDriver:
         start = existing[0][:offset]
         self._files[path] = (start, time.time())
         return _MemWriter(self, path, start, created=False)
+
+    async def new_file(self, path: str, *, staging: str) -> StagedWriter:
+        check_path(path)
+        return StagedWriter(self, await self.writer(staging), staging, path)
 
     async def stat(self, path: str) -> FileInfo:
         check_path(path)

@@ -9,20 +9,27 @@ least 5 MiB, except the last). Which parts make the file, and the tail itself, l
 state object beside the file (`<key>.~writer`), written last by each commit, so any
 process can continue the file from S3 alone. Reading a pending file, or moving it, first
 completes the multipart upload into a plain object; moving is then a server-side copy.
+
+A file made with `new_file` is no pending file: its parts go to its own key and the
+upload is completed by its one writer's commit, so it needs no state object and no copy;
+until then S3 shows nothing at that key.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
+from outcome import Outcome
 
 from regd.storage.base import (
     FileInfo,
@@ -44,6 +51,13 @@ MAX_PARTS = 10_000
 DELETE_BATCH = 1000
 
 STATE_SUFFIX = ".~writer"
+
+# Bytes a reader takes from a GET's body at a time (two at most are held per reader).
+READ_PIECE = 4 * MiB
+
+# Parts one writer uploads at once: the body keeps arriving while earlier parts travel,
+# and the store works on several. Memory per writer stays within this many chunks.
+PARTS_IN_FLIGHT = 3
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _THROTTLED = frozenset(
@@ -142,6 +156,18 @@ class _State:
         return cls(doc.get("upload"), parts, tail)
 
 
+def _parts_up_to(
+    parts: Sequence[tuple[int, str, int]], offset: int
+) -> builtins.list[tuple[int, str, int]] | None:
+    """The leading parts that hold exactly `offset` bytes, or None when no part ends there."""
+    total = 0
+    for index, (_, _, size) in enumerate(parts):
+        if total == offset:
+            return list(parts[:index])
+        total += size
+    return None
+
+
 class S3Driver:
     name = "s3"
 
@@ -234,19 +260,46 @@ class S3Driver:
             return StorageUnavailable(f"cannot reach {endpoint}: {exc}")
         return StorageUnavailable(f"{where} failed on {path}: {exc}")
 
-    async def _run(self, path: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call on a worker thread; boto's failures as storage errors."""
+    def _guarded(self, path: str, fn: Callable[[], T]) -> T:
+        """`fn()` with boto's failures as storage errors (on the calling thread)."""
         from botocore.exceptions import BotoCoreError, ClientError
         from urllib3.exceptions import HTTPError
 
         try:
-            return await trio.to_thread.run_sync(
-                partial(fn, *args, **kwargs), limiter=self._limiter
-            )
+            return fn()
         except (BotoCoreError, ClientError) as exc:
             raise self._error(exc, path) from None
         except (OSError, HTTPError) as exc:
             raise StorageUnavailable(f"{self.location} failed on {path}: {exc}") from None
+
+    async def _run(self, path: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking call on a worker thread; boto's failures as storage errors."""
+        return await trio.to_thread.run_sync(
+            partial(self._guarded, path, partial(fn, *args, **kwargs)), limiter=self._limiter
+        )
+
+    async def _start(
+        self, path: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> _InThread[T]:
+        """Start a blocking call on a thread of its own and return at once: the caller
+        goes on (receiving the next part, sending the last read) and waits for it later.
+        It holds one of the limiter's slots until it ends, as `_run`'s calls do."""
+        call: _InThread[T] = _InThread()
+        await self._limiter.acquire_on_behalf_of(call)
+        token = trio.lowlevel.current_trio_token()
+
+        def arrived(result: Outcome[T]) -> None:
+            call.result = result
+            self._limiter.release_on_behalf_of(call)
+            call.done.set()
+
+        def deliver(result: Outcome[T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(arrived, result)
+
+        work = partial(self._guarded, path, partial(fn, *args, **kwargs))
+        trio.lowlevel.start_thread_soon(work, deliver)
+        return call
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
@@ -426,6 +479,12 @@ class S3Driver:
             if offset >= state.parts_size:
                 state.tail = state.tail[: offset - state.parts_size]
                 return _S3Writer(self, path, key, state, persist=True)
+            kept = _parts_up_to(state.parts, offset)
+            if kept is not None:
+                # The cut falls between parts (what a process that died after saving a
+                # chunk, before the session recorded it, leaves): the later parts drop.
+                cut = _State(state.upload, kept)
+                return _S3Writer(self, path, key, cut, persist=True)
             # The cut falls inside a part, whose bytes S3 cannot give back: complete the
             # file and continue it as a plain object (rare: only after an interrupted
             # writer left bytes nobody acknowledged).
@@ -441,6 +500,35 @@ class S3Driver:
         if offset == 0:
             return _S3Writer(self, path, key, _State(), persist=True, plain=True)
         return self._continue_plain(path, key, offset, size, head["ETag"])
+
+    async def new_file(self, path: str, *, staging: str) -> _S3NewFile:
+        check_path(staging)
+        # Nothing goes to `staging`: the parts go to the file's own key, where a
+        # multipart upload shows nothing until it is completed.
+        return _S3NewFile(self, path, self._key(path), _State())
+
+    def _publish(self, key: str, state: _State) -> None:
+        """Put a new file in place: one PUT when it is small, else complete its upload."""
+        from botocore.exceptions import ClientError
+
+        if state.upload is None:
+            self._call("put_object", Key=key, Body=state.tail, **self._extra)
+            return
+        try:
+            self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=state.upload,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in state.parts]
+                },
+            )
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) != "NoSuchUpload":
+                raise
+            # Aborted under us: a delete of this very path (a sweep of an unreferenced
+            # copy) aborts the uploads at its key. Nothing was published; try again.
+            raise StorageUnavailable(f"{key}: the upload was aborted; try again") from None
 
     def _continue_plain(self, path: str, key: str, offset: int, size: int, etag: str) -> _S3Writer:
         """A writer continuing a plain object: its first `offset` bytes become parts by
@@ -728,26 +816,70 @@ class S3Driver:
 
 
 class _S3Reader:
+    """Streams one GET's body in pieces of READ_PIECE, whatever the caller asks for, so a
+    blob costs few thread hand-offs; while the caller sends one piece on, the next is
+    already being read (at most two pieces held)."""
+
     def __init__(self, driver: S3Driver, path: str, body: Any) -> None:
         self._driver = driver
         self._path = path
         self._body = body
+        self._ahead: _InThread[bytes] | None = None
+        self._piece = memoryview(b"")
+        self._at = 0
 
     async def read(self, max_bytes: int) -> bytes:
+        if self._at >= len(self._piece):
+            self._piece, self._at = memoryview(await self._next()), 0
+        data = bytes(self._piece[self._at : self._at + max_bytes])
+        self._at += len(data)
+        return data
+
+    async def _next(self) -> bytes:
         if self._body is None:
             return b""
-        data: bytes = await self._driver._run(self._path, self._body.read, max_bytes)
+        if self._ahead is None:
+            data: bytes = await self._driver._run(self._path, self._body.read, READ_PIECE)
+        else:
+            ahead = self._ahead
+            await ahead.done.wait()
+            self._ahead = None
+            data = await ahead.wait()
+        if data:
+            self._ahead = await self._driver._start(self._path, self._body.read, READ_PIECE)
         return data
 
     async def aclose(self) -> None:
         body, self._body = self._body, None
+        ahead, self._ahead = self._ahead, None
+        self._piece = memoryview(b"")
+        if ahead is not None:
+            # The body is not closed under a read still running on its thread.
+            with trio.CancelScope(shield=True):
+                await ahead.done.wait()
         if body is not None:
             body.close()
 
 
+class _InThread(Generic[T]):
+    """A blocking call running on a thread of its own while its task goes on."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: Outcome[T] | None = None
+
+    async def wait(self) -> T:
+        await self.done.wait()
+        assert self.result is not None
+        return self.result.unwrap()
+
+
 class _S3Writer:
     """Appends to a pending file; each full chunk goes up as a part as soon as it is
-    buffered, and `commit` saves the state that makes them part of the file.
+    buffered, while the next ones arrive, and `commit` saves the state that makes them
+    part of the file.
 
     `persist`: the file as opened differs from the stored one (cut short, or emptied), so
     a cancel still saves the opening state. `plain`: a plain object is being turned into
@@ -773,6 +905,7 @@ class _S3Writer:
         self._opening = _State(state.upload, list(state.parts), state.tail)
         self._upload = state.upload
         self._parts = list(state.parts)
+        self._sending: deque[tuple[int, int, _InThread[str]]] = deque()
         self._buffer = bytearray(state.tail)
         self._parts_size = state.parts_size
         self._persist = persist
@@ -791,19 +924,36 @@ class _S3Writer:
         self._buffer += data
         chunk = self._driver._chunk
         while len(self._buffer) >= chunk:
-            piece = bytes(self._buffer[:chunk])
-            await self._driver._run(self._path, self._send, piece)
+            # One copy of the piece (a slice of the bytearray would be a second).
+            with memoryview(self._buffer) as view:
+                piece = bytes(view[:chunk])
             del self._buffer[:chunk]
-            self._parts_size += len(piece)
+            await self._launch(piece)
 
-    def _send(self, piece: bytes) -> None:
+    async def _launch(self, piece: bytes) -> None:
+        """Start uploading `piece` as the next part, once fewer than PARTS_IN_FLIGHT are
+        on their way. Its thread holds one of the driver's connection slots."""
         d = self._driver
         if self._upload is None:
-            self._upload = self._created = d._start_upload(self._key)
-        number = len(self._parts) + 1
-        self._parts.append(
-            (number, d._upload_part(self._key, self._upload, number, piece), len(piece))
-        )
+            self._upload = self._created = await d._run(self._path, d._start_upload, self._key)
+        while len(self._sending) >= PARTS_IN_FLIGHT:
+            await self._settle()
+        number = len(self._parts) + len(self._sending) + 1
+        call = await d._start(self._path, d._upload_part, self._key, self._upload, number, piece)
+        self._sending.append((number, len(piece), call))
+        self._parts_size += len(piece)
+
+    async def _settle(self) -> None:
+        """Wait for the oldest part in flight and record it (parts stay in order)."""
+        number, size, call = self._sending[0]
+        await call.done.wait()
+        self._sending.popleft()
+        self._parts.append((number, await call.wait(), size))
+
+    async def _drain(self) -> None:
+        """Wait until no part of this writer is in flight, whatever became of them."""
+        while self._sending:
+            await self._sending.popleft()[2].done.wait()
 
     def _save(self, state: _State) -> None:
         d = self._driver
@@ -817,6 +967,21 @@ class _S3Writer:
         if self._closed:
             return
         self._closed = True
+        try:
+            while self._sending:
+                await self._settle()
+            if len(self._buffer) >= MIN_PART:
+                # Big enough to be a part: sent now, the saved state stays a few bytes
+                # that the next writer reads back instead of megabytes of tail.
+                piece = bytes(self._buffer)
+                self._buffer.clear()
+                await self._launch(piece)
+                await self._settle()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._drain()
+                await self._driver._run(self._path, self._rollback)
+            raise
         state = _State(self._upload, self._parts, bytes(self._buffer))
         await self._driver._run(self._path, self._save, state)
 
@@ -831,6 +996,36 @@ class _S3Writer:
         if self._closed:
             return
         self._closed = True
-        # Shielded: a cancelled request must still roll its parts back.
+        # Shielded: a cancelled request must still roll its parts back, and only once
+        # no part of it is still being uploaded (the threads end within the timeouts).
         with trio.CancelScope(shield=True):
+            await self._drain()
             await self._driver._run(self._path, self._rollback)
+
+
+class _S3NewFile(_S3Writer):
+    """A file written to its own key as a multipart upload and completed at `commit`: S3
+    shows no part of it before, and nothing is copied after. Nothing is saved between
+    requests (no state object): the file is written by one writer, from start to end."""
+
+    async def commit(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        d = self._driver
+        try:
+            while self._sending:
+                await self._settle()
+            if self._upload is not None and self._buffer:
+                # The last part may be of any size.
+                piece = bytes(self._buffer)
+                self._buffer.clear()
+                await self._launch(piece)
+                await self._settle()
+            state = _State(self._upload, self._parts, bytes(self._buffer))
+            await d._run(self._path, d._publish, self._key, state)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._drain()
+                await d._run(self._path, self._rollback)
+            raise

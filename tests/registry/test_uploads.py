@@ -29,6 +29,7 @@ from regd.oci.digest import Digest
 from regd.registry import Uploads
 from regd.registry.streaming import WRITE_CHUNK
 from regd.storage import FilesystemDriver, PathNotFound, StorageDriver, StorageError, layout
+from regd.storage.base import StagedWriter
 from tests.registry.clocks import TrioWallClock, open_store
 
 
@@ -200,6 +201,10 @@ class FailingWrites:
         if len(data) > self._budget:
             raise StorageError("No space left on device")
         await self._inner.put_content(path, data)
+
+    async def new_file(self, path: str, *, staging: str) -> object:
+        writer = await self.writer(staging)
+        return StagedWriter(self, writer, staging, path)  # type: ignore[arg-type]
 
     async def writer(self, path: str, *, offset: int = 0) -> object:
         inner = await self._inner.writer(path, offset=offset)
@@ -528,3 +533,42 @@ async def test_the_session_stays_held_while_a_put_waits_for_the_blob_lease(
         mock_clock.jump(0.15)  # past the PUT's next try (at most 0.1 s away)
         await put.done.wait()
     assert await metadata.blob_size("repo", digest) == 7
+
+
+async def test_a_large_blob_in_the_put_of_an_empty_session_is_checked_before_it_shows(
+    storage: FilesystemDriver, metadata: MetadataStore
+) -> None:
+    uploads = Uploads(storage, metadata)
+    data = os.urandom(3 * WRITE_CHUNK + 5)
+    digest = sha256(data)
+    blob = layout.blob_data(Digest.of(data))
+    session = await uploads.start("repo")
+    # Cut short: nothing stored, and the session is still there, empty.
+    with pytest.raises(SizeInvalid):
+        await uploads.finish("repo", session.id, digest, chunks([data[:-1]]), length=len(data))
+    assert (await uploads.status("repo", session.id)).size == 0
+    with pytest.raises(PathNotFound):
+        await storage.stat(blob)
+    # While the body streams, nothing is at the blob's path.
+    body = HeldBody(data[: 2 * WRITE_CHUNK], data[2 * WRITE_CHUNK :])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(uploads.finish, "repo", session.id, digest, body, length=len(data))
+        )
+        await body.waiting.wait()
+        with pytest.raises(PathNotFound):
+            await storage.stat(blob)
+        body.go.set()
+    assert await metadata.blob_size("repo", digest) == len(data)
+    assert await metadata.get_upload(session.id) is None
+    reader = await storage.reader(blob)
+    assert await reader.read(len(data) + 1) == data
+    await reader.aclose()
+    # A wrong digest discards the session and stores nothing under either digest.
+    other = await uploads.start("repo")
+    wrong = sha256(b"not this")
+    with pytest.raises(DigestInvalid):
+        await uploads.finish("repo", other.id, wrong, chunks([data[::-1]]), length=len(data))
+    assert await metadata.get_upload(other.id) is None
+    with pytest.raises(PathNotFound):
+        await storage.stat(layout.blob_data(Digest.of(data[::-1])))

@@ -85,6 +85,7 @@ def _calls(path: str) -> list[tuple[str, Callable[[StorageDriver], Awaitable[Any
         ("reader", lambda d: d.reader(path)),
         ("writer", lambda d: d.writer(path)),
         ("writer-offset", lambda d: d.writer(path, offset=1)),
+        ("new_file", lambda d: d.new_file(path, staging="valid/staging")),
         ("stat", lambda d: d.stat(path)),
         ("list", lambda d: d.list(path)),
         ("move-source", lambda d: d.move(path, "valid/destination")),
@@ -311,6 +312,49 @@ class StorageDriverSuite:
         writer = await driver.writer("w/empty")
         await writer.commit()
         assert (await driver.stat("w/empty")).size == 0
+
+    async def test_writer_back_to_where_an_earlier_commit_ended(
+        self, driver: StorageDriver
+    ) -> None:
+        # What a process that died after writing a chunk, before the session recorded it,
+        # leaves: the next writer continues from the recorded size, dropping the rest.
+        first = pseudo_random(5 * 1024 * 1024, b"first")
+        await write_file(driver, "w/grown", first)
+        await write_file(driver, "w/grown", pseudo_random(LARGE_SIZE), offset=len(first))
+        await write_file(driver, "w/grown", b"end", offset=len(first))
+        assert await read_all(driver, "w/grown", chunk=1 << 20) == first + b"end"
+
+    # --- new_file
+
+    async def test_new_file_appears_whole_at_commit(self, driver: StorageDriver) -> None:
+        await driver.put_content("n/file", b"old")
+        data = pseudo_random(LARGE_SIZE)
+        writer = await driver.new_file("n/file", staging="n/staging/data")
+        for start in range(0, len(data), 1_000_003):
+            await writer.write(data[start : start + 1_000_003])
+        assert writer.size == LARGE_SIZE
+        assert await driver.get_content("n/file") == b"old"
+        await writer.commit()
+        assert await read_all(driver, "n/file", chunk=1 << 20) == data
+        await writer.cancel()
+        assert (await driver.stat("n/file")).size == LARGE_SIZE
+
+    async def test_new_file_cancelled_leaves_no_trace(self, driver: StorageDriver) -> None:
+        await driver.put_content("n/kept", b"old")
+        for path in ("n/kept", "n/fresh"):
+            writer = await driver.new_file(path, staging=f"n/staging-{path[2:]}/data")
+            await writer.write(pseudo_random(LARGE_SIZE))
+            await writer.cancel()
+        assert await driver.get_content("n/kept") == b"old"
+        with pytest.raises(PathNotFound):
+            await driver.stat("n/fresh")
+
+    async def test_new_file_small_and_empty(self, driver: StorageDriver) -> None:
+        for path, data in (("n/small", b"tiny"), ("n/empty", b"")):
+            writer = await driver.new_file(path, staging=f"n/staging-{path[2:]}/data")
+            await writer.write(data)
+            await writer.commit()
+            assert await driver.get_content(path) == data
 
     # --- stat
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from regd.storage import PathNotFound
 from regd.storage.s3 import MiB, S3Driver, S3Options, StorageUnavailable
 from tests.helpers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 - the fixture
 from tests.helpers.servers import free_port
@@ -107,3 +108,29 @@ async def test_another_driver_continues_a_file_from_the_bucket_alone(
     assert await read_all(first, "blob/data", chunk=MiB) == data
     first.close()
     second.close()
+
+
+async def test_a_new_file_goes_to_its_own_key_unseen_until_committed(
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+) -> None:
+    prefix = f"n{secrets.token_hex(4)}"
+    driver = S3Driver(s3_endpoint.options(bucket, prefix=prefix, chunk_size=5 * MiB))
+    data = pseudo_random(11 * MiB + 3)
+    writer = await driver.new_file("blobs/b/data", staging="uploads/s/data")
+    await writer.write(data)
+    # Its parts are already at the file's key, where nothing shows yet.
+    assert uploads_in(s3_endpoint, bucket, prefix) == [f"{prefix}/blobs/b/data"]
+    with pytest.raises(PathNotFound):
+        await driver.stat("blobs/b/data")
+    await writer.commit()
+    # No staging object, no state object, no upload left: nothing was copied.
+    listed = s3_endpoint.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    assert [entry["Key"] for entry in listed["Contents"]] == [f"{prefix}/blobs/b/data"]
+    assert uploads_in(s3_endpoint, bucket, prefix) == []
+    assert await read_all(driver, "blobs/b/data", chunk=MiB) == data
+    cancelled = await driver.new_file("blobs/c/data", staging="uploads/t/data")
+    await cancelled.write(data)
+    await cancelled.cancel()
+    assert uploads_in(s3_endpoint, bucket, prefix) == []
+    driver.close()
