@@ -18,7 +18,10 @@ from regd.registry import MAX_MANIFEST_SIZE
 async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
     name, reference = match[1], match[2]
     try:
-        info = await x.registry.manifests.get(name, reference, with_payload=not request.head)
+        filler = origin_of(x, request.headers) if x.registry.fill_events else None
+        info = await x.registry.manifests.get(
+            name, reference, with_payload=not request.head, origin=filler
+        )
     except TagInvalid:
         raise _cannot_exist(name, reference) from None
     if x.registry.pull_events and not request.head:

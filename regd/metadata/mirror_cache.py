@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from regd.metadata.engine import insert_for
+from regd.metadata.outbox import BLOB_MEDIA_TYPE, FILL, Origin, Target
 from regd.metadata.rules import BATCH_SIZE
 from regd.metadata.schema import metadata
 
@@ -157,9 +158,13 @@ async def put_manifest(
     media_type: str,
     payload: bytes,
     tag: str | None,
+    origin: Origin | None = None,
 ) -> None:
-    """Keep a fetched manifest (and point `tag` at it, checked now)."""
+    """Keep a fetched manifest (and point `tag` at it, checked now); with `origin`, the
+    fill is reported to the event endpoints that want fills, in the same transaction."""
     now = store.clock.now()
+    target = Target(repository, digest, media_type, len(payload), tag, "manifests")
+    events = store._event_rows(origin, FILL, [target], now)
 
     def w(conn: Connection) -> None:
         ins = insert_for(store.dialect, mirror_manifests).values(
@@ -179,6 +184,7 @@ async def put_manifest(
         )
         if tag is not None:
             _set_tag(conn, store.dialect, mirror, repository, tag, digest, now)
+        store._write_events(conn, events)
 
     await store.run_write(w)
 
@@ -213,9 +219,18 @@ async def touch_manifest(store: MetadataStore, repository: str, digest: str) -> 
 
 
 async def put_blob(
-    store: MetadataStore, mirror: str, repository: str, digest: str, size: int
+    store: MetadataStore,
+    mirror: str,
+    repository: str,
+    digest: str,
+    size: int,
+    origin: Origin | None = None,
 ) -> None:
+    """Note a stored blob as the mirror's; with `origin`, a fill from the upstream reported
+    as `put_manifest` reports one."""
     now = store.clock.now()
+    target = Target(repository, digest, BLOB_MEDIA_TYPE, size, kind="blobs")
+    events = store._event_rows(origin, FILL, [target], now)
 
     def w(conn: Connection) -> None:
         ins = insert_for(store.dialect, mirror_blobs).values(
@@ -231,6 +246,7 @@ async def put_blob(
                 index_elements=["repository", "digest"], set_={"pulled_at": now}
             )
         )
+        store._write_events(conn, events)
 
     await store.run_write(w)
 

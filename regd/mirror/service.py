@@ -20,7 +20,7 @@ from regd.client.tasks import task_group
 from regd.clock import Clock
 from regd.config import MirrorConfig
 from regd.errors import BlobUnknown, ManifestInvalid
-from regd.metadata import ManifestInfo, MetadataStore
+from regd.metadata import ManifestInfo, MetadataStore, Origin
 from regd.metadata import mirror_cache as cache
 from regd.mirror.errors import UpstreamError
 from regd.mirror.flights import END, STORED, BlobFetch, Flights, chunks_of
@@ -129,15 +129,23 @@ class Mirrors:
     # -- manifests -------------------------------------------------------------------
 
     async def manifest(
-        self, route: Route, reference: str, *, by_digest: bool, with_payload: bool
+        self,
+        route: Route,
+        reference: str,
+        *,
+        by_digest: bool,
+        with_payload: bool,
+        origin: Origin | None = None,
     ) -> ManifestInfo | None:
         """The manifest from the cache, fetched or revalidated as needed; None when the
-        upstream does not have it."""
+        upstream does not have it. A fill is reported as `origin`'s (None: not reported)."""
         if by_digest:
             found = await self._cached(route, reference, with_payload)
             if found is not None:
                 return found
-            digest = await self._single(route, reference, lambda: self._fetch(route, reference))
+            digest = await self._single(
+                route, reference, lambda: self._fetch(route, reference, origin)
+            )
             return None if digest is None else await self._cached(route, digest, with_payload)
 
         tag = await cache.get_tag(self._metadata, route.repository, reference)
@@ -147,7 +155,7 @@ class Mirrors:
                 return found
         try:
             digest = await self._single(
-                route, reference, lambda: self._refresh(route, reference, tag)
+                route, reference, lambda: self._refresh(route, reference, tag, origin)
             )
         except UpstreamError as exc:
             if tag is None:
@@ -200,7 +208,9 @@ class Mirrors:
             stale=stale,
         )
 
-    async def _refresh(self, route: Route, tag: str, known: cache.CachedTag | None) -> str | None:
+    async def _refresh(
+        self, route: Route, tag: str, known: cache.CachedTag | None, origin: Origin | None
+    ) -> str | None:
         """Where the tag points upstream now; a HEAD first when a digest is cached, so an
         unchanged tag costs no download (and no pull on the upstream's rate limit)."""
         upstream = self._upstream(route.mirror)
@@ -213,9 +223,9 @@ class Mirrors:
             ):
                 await cache.confirm_tag(self._metadata, route.repository, tag)
                 return known.digest
-        return await self._fetch(route, tag)
+        return await self._fetch(route, tag, origin)
 
-    async def _fetch(self, route: Route, reference: str) -> str | None:
+    async def _fetch(self, route: Route, reference: str, origin: Origin | None) -> str | None:
         upstream = self._upstream(route.mirror)
         fetched = await upstream.get_manifest(route.upstream_repository, reference)
         if fetched is None:
@@ -234,6 +244,7 @@ class Mirrors:
             fetched.media_type,
             fetched.data,
             tag,
+            origin,
         )
         log.info(
             "cache fill kind=manifest repository=%s reference=%s digest=%s",
@@ -286,10 +297,17 @@ class Mirrors:
         return size
 
     async def open_blob(
-        self, route: Route, digest: Digest, size: int, offset: int, length: int
+        self,
+        route: Route,
+        digest: Digest,
+        size: int,
+        offset: int,
+        length: int,
+        origin: Origin | None = None,
     ) -> LiveBlob | None:
         """The blob as it arrives, for the first client asking for all of it; None once it
-        is stored (fetched for, or by, someone else), to be read from storage."""
+        is stored (fetched for, or by, someone else), to be read from storage. A fill this
+        request starts is reported as `origin`'s (None: not reported)."""
         whole = offset == 0 and length == size
         mirror = route.mirror
         while True:
@@ -304,7 +322,7 @@ class Mirrors:
                 fetch = BlobFetch(str(digest), size)
                 self._fetches[_fetch_key(route, digest)] = fetch
                 receive = fetch.attach_reader() if whole else None
-                self._nursery.start_soon(self._fetch_blob, route, digest, fetch)
+                self._nursery.start_soon(self._fetch_blob, route, digest, fetch, origin)
                 if receive is not None:
                     return LiveBlob(chunks_of(receive, self._stored(digest, size)), size)
             if not await fetch.wait(mirror.timeout):
@@ -322,7 +340,9 @@ class Mirrors:
 
         return open_it
 
-    async def _fetch_blob(self, route: Route, digest: Digest, fetch: BlobFetch) -> None:
+    async def _fetch_blob(
+        self, route: Route, digest: Digest, fetch: BlobFetch, origin: Origin | None
+    ) -> None:
         mirror = route.mirror
         upstream = self._upstream(mirror)
         lease = f"mirror-fetch:{_fetch_key(route, digest)}"
@@ -335,7 +355,7 @@ class Mirrors:
             else:
                 async with task_group() as nursery:
                     nursery.start_soon(self._keep_lease, lease, holder)
-                    await self._transfer(route, digest, fetch, upstream)
+                    await self._transfer(route, digest, fetch, upstream, origin)
                     nursery.cancel_scope.cancel()
             error = None
         except Exception as exc:
@@ -375,7 +395,12 @@ class Mirrors:
             await self._metadata.acquire_lock(lease, holder, FETCH_LEASE_SECONDS)
 
     async def _transfer(
-        self, route: Route, digest: Digest, fetch: BlobFetch, upstream: Upstream
+        self,
+        route: Route,
+        digest: Digest,
+        fetch: BlobFetch,
+        upstream: Upstream,
+        origin: Origin | None,
     ) -> None:
         timeout = route.mirror.timeout
         async with upstream.open_blob(route.upstream_repository, digest) as stream:
@@ -404,7 +429,7 @@ class Mirrors:
 
             await self._store_blob(route.repository, str(digest), body(), fetch.size)
         await cache.put_blob(
-            self._metadata, route.mirror.prefix, route.repository, str(digest), fetch.size
+            self._metadata, route.mirror.prefix, route.repository, str(digest), fetch.size, origin
         )
         for chunk in last:
             await fetch.give(chunk, timeout)

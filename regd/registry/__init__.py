@@ -93,6 +93,11 @@ class Registry:
         """Whether any event endpoint wants to hear of pulls."""
         return self.metadata.event_routing.pulls
 
+    @property
+    def fill_events(self) -> bool:
+        """Whether a mirror is configured and any event endpoint wants to hear of its fills."""
+        return self.mirrors is not None and self.metadata.event_routing.fills
+
     async def aclose(self) -> None:
         await self.metadata.aclose()
 
