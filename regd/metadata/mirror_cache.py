@@ -81,6 +81,24 @@ mirror_blobs = Table(
     Index("mirror_blobs_digest", "digest"),
 )
 
+# The upstream's referrers of `subject` (its referrers API, or the tag schema's index), as
+# a JSON list of descriptors, unfiltered; `checked_at` as a tag's.
+mirror_referrers = Table(
+    "mirror_referrers",
+    metadata,
+    Column("repository", _name(255), primary_key=True),
+    Column("subject", _name(150), primary_key=True),
+    Column("mirror", _name(255), nullable=False),
+    Column("descriptors", LargeBinary, nullable=False),
+    Column("checked_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedReferrers:
+    descriptors: bytes
+    checked_at: float
+
 
 @dataclass(frozen=True, slots=True)
 class CachedManifest:
@@ -201,6 +219,40 @@ def _set_tag(
             set_={"digest": digest, "checked_at": now, "mirror": mirror},
         )
     )
+
+
+async def get_referrers(
+    store: MetadataStore, repository: str, subject: str
+) -> CachedReferrers | None:
+    r = mirror_referrers
+    stmt = select(r.c.descriptors, r.c.checked_at).where(
+        r.c.repository == repository, r.c.subject == subject
+    )
+
+    def q(conn: Connection) -> CachedReferrers | None:
+        row = conn.execute(stmt).first()
+        return None if row is None else CachedReferrers(bytes(row[0]), row[1])
+
+    return await store.run_query(q)
+
+
+async def put_referrers(
+    store: MetadataStore, mirror: str, repository: str, subject: str, descriptors: bytes
+) -> None:
+    """Keep the upstream's referrers list of `subject`, checked now."""
+    now = store.clock.now()
+    ins = insert_for(store.dialect, mirror_referrers).values(
+        repository=repository,
+        subject=subject,
+        mirror=mirror,
+        descriptors=descriptors,
+        checked_at=now,
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["repository", "subject"],
+        set_={"descriptors": descriptors, "checked_at": now},
+    )
+    await store.run_write(lambda conn: conn.execute(stmt))
 
 
 async def confirm_tag(store: MetadataStore, repository: str, tag: str) -> None:
@@ -338,6 +390,12 @@ async def remove(store: MetadataStore, items: Sequence[CacheEntry]) -> int:
             conn.execute(
                 delete(mirror_tags).where(
                     tuple_(mirror_tags.c.repository, mirror_tags.c.digest).in_(batch)
+                )
+            )
+            # A subject evicted takes the list of its referrers along.
+            conn.execute(
+                delete(mirror_referrers).where(
+                    tuple_(mirror_referrers.c.repository, mirror_referrers.c.subject).in_(batch)
                 )
             )
             removed += conn.execute(

@@ -9,6 +9,7 @@ tag cached before is served as it was, marked stale.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -97,6 +98,7 @@ class Mirrors:
         # httpx notes every request at INFO; regd's own lines say what a fill did.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self._manifests: Flights[tuple[str, str], str | None] = Flights()
+        self._referrer_flights: Flights[tuple[str, str], bytes] = Flights()
         self._fetches: dict[str, BlobFetch] = {}
         self._nursery: trio.Nursery | None = None
         # When this process last noted a pull of a blob (bounded; forgetting costs a write).
@@ -253,6 +255,52 @@ class Mirrors:
             fetched.digest,
         )
         return str(fetched.digest)
+
+    # -- referrers -------------------------------------------------------------------
+
+    async def referrers(
+        self, route: Route, subject: Digest
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The upstream's referrers of `subject` (descriptors, unfiltered), kept as a tag
+        is: fresh for the mirror's `manifest_ttl`, then asked again, and when the upstream
+        fails, served as last seen with the cause (else None) as the second item."""
+        subject_key = str(subject)
+        cached = await cache.get_referrers(self._metadata, route.repository, subject_key)
+        if cached is not None and self._clock.now() - cached.checked_at < route.mirror.manifest_ttl:
+            return json.loads(cached.descriptors), None
+        upstream = self._upstream(route.mirror)
+
+        async def fetch() -> bytes:
+            found = await upstream.referrers(route.upstream_repository, subject)
+            # Only well-formed descriptors are kept and served again: the upstream's list
+            # is not trusted to be what an OCI index may hold.
+            descriptors = json.dumps([d.to_json() for d in found]).encode()
+            await cache.put_referrers(
+                self._metadata, route.mirror.prefix, route.repository, subject_key, descriptors
+            )
+            return descriptors
+
+        try:
+            fetched = await self._referrer_flights.run(
+                (route.repository, subject_key),
+                fetch,
+                wait=route.mirror.timeout,
+                on_timeout=upstream.failure(
+                    f"no referrers of {subject} within {route.mirror.timeout:.0f} s"
+                ),
+            )
+        except UpstreamError as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "serving stale referrers repository=%s subject=%s upstream=%s cause=%s",
+                route.repository,
+                subject,
+                route.mirror.upstream,
+                exc.cause,
+            )
+            return json.loads(cached.descriptors), exc.cause
+        return json.loads(fetched), None
 
     # -- blobs -----------------------------------------------------------------------
 

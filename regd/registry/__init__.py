@@ -77,7 +77,7 @@ class Registry:
             blobs=blobs,
             uploads=uploads,
             manifests=manifests,
-            listings=Listings(metadata),
+            listings=Listings(metadata, cache),
             lifecycle=Lifecycle(storage, metadata, clock, cache),
             repositories=Repositories(metadata, clock),
             integrity=Integrity(storage, metadata, clock),
