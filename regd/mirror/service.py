@@ -40,7 +40,12 @@ TOUCH_EVERY = 60.0
 # bytes arrive, so a crashed replica's lease lapses soon.
 FETCH_LEASE_SECONDS = 30.0
 TOUCHED_MEMORY = 10_000
-READER_PIECE = 256 * 1024
+# The upstream's bytes are gathered into pieces this large once, and the same piece goes
+# to storage (hashed and written in one hand-off each) and to the first client: one copy
+# and a few hand-offs per MiB instead of one per network read, which on regd's one
+# event-loop thread is what a fill's rate is made of. At least the storage pipeline's
+# WRITE_CHUNK (regd.registry.streaming), so it passes each piece on without joining again.
+FILL_PIECE = 1024 * 1024
 
 
 def _fetch_key(route: Route, digest: Digest) -> str:
@@ -459,21 +464,31 @@ class Mirrors:
             last: list[bytes] = []
 
             async def body() -> AsyncIterator[bytes]:
-                # The first client gets the bytes in pieces of READER_PIECE (fewer hand-offs
-                # and sends than the network's small reads), and the last piece only once
-                # the blob is verified and stored: it never receives an unchecked whole.
-                held: list[bytes] = []
-                held_size = 0
+                # The first client gets each piece once the next one is complete, and the
+                # last only once the blob is verified and stored: it never receives an
+                # unchecked whole.
+                gathered: list[bytes] = []
+                gathered_size = 0
+                held: bytes | None = None
                 async for chunk in stream.chunks():
                     fetch.received += len(chunk)
-                    if held_size >= READER_PIECE:
-                        await fetch.give(b"".join(held), timeout)
-                        held, held_size = [], 0
-                    held.append(chunk)
-                    held_size += len(chunk)
-                    yield chunk
-                if held:
-                    last.append(b"".join(held))
+                    gathered.append(chunk)
+                    gathered_size += len(chunk)
+                    if gathered_size >= FILL_PIECE:
+                        piece = b"".join(gathered)
+                        gathered, gathered_size = [], 0
+                        if held is not None:
+                            await fetch.give(held, timeout)
+                        held = piece
+                        yield piece
+                if gathered:
+                    piece = b"".join(gathered)
+                    if held is not None:
+                        await fetch.give(held, timeout)
+                    held = piece
+                    yield piece
+                if held is not None:
+                    last.append(held)
 
             await self._store_blob(route.repository, str(digest), body(), fetch.size)
         await cache.put_blob(
