@@ -14,7 +14,9 @@ upstream, then measures:
            upstream served each of its blobs (the cache promises once).
 
 A pull reads the manifest, then its blobs, `--parallel` at a time (as docker and containerd
-do), and throws the bytes away; rates are image bytes over wall time.
+do), and throws the bytes away; rates are image bytes over wall time, and each phase's CPU
+is the user + system seconds regd's and the upstream's processes spent on it, per GiB pulled
+(less sensitive than rates to what else the machine is doing).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.servers import free_port
+from bench.servers import cpu_seconds, free_port, process_tree
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DISTRIBUTION_CONFIG = """\
@@ -226,16 +228,27 @@ def main() -> int:
         size = push_image(upstream, "big/image", 1, args.layers, layer_size)
         push_image(regd, "local/image", 1, args.layers, layer_size)
         results: dict[str, float] = {}
+
+        def cpu(process: subprocess.Popen[bytes]) -> float:
+            return sum(cpu_seconds(pid) for pid in process_tree(process.pid))
+
         for name, base, repo in (
             ("direct", upstream, "big/image"),
             ("cold", regd, "up/big/image"),
             ("warm", regd, "up/big/image"),
             ("pushed", regd, "local/image"),
         ):
+            before = cpu(processes[0]), cpu(processes[1])
             got, seconds = pull(base, repo, args.parallel)
+            after = cpu(processes[0]), cpu(processes[1])
             assert got == size, (name, got, size)
             results[name] = size / seconds / MIB
-            print(f"{name:>7}: {size / MIB:.0f} MiB in {seconds:.2f} s = {results[name]:.0f} MiB/s")
+            gib = size / (1 << 30)
+            print(
+                f"{name:>7}: {size / MIB:.0f} MiB in {seconds:.2f} s = {results[name]:.0f} MiB/s; "
+                f"CPU s/GiB regd {(after[1] - before[1]) / gib:.2f}, "
+                f"upstream {(after[0] - before[0]) / gib:.2f}"
+            )
 
         burst_size = args.burst_mib * MIB // args.layers
         push_image(upstream, "burst/image", 2, args.layers, burst_size)

@@ -100,7 +100,7 @@ def _retention(value: Any, where: str) -> tuple[RetentionRule, ...]:
 
 
 # -- events (regd.events): `[[events.endpoint]]` or `[[notifications.endpoints]]` ----------
-EVENT_ACTIONS = ("push", "pull", "mount", "delete")
+EVENT_ACTIONS = ("push", "pull", "mount", "delete", "fill")
 _ENDPOINT_KEYS = frozenset(
     {
         "name",
@@ -114,19 +114,20 @@ _ENDPOINT_KEYS = frozenset(
         "repositories",
         "secret",
         "pulls",
+        "fills",
         "disabled",
     }
 )
 # The `[events]` table's own keys, as the flat event_* settings.
-EVENT_KEYS = ("endpoint", "pulls", "poll_interval", "batch")
+EVENT_KEYS = ("endpoint", "pulls", "fills", "poll_interval", "batch")
 
 
 @dataclass(frozen=True)
 class EventEndpoint:
     """One webhook, configured as Distribution configures its notification endpoints,
     plus a repository filter (a regular expression matched against the whole name), a
-    shared `secret` that signs every delivery, and whether it hears of pulls (None: the
-    global `event_pulls`)."""
+    shared `secret` that signs every delivery, and whether it hears of pulls and of mirror
+    cache fills (None: the global `event_pulls`, `event_fills`)."""
 
     name: str
     url: str
@@ -139,6 +140,7 @@ class EventEndpoint:
     repositories: str | None = None
     secret: str | None = None
     pulls: bool | None = None
+    fills: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,6 +157,7 @@ class EventEndpoint:
             "repositories": self.repositories,
             "secret": self.secret,
             "pulls": self.pulls,
+            "fills": self.fills,
         }
 
 
@@ -226,7 +229,7 @@ def _endpoint(entry: Any, at: str) -> EventEndpoint | None:
     secret = entry.get("secret")
     if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
         raise ConfigError(f"{at}.secret must be a string of at least 16 characters")
-    for key in ("pulls", "disabled"):
+    for key in ("pulls", "fills", "disabled"):
         if entry.get(key) is not None and not isinstance(entry[key], bool):
             raise ConfigError(f"{at}.{key} must be true or false")
     if entry.get("disabled", False):
@@ -243,6 +246,7 @@ def _endpoint(entry: Any, at: str) -> EventEndpoint | None:
         repositories=pattern,
         secret=secret,
         pulls=entry.get("pulls"),
+        fills=entry.get("fills"),
     )
 
 
@@ -622,6 +626,7 @@ class Config:
     # events (regd.events)
     event_endpoints: tuple[EventEndpoint, ...] = ()
     event_pulls: bool = False
+    event_fills: bool = False
     event_poll_interval: float = 1.0
     event_batch: int = 100
     # s3 (the `[s3]` table; used when storage = "s3")
@@ -758,6 +763,7 @@ _BOOLS = frozenset(
         "auth_open",
         "ui",
         "event_pulls",
+        "event_fills",
         "s3_path_style",
         "s3_redirect",
         "metrics",

@@ -47,7 +47,8 @@ async def get_blob(x: Exchange, request: direct.Request, match: re.Match[str]) -
     url = await x.registry.blobs.redirect_url(blob)
     if url is not None:
         return Reply(307, {"location": url, "docker-content-digest": str(blob.digest)})
-    stream = await x.registry.blobs.open(blob, start, length)
+    filler = origin_of(x, request.headers) if blob.upstream and x.registry.fill_events else None
+    stream = await x.registry.blobs.open(blob, start, length, filler)
     return Reply(status, headers, stream=stream, length=length)
 
 

@@ -84,3 +84,10 @@ def next_link(path: str, n: int, last: str, **extra: str) -> str:
     for key, value in extra.items():
         query += f"&{key}={quote(value, safe='')}"
     return f'<{path}?{query}>; rel="next"'
+
+
+def stale_warning(cause: str) -> str:
+    """The `Warning` of an answer a mirror served from its cache because its upstream
+    failed (RFC 7234's warn-code 110), the cause made fit for a header."""
+    text = cause.encode("latin-1", "replace").decode("latin-1").replace('"', "'")[:300]
+    return f'110 regd "Response is Stale: {text.replace(chr(10), " ")}"'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, request
 
-from regd.api.http import exchange, json_response, next_link
+from regd.api.http import exchange, json_response, next_link, stale_warning
 from regd.oci import mediatypes as mt
 from regd.registry import page_size
 
@@ -41,4 +41,6 @@ async def referrers(name: str, digest: str) -> Response:
     artifact_type = request.args.get("artifactType") or None
     result = await exchange().registry.listings.referrers(name, digest, artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if result.filtered else {}
+    if result.stale is not None:
+        headers["Warning"] = stale_warning(result.stale)
     return json_response(result.index, headers=headers, content_type=mt.OCI_INDEX)

@@ -8,6 +8,7 @@ from email.utils import formatdate
 from regd.api import direct
 from regd.api.direct import Reply
 from regd.api.exchange import Exchange
+from regd.api.http import stale_warning
 from regd.api.origin import origin_of
 from regd.errors import ManifestTooLarge, ManifestUnknown, TagInvalid
 from regd.registry import MAX_MANIFEST_SIZE
@@ -18,7 +19,10 @@ from regd.registry import MAX_MANIFEST_SIZE
 async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str]) -> Reply:
     name, reference = match[1], match[2]
     try:
-        info = await x.registry.manifests.get(name, reference, with_payload=not request.head)
+        filler = origin_of(x, request.headers) if x.registry.fill_events else None
+        info = await x.registry.manifests.get(
+            name, reference, with_payload=not request.head, origin=filler
+        )
     except TagInvalid:
         raise _cannot_exist(name, reference) from None
     if x.registry.pull_events and not request.head:
@@ -32,7 +36,7 @@ async def get_manifest(x: Exchange, request: direct.Request, match: re.Match[str
     }
     if info.stale is not None:
         # A mirror's upstream failed and the cached tag stands in (RFC 7234's warn-code).
-        headers["warning"] = f'110 regd "Response is Stale: {_header_text(info.stale)}"'
+        headers["warning"] = stale_warning(info.stale)
     return Reply(200, headers, info.payload or b"", length=info.size)
 
 
@@ -76,15 +80,6 @@ async def delete_manifest(x: Exchange, request: direct.Request, match: re.Match[
         kind = "delete-manifest" if ":" in match[2] else "delete-tag"
         await x.viewer.audit(kind, match[1], match[2])
     return Reply(202)
-
-
-def _header_text(text: str) -> str:
-    return (
-        text.encode("latin-1", "replace")
-        .decode("latin-1")
-        .replace('"', "'")[:300]
-        .replace("\n", " ")
-    )
 
 
 def _cannot_exist(name: str, reference: str) -> ManifestUnknown:

@@ -62,6 +62,7 @@ def routing_for(config: Config) -> EventRouting:
                 ignored_media_types=frozenset(e.ignored_media_types),
                 repositories=None if e.repositories is None else re.compile(e.repositories),
                 pulls=config.event_pulls if e.pulls is None else e.pulls,
+                fills=config.event_fills if e.fills is None else e.fills,
             )
             for e in config.event_endpoints
         ),

@@ -31,6 +31,7 @@ from sqlalchemy import (
 )
 
 from regd.metadata.engine import insert_for
+from regd.metadata.outbox import BLOB_MEDIA_TYPE, FILL, Origin, Target
 from regd.metadata.rules import BATCH_SIZE
 from regd.metadata.schema import metadata
 
@@ -79,6 +80,24 @@ mirror_blobs = Table(
     Index("mirror_blobs_lru", "mirror", "pulled_at"),
     Index("mirror_blobs_digest", "digest"),
 )
+
+# The upstream's referrers of `subject` (its referrers API, or the tag schema's index), as
+# a JSON list of descriptors, unfiltered; `checked_at` as a tag's.
+mirror_referrers = Table(
+    "mirror_referrers",
+    metadata,
+    Column("repository", _name(255), primary_key=True),
+    Column("subject", _name(150), primary_key=True),
+    Column("mirror", _name(255), nullable=False),
+    Column("descriptors", LargeBinary, nullable=False),
+    Column("checked_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedReferrers:
+    descriptors: bytes
+    checked_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +176,13 @@ async def put_manifest(
     media_type: str,
     payload: bytes,
     tag: str | None,
+    origin: Origin | None = None,
 ) -> None:
-    """Keep a fetched manifest (and point `tag` at it, checked now)."""
+    """Keep a fetched manifest (and point `tag` at it, checked now); with `origin`, the
+    fill is reported to the event endpoints that want fills, in the same transaction."""
     now = store.clock.now()
+    target = Target(repository, digest, media_type, len(payload), tag, "manifests")
+    events = store._event_rows(origin, FILL, [target], now)
 
     def w(conn: Connection) -> None:
         ins = insert_for(store.dialect, mirror_manifests).values(
@@ -179,6 +202,7 @@ async def put_manifest(
         )
         if tag is not None:
             _set_tag(conn, store.dialect, mirror, repository, tag, digest, now)
+        store._write_events(conn, events)
 
     await store.run_write(w)
 
@@ -197,6 +221,40 @@ def _set_tag(
     )
 
 
+async def get_referrers(
+    store: MetadataStore, repository: str, subject: str
+) -> CachedReferrers | None:
+    r = mirror_referrers
+    stmt = select(r.c.descriptors, r.c.checked_at).where(
+        r.c.repository == repository, r.c.subject == subject
+    )
+
+    def q(conn: Connection) -> CachedReferrers | None:
+        row = conn.execute(stmt).first()
+        return None if row is None else CachedReferrers(bytes(row[0]), row[1])
+
+    return await store.run_query(q)
+
+
+async def put_referrers(
+    store: MetadataStore, mirror: str, repository: str, subject: str, descriptors: bytes
+) -> None:
+    """Keep the upstream's referrers list of `subject`, checked now."""
+    now = store.clock.now()
+    ins = insert_for(store.dialect, mirror_referrers).values(
+        repository=repository,
+        subject=subject,
+        mirror=mirror,
+        descriptors=descriptors,
+        checked_at=now,
+    )
+    stmt = ins.on_conflict_do_update(
+        index_elements=["repository", "subject"],
+        set_={"descriptors": descriptors, "checked_at": now},
+    )
+    await store.run_write(lambda conn: conn.execute(stmt))
+
+
 async def confirm_tag(store: MetadataStore, repository: str, tag: str) -> None:
     """The upstream still points the tag at the cached digest: fresh again from now."""
     now = store.clock.now()
@@ -213,9 +271,18 @@ async def touch_manifest(store: MetadataStore, repository: str, digest: str) -> 
 
 
 async def put_blob(
-    store: MetadataStore, mirror: str, repository: str, digest: str, size: int
+    store: MetadataStore,
+    mirror: str,
+    repository: str,
+    digest: str,
+    size: int,
+    origin: Origin | None = None,
 ) -> None:
+    """Note a stored blob as the mirror's; with `origin`, a fill from the upstream reported
+    as `put_manifest` reports one."""
     now = store.clock.now()
+    target = Target(repository, digest, BLOB_MEDIA_TYPE, size, kind="blobs")
+    events = store._event_rows(origin, FILL, [target], now)
 
     def w(conn: Connection) -> None:
         ins = insert_for(store.dialect, mirror_blobs).values(
@@ -231,6 +298,7 @@ async def put_blob(
                 index_elements=["repository", "digest"], set_={"pulled_at": now}
             )
         )
+        store._write_events(conn, events)
 
     await store.run_write(w)
 
@@ -322,6 +390,12 @@ async def remove(store: MetadataStore, items: Sequence[CacheEntry]) -> int:
             conn.execute(
                 delete(mirror_tags).where(
                     tuple_(mirror_tags.c.repository, mirror_tags.c.digest).in_(batch)
+                )
+            )
+            # A subject evicted takes the list of its referrers along.
+            conn.execute(
+                delete(mirror_referrers).where(
+                    tuple_(mirror_referrers.c.repository, mirror_referrers.c.subject).in_(batch)
                 )
             )
             removed += conn.execute(

@@ -50,6 +50,9 @@ from regd.metadata.schema import metadata
 
 # Distribution's names for what happened.
 PUSH, PULL, MOUNT, DELETE = "push", "pull", "mount", "delete"
+# regd's own: a mirror stored content fetched from its upstream. A name Distribution never
+# sends, so receivers written for it (which switch on the action) pass over it.
+FILL = "fill"
 # What Distribution calls a blob's media type in its events.
 BLOB_MEDIA_TYPE = "application/octet-stream"
 # Pulls noted and not yet written; past this, further pulls are dropped (and counted)
@@ -112,9 +115,12 @@ class EndpointFilter:
     ignored_media_types: frozenset[str] = frozenset()
     repositories: re.Pattern[str] | None = None
     pulls: bool = False
+    fills: bool = False
 
     def wants(self, action: str, repository: str, media_type: str | None) -> bool:
         if action in self.ignored_actions or (action == PULL and not self.pulls):
+            return False
+        if action == FILL and not self.fills:
             return False
         if media_type is not None and media_type in self.ignored_media_types:
             return False
@@ -134,6 +140,10 @@ class EventRouting:
     @property
     def pulls(self) -> bool:
         return any(e.pulls and PULL not in e.ignored_actions for e in self.endpoints)
+
+    @property
+    def fills(self) -> bool:
+        return any(e.fills and FILL not in e.ignored_actions for e in self.endpoints)
 
 
 @dataclass(frozen=True, slots=True)

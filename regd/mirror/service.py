@@ -9,6 +9,7 @@ tag cached before is served as it was, marked stale.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -20,7 +21,7 @@ from regd.client.tasks import task_group
 from regd.clock import Clock
 from regd.config import MirrorConfig
 from regd.errors import BlobUnknown, ManifestInvalid
-from regd.metadata import ManifestInfo, MetadataStore
+from regd.metadata import ManifestInfo, MetadataStore, Origin
 from regd.metadata import mirror_cache as cache
 from regd.mirror.errors import UpstreamError
 from regd.mirror.flights import END, STORED, BlobFetch, Flights, chunks_of
@@ -39,7 +40,12 @@ TOUCH_EVERY = 60.0
 # bytes arrive, so a crashed replica's lease lapses soon.
 FETCH_LEASE_SECONDS = 30.0
 TOUCHED_MEMORY = 10_000
-READER_PIECE = 256 * 1024
+# The upstream's bytes are gathered into pieces this large once, and the same piece goes
+# to storage (hashed and written in one hand-off each) and to the first client: one copy
+# and a few hand-offs per MiB instead of one per network read, which on regd's one
+# event-loop thread is what a fill's rate is made of. At least the storage pipeline's
+# WRITE_CHUNK (regd.registry.streaming), so it passes each piece on without joining again.
+FILL_PIECE = 1024 * 1024
 
 
 def _fetch_key(route: Route, digest: Digest) -> str:
@@ -97,6 +103,7 @@ class Mirrors:
         # httpx notes every request at INFO; regd's own lines say what a fill did.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self._manifests: Flights[tuple[str, str], str | None] = Flights()
+        self._referrer_flights: Flights[tuple[str, str], bytes] = Flights()
         self._fetches: dict[str, BlobFetch] = {}
         self._nursery: trio.Nursery | None = None
         # When this process last noted a pull of a blob (bounded; forgetting costs a write).
@@ -129,15 +136,23 @@ class Mirrors:
     # -- manifests -------------------------------------------------------------------
 
     async def manifest(
-        self, route: Route, reference: str, *, by_digest: bool, with_payload: bool
+        self,
+        route: Route,
+        reference: str,
+        *,
+        by_digest: bool,
+        with_payload: bool,
+        origin: Origin | None = None,
     ) -> ManifestInfo | None:
         """The manifest from the cache, fetched or revalidated as needed; None when the
-        upstream does not have it."""
+        upstream does not have it. A fill is reported as `origin`'s (None: not reported)."""
         if by_digest:
             found = await self._cached(route, reference, with_payload)
             if found is not None:
                 return found
-            digest = await self._single(route, reference, lambda: self._fetch(route, reference))
+            digest = await self._single(
+                route, reference, lambda: self._fetch(route, reference, origin)
+            )
             return None if digest is None else await self._cached(route, digest, with_payload)
 
         tag = await cache.get_tag(self._metadata, route.repository, reference)
@@ -147,7 +162,7 @@ class Mirrors:
                 return found
         try:
             digest = await self._single(
-                route, reference, lambda: self._refresh(route, reference, tag)
+                route, reference, lambda: self._refresh(route, reference, tag, origin)
             )
         except UpstreamError as exc:
             if tag is None:
@@ -200,7 +215,9 @@ class Mirrors:
             stale=stale,
         )
 
-    async def _refresh(self, route: Route, tag: str, known: cache.CachedTag | None) -> str | None:
+    async def _refresh(
+        self, route: Route, tag: str, known: cache.CachedTag | None, origin: Origin | None
+    ) -> str | None:
         """Where the tag points upstream now; a HEAD first when a digest is cached, so an
         unchanged tag costs no download (and no pull on the upstream's rate limit)."""
         upstream = self._upstream(route.mirror)
@@ -213,9 +230,9 @@ class Mirrors:
             ):
                 await cache.confirm_tag(self._metadata, route.repository, tag)
                 return known.digest
-        return await self._fetch(route, tag)
+        return await self._fetch(route, tag, origin)
 
-    async def _fetch(self, route: Route, reference: str) -> str | None:
+    async def _fetch(self, route: Route, reference: str, origin: Origin | None) -> str | None:
         upstream = self._upstream(route.mirror)
         fetched = await upstream.get_manifest(route.upstream_repository, reference)
         if fetched is None:
@@ -234,6 +251,7 @@ class Mirrors:
             fetched.media_type,
             fetched.data,
             tag,
+            origin,
         )
         log.info(
             "cache fill kind=manifest repository=%s reference=%s digest=%s",
@@ -242,6 +260,52 @@ class Mirrors:
             fetched.digest,
         )
         return str(fetched.digest)
+
+    # -- referrers -------------------------------------------------------------------
+
+    async def referrers(
+        self, route: Route, subject: Digest
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The upstream's referrers of `subject` (descriptors, unfiltered), kept as a tag
+        is: fresh for the mirror's `manifest_ttl`, then asked again, and when the upstream
+        fails, served as last seen with the cause (else None) as the second item."""
+        subject_key = str(subject)
+        cached = await cache.get_referrers(self._metadata, route.repository, subject_key)
+        if cached is not None and self._clock.now() - cached.checked_at < route.mirror.manifest_ttl:
+            return json.loads(cached.descriptors), None
+        upstream = self._upstream(route.mirror)
+
+        async def fetch() -> bytes:
+            found = await upstream.referrers(route.upstream_repository, subject)
+            # Only well-formed descriptors are kept and served again: the upstream's list
+            # is not trusted to be what an OCI index may hold.
+            descriptors = json.dumps([d.to_json() for d in found]).encode()
+            await cache.put_referrers(
+                self._metadata, route.mirror.prefix, route.repository, subject_key, descriptors
+            )
+            return descriptors
+
+        try:
+            fetched = await self._referrer_flights.run(
+                (route.repository, subject_key),
+                fetch,
+                wait=route.mirror.timeout,
+                on_timeout=upstream.failure(
+                    f"no referrers of {subject} within {route.mirror.timeout:.0f} s"
+                ),
+            )
+        except UpstreamError as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "serving stale referrers repository=%s subject=%s upstream=%s cause=%s",
+                route.repository,
+                subject,
+                route.mirror.upstream,
+                exc.cause,
+            )
+            return json.loads(cached.descriptors), exc.cause
+        return json.loads(fetched), None
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -286,10 +350,17 @@ class Mirrors:
         return size
 
     async def open_blob(
-        self, route: Route, digest: Digest, size: int, offset: int, length: int
+        self,
+        route: Route,
+        digest: Digest,
+        size: int,
+        offset: int,
+        length: int,
+        origin: Origin | None = None,
     ) -> LiveBlob | None:
         """The blob as it arrives, for the first client asking for all of it; None once it
-        is stored (fetched for, or by, someone else), to be read from storage."""
+        is stored (fetched for, or by, someone else), to be read from storage. A fill this
+        request starts is reported as `origin`'s (None: not reported)."""
         whole = offset == 0 and length == size
         mirror = route.mirror
         while True:
@@ -304,7 +375,7 @@ class Mirrors:
                 fetch = BlobFetch(str(digest), size)
                 self._fetches[_fetch_key(route, digest)] = fetch
                 receive = fetch.attach_reader() if whole else None
-                self._nursery.start_soon(self._fetch_blob, route, digest, fetch)
+                self._nursery.start_soon(self._fetch_blob, route, digest, fetch, origin)
                 if receive is not None:
                     return LiveBlob(chunks_of(receive, self._stored(digest, size)), size)
             if not await fetch.wait(mirror.timeout):
@@ -322,7 +393,9 @@ class Mirrors:
 
         return open_it
 
-    async def _fetch_blob(self, route: Route, digest: Digest, fetch: BlobFetch) -> None:
+    async def _fetch_blob(
+        self, route: Route, digest: Digest, fetch: BlobFetch, origin: Origin | None
+    ) -> None:
         mirror = route.mirror
         upstream = self._upstream(mirror)
         lease = f"mirror-fetch:{_fetch_key(route, digest)}"
@@ -335,7 +408,7 @@ class Mirrors:
             else:
                 async with task_group() as nursery:
                     nursery.start_soon(self._keep_lease, lease, holder)
-                    await self._transfer(route, digest, fetch, upstream)
+                    await self._transfer(route, digest, fetch, upstream, origin)
                     nursery.cancel_scope.cancel()
             error = None
         except Exception as exc:
@@ -375,7 +448,12 @@ class Mirrors:
             await self._metadata.acquire_lock(lease, holder, FETCH_LEASE_SECONDS)
 
     async def _transfer(
-        self, route: Route, digest: Digest, fetch: BlobFetch, upstream: Upstream
+        self,
+        route: Route,
+        digest: Digest,
+        fetch: BlobFetch,
+        upstream: Upstream,
+        origin: Origin | None,
     ) -> None:
         timeout = route.mirror.timeout
         async with upstream.open_blob(route.upstream_repository, digest) as stream:
@@ -386,25 +464,35 @@ class Mirrors:
             last: list[bytes] = []
 
             async def body() -> AsyncIterator[bytes]:
-                # The first client gets the bytes in pieces of READER_PIECE (fewer hand-offs
-                # and sends than the network's small reads), and the last piece only once
-                # the blob is verified and stored: it never receives an unchecked whole.
-                held: list[bytes] = []
-                held_size = 0
+                # The first client gets each piece once the next one is complete, and the
+                # last only once the blob is verified and stored: it never receives an
+                # unchecked whole.
+                gathered: list[bytes] = []
+                gathered_size = 0
+                held: bytes | None = None
                 async for chunk in stream.chunks():
                     fetch.received += len(chunk)
-                    if held_size >= READER_PIECE:
-                        await fetch.give(b"".join(held), timeout)
-                        held, held_size = [], 0
-                    held.append(chunk)
-                    held_size += len(chunk)
-                    yield chunk
-                if held:
-                    last.append(b"".join(held))
+                    gathered.append(chunk)
+                    gathered_size += len(chunk)
+                    if gathered_size >= FILL_PIECE:
+                        piece = b"".join(gathered)
+                        gathered, gathered_size = [], 0
+                        if held is not None:
+                            await fetch.give(held, timeout)
+                        held = piece
+                        yield piece
+                if gathered:
+                    piece = b"".join(gathered)
+                    if held is not None:
+                        await fetch.give(held, timeout)
+                    held = piece
+                    yield piece
+                if held is not None:
+                    last.append(held)
 
             await self._store_blob(route.repository, str(digest), body(), fetch.size)
         await cache.put_blob(
-            self._metadata, route.mirror.prefix, route.repository, str(digest), fetch.size
+            self._metadata, route.mirror.prefix, route.repository, str(digest), fetch.size, origin
         )
         for chunk in last:
             await fetch.give(chunk, timeout)

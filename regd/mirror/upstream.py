@@ -19,6 +19,7 @@ from regd.clock import Clock
 from regd.config import MirrorConfig
 from regd.mirror.errors import UpstreamError
 from regd.oci.digest import Digest
+from regd.oci.manifest import Descriptor
 from regd.oci.reference import Reference
 
 # httpcore reads a response 64 KiB at a time, and in regd's one event-loop thread each read
@@ -90,6 +91,17 @@ class Upstream:
             return None
         except ClientError as exc:
             raise self.failure(str(exc)) from exc
+
+    async def referrers(self, repository: str, subject: Digest) -> tuple[Descriptor, ...]:
+        """The manifests referring to `subject` upstream, all artifact types: by the
+        referrers API, or, where the upstream answers it with 404, the tag schema's index."""
+        try:
+            found = await self.client.referrers(self._ref(repository, digest=subject))
+        except NotFoundError:
+            return ()
+        except ClientError as exc:
+            raise self.failure(str(exc)) from exc
+        return found.descriptors
 
     async def blob_size(self, repository: str, digest: Digest) -> int | None:
         try:

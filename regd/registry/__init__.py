@@ -77,7 +77,7 @@ class Registry:
             blobs=blobs,
             uploads=uploads,
             manifests=manifests,
-            listings=Listings(metadata),
+            listings=Listings(metadata, cache),
             lifecycle=Lifecycle(storage, metadata, clock, cache),
             repositories=Repositories(metadata, clock),
             integrity=Integrity(storage, metadata, clock),
@@ -92,6 +92,11 @@ class Registry:
     def pull_events(self) -> bool:
         """Whether any event endpoint wants to hear of pulls."""
         return self.metadata.event_routing.pulls
+
+    @property
+    def fill_events(self) -> bool:
+        """Whether a mirror is configured and any event endpoint wants to hear of its fills."""
+        return self.mirrors is not None and self.metadata.event_routing.fills
 
     async def aclose(self) -> None:
         await self.metadata.aclose()

@@ -72,10 +72,13 @@ class Blobs:
             raise BlobUnknown(f"blob {d} is not in repository {name}", {"digest": str(d)})
         return BlobStat(d, size)
 
-    async def open(self, blob: BlobStat, offset: int, length: int) -> BlobStream | LiveBlob:
+    async def open(
+        self, blob: BlobStat, offset: int, length: int, origin: Origin | None = None
+    ) -> BlobStream | LiveBlob:
+        """The blob's bytes; a mirror's fill this starts is reported as `origin`'s."""
         if blob.upstream is not None and self._mirrors is not None:
             live = await self._mirrors.open_blob(
-                blob.upstream, blob.digest, blob.size, offset, length
+                blob.upstream, blob.digest, blob.size, offset, length, origin
             )
             if live is not None:
                 return live

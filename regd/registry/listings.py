@@ -9,6 +9,7 @@ from typing import Any
 from regd.errors import NameUnknown, PaginationInvalid
 from regd.metadata import MetadataStore, Page
 from regd.metadata.rules import BATCH_SIZE
+from regd.mirror import Mirrors
 from regd.oci import mediatypes as mt
 from regd.registry import validation
 
@@ -20,6 +21,8 @@ MAX_PAGE = 10_000
 class Referrers:
     index: dict[str, Any]
     filtered: bool
+    # A mirror's upstream failed and its list as last seen stands in: the cause.
+    stale: str | None = None
 
 
 def page_size(n: str | None) -> int | None:
@@ -31,8 +34,9 @@ def page_size(n: str | None) -> int | None:
 
 
 class Listings:
-    def __init__(self, metadata: MetadataStore) -> None:
+    def __init__(self, metadata: MetadataStore, mirrors: Mirrors | None = None) -> None:
         self._metadata = metadata
+        self._mirrors = mirrors
 
     async def tags(self, repository: str, n: int | None, last: str | None) -> Page:
         name = validation.repository_name(repository)
@@ -70,8 +74,18 @@ class Listings:
     async def referrers(self, repository: str, digest: str, artifact_type: str | None) -> Referrers:
         name = validation.repository_name(repository)
         subject = validation.digest(digest)
-        rows = await self._metadata.referrers(name, str(subject), artifact_type or None)
-        manifests = []
+        route = self._mirrors.find(name) if self._mirrors is not None else None
+        manifests: list[dict[str, Any]] = []
+        rows = []
+        if route is None or not route.prefixed:
+            # A namespace that takes pushes (the default mirror's too): what was pushed wins.
+            rows = await self._metadata.referrers(name, str(subject), artifact_type or None)
+        if not rows and route is not None and self._mirrors is not None:
+            found, stale = await self._mirrors.referrers(route, subject)
+            if artifact_type:
+                found = [d for d in found if d.get("artifactType") == artifact_type]
+            index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": found}
+            return Referrers(index, filtered=bool(artifact_type), stale=stale)
         for row in rows:
             descriptor: dict[str, Any] = {
                 "mediaType": row.media_type,

@@ -114,7 +114,14 @@ class Manifests:
             digest, manifest.subject.digest if manifest.subject else None, tuple(tags)
         )
 
-    async def get(self, repository: str, reference: str, *, with_payload: bool) -> ManifestInfo:
+    async def get(
+        self,
+        repository: str,
+        reference: str,
+        *,
+        with_payload: bool,
+        origin: Origin | None = None,
+    ) -> ManifestInfo:
         name = validation.repository_name(repository)
         by_digest = validation.is_digest_reference(reference)
         key = str(validation.digest(reference)) if by_digest else validation.tag(reference)
@@ -131,7 +138,7 @@ class Manifests:
         if info is None and route is not None and self._mirrors is not None:
             # The miss hook: the mirror answers from its cache or the upstream.
             info = await self._mirrors.manifest(
-                route, key, by_digest=by_digest, with_payload=with_payload
+                route, key, by_digest=by_digest, with_payload=with_payload, origin=origin
             )
         if info is None:
             if route is not None:

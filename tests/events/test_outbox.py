@@ -161,6 +161,7 @@ url = "http://hooks.example/ours"
 repositories = "team/.*"
 secret = "0123456789abcdef"
 pulls = false
+fills = true
 """
     )
     config = load(file=file, env={})
@@ -182,6 +183,11 @@ pulls = false
     filters = routing_for(config).endpoints
     assert [f.pulls for f in filters] == [True, False]
     assert not filters[0].wants("pull", "a", None)
+    # Fills are off unless asked for, and obey the repository filter like the rest.
+    assert [f.fills for f in filters] == [False, True]
+    assert not filters[0].wants("fill", "team/a", None)
+    assert filters[1].wants("fill", "team/a", None)
+    assert not filters[1].wants("fill", "other/a", None)
     # RFC 4231, test case 2.
     assert signature("Jefe", b"what do ya want for nothing?") == (
         "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
