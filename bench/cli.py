@@ -32,8 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of everything")
     p.add_argument(
-        "--regd-workers", type=int, default=2, metavar="N",
-        help="regd worker processes (default 2; give 1 to compare a single worker)",
+        "--regd-workers", type=int, metavar="N",
+        help="regd --workers N (default: none given, so regd runs its own default, one "
+        "worker per usable CPU; give 1 to compare a single worker)",
     )  # fmt: skip
     p.add_argument("--database", metavar="URL", help="regd --database (default: its SQLite)")
     p.add_argument(
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         console.log(message, highlight=False)
 
-    log(f"starting regd --workers {args.regd_workers} (auth: {args.auth})")
+    flag = "" if args.regd_workers is None else f" --workers {args.regd_workers}"
+    log(f"starting regd{flag} (auth: {args.auth})")
     running: list[servers.Server] = []
     moto: object_storage.Moto | None = None
     try:
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             moto.stop()
     elapsed = time.perf_counter() - started
     reference = running[-1].description if len(running) > 1 else "no reference"
-    title = f"regd --workers {args.regd_workers} vs {reference}{' (quick)' if args.quick else ''}"
+    title = f"{running[0].description} vs {reference}{' (quick)' if args.quick else ''}"
     if args.auth != "none":
         title += f", auth {args.auth}"
     variant = None

@@ -154,8 +154,40 @@ def _rows(results: Results) -> list[Row]:
         Row("mounts of a 64 MiB blob", "mounts/s", ("mounts", "mounts_s"), ("ratio>=", 1.0)),
         Row("mixed 80/20, 32 clients", "ops/s", ("mixed", "ops_s"), ("ratio>=", 1.5)),
         Row("mixed 80/20, 32 clients", "errors", ("mixed", "errors"), ("regd==", 0)),
-        Row("mixed 80/20, 32 clients", "pull p99 ms", ("mixed", "pull_p99_ms")),
-        Row("mixed 80/20, 32 clients", "push p99 ms", ("mixed", "push_p99_ms")),
+    ]
+    for op, label in (
+        ("pull", "pull (manifest + layer)"),
+        ("manifest_get", "its manifest GET"),
+        ("layer_get", "its layer GET"),
+        ("push", "push (small image)"),
+    ):
+        rows += [
+            Row("mixed 80/20, 32 clients", f"{label} p50 ms", ("mixed", f"{op}_p50_ms")),
+            Row("mixed 80/20, 32 clients", f"{label} p99 ms", ("mixed", f"{op}_p99_ms")),
+        ]
+    # The concurrency sweep: the knee of each server's latency, errors and memory under it.
+    knee_metrics = {
+        "manifest_get": ("manifest GET (wrk)", "req/s", "req_s", ("p50_ms", "p99_ms")),
+        "mixed": (
+            "mixed 80/20",
+            "ops/s",
+            "ops_s",
+            ("pull_p50_ms", "pull_p99_ms", "push_p50_ms", "push_p99_ms"),
+        ),
+    }
+    for clients in lookup(results.get("regd"), ("knee", "clients")) or ():
+        for load, (label, unit, rate_key, latencies) in knee_metrics.items():
+            key = ("knee", f"{load}_{clients}")
+            where = f"{label}, {clients} clients"
+            rows.append(Row(where, unit, (*key, rate_key)))
+            rows += [
+                Row(where, f.replace("_ms", " ms").replace("_", " "), (*key, f)) for f in latencies
+            ]
+            rows += [
+                Row(where, "errors", (*key, "errors"), ("regd==", 0)),
+                Row(where, "RSS peak, all processes MiB", (*key, "server_rss_peak_mib")),
+            ]
+    rows += [
         Row(
             "peak RSS, largest worker",
             "MiB",

@@ -28,8 +28,9 @@ from bench.servers import (
     _ready_or_stopped,
     _spawn,
     free_port,
-    reference_version,
+    reference_description,
     regd_command,
+    regd_description,
 )
 from bench.settings import Settings
 
@@ -158,7 +159,7 @@ def regd_env(moto: Moto, bucket: str) -> dict[str, str]:
 
 
 def start_regd(
-    workers: int, moto: Moto, database: str | None = None, tmp_root: str | None = None
+    workers: int | None, moto: Moto, database: str | None = None, tmp_root: str | None = None
 ) -> Server:
     """regd on a free port, its blobs in a fresh bucket of `moto`."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-s3-", dir=tmp_root))
@@ -172,11 +173,12 @@ def start_regd(
         port,
         proc,
         workdir,
-        f"regd --workers {workers}, s3 driver",
+        "regd",
         log_path,
         {"bucket": bucket},
     )
     _ready_or_stopped(server)
+    server.description = regd_description(server, workers, database, "s3 driver")
     return server
 
 
@@ -231,7 +233,7 @@ def start_reference(
         port,
         proc,
         workdir,
-        f"{reference_version(binary)}, s3 driver",
+        reference_description(binary, "s3 driver"),
         log_path,
         {"bucket": bucket},
     )

@@ -177,23 +177,64 @@ def _spawn(
     return proc, log_path
 
 
-def regd_command(port: int, data_dir: Path, workers: int, database: str | None) -> list[str]:
-    """`regd serve` as the benchmark runs it: quiet, no access log."""
+def regd_command(port: int, data_dir: Path, workers: int | None, database: str | None) -> list[str]:
+    """`regd serve` as the benchmark runs it: quiet, no access log; at regd's own number of
+    workers unless `workers` names one."""
     cmd = [
         sys.executable, "-m", "regd", "serve",
         "--addr", f"{HOST}:{port}",
         "--data-dir", str(data_dir),
-        "--workers", str(workers),
         "--log-level", "warning",
         "--no-access-log",
     ]  # fmt: skip
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     if database:
         cmd += ["--database", database]
     return cmd
 
 
+def serving_processes(root: int) -> int:
+    """How many processes of regd serve: its workers, or the main process alone. Workers
+    are the children multiprocessing spawned (through spawn_main); its resource tracker, a
+    child too, serves nothing."""
+    workers = 0
+    for pid in process_tree(root)[1:]:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        workers += any(b"spawn_main" in arg for arg in argv)
+    return workers or 1
+
+
+def regd_description(
+    server: Server, workers: int | None, database: str | None, storage: str
+) -> str:
+    """regd's settings as the run found them: the workers it actually started (its default
+    is derived from the CPUs), the metadata database, the blob storage."""
+    count = serving_processes(server.proc.pid)
+    how = f"--workers {workers}" if workers is not None else "default"
+    if not database:
+        db = "SQLite"
+    elif database.startswith("postgres"):
+        db = "PostgreSQL"
+    else:
+        db = database.split(":", 1)[0]
+    return f"regd ({count} workers, {how}; {db}; {storage})"
+
+
+def reference_description(binary: str, storage: str) -> str:
+    """Distribution's version and its parallelism: Go runs on every core unless GOMAXPROCS
+    says otherwise."""
+    cores = len(os.sched_getaffinity(0))
+    procs = os.environ.get("GOMAXPROCS") or f"{cores} (default: all cores)"
+    return f"{reference_version(binary)} (GOMAXPROCS {procs}; {storage})"
+
+
 def start_regd(
-    workers: int,
+    workers: int | None,
     database: str | None = None,
     tmp_root: str | None = None,
     data_dir: Path | None = None,
@@ -218,10 +259,9 @@ def start_regd(
         notes["htpasswd"] = str(htpasswd)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc, log_path = _spawn(cmd, workdir, env)
-    server = Server(
-        "regd", port, proc, workdir, f"regd --workers {workers}", log_path, notes, credentials
-    )
+    server = Server("regd", port, proc, workdir, "regd", log_path, notes, credentials)
     _ready_or_stopped(server)
+    server.description = regd_description(server, workers, database, "filesystem")
     return server
 
 
@@ -302,7 +342,14 @@ def start_reference(
     config.write_text(text)
     proc, log_path = _spawn([binary, "serve", str(config)], workdir)
     server = Server(
-        "reference", port, proc, workdir, reference_version(binary), log_path, {}, credentials
+        "reference",
+        port,
+        proc,
+        workdir,
+        reference_description(binary, "filesystem"),
+        log_path,
+        {},
+        credentials,
     )
     _ready_or_stopped(server)
     return server

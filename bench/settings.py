@@ -28,6 +28,9 @@ class Settings:
     mixed_clients: int = 32
     mixed_seconds: float = 20.0
     mixed_pool: int = 32
+    # The concurrency sweep (bench.workloads.knee): every level runs both loads.
+    knee_clients: list[int] = field(default_factory=lambda: [64, 256])
+    knee_seconds: float = 8.0
     growth_sizes: list[int] = field(default_factory=lambda: [1_000, 10_000, 100_000])
     populate_clients: int = 16
     regd_populate_budget_s: float = 900.0
@@ -48,6 +51,7 @@ class Settings:
             mount_mib=8,
             mixed_seconds=4.0,
             mixed_pool=8,
+            knee_seconds=2.0,
             growth_sizes=[1_000],
             regd_populate_budget_s=30.0,
             reference_populate_budget_s=15.0,

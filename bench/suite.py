@@ -10,7 +10,7 @@ from typing import Any
 from bench import machine, oci
 from bench.servers import Server
 from bench.settings import MIB, Settings
-from bench.workloads import blob, hot, listings, mixed, mounts, small, tokens
+from bench.workloads import blob, hot, knee, listings, mixed, mounts, small, tokens
 
 WORKLOADS = [
     "push_monolithic",
@@ -24,6 +24,7 @@ WORKLOADS = [
     "manifest_get_py",
     "mounts",
     "mixed",
+    "knee",
     "listings",
     "token_issue",
 ]
@@ -109,14 +110,15 @@ class Suite:
             lambda srv: small.push_small_images(srv, s.small_images, s.small_clients),
         )
         hot_names = [n for n in hot.NAMES if n in self.selected]
-        if hot_names:
+        if hot_names or "knee" in self.selected:
             layers = {srv.name: hot.prepare(srv) for srv in self.servers}
             for name in hot_names:
                 self._each(name, self._hot_step(name, layers))
         self._each("mounts", lambda srv: mounts.run(srv, s.mounts, s.mount_mib))
-        if "mixed" in self.selected:
+        if {"mixed", "knee"} & set(self.selected):
             pools = {srv.name: mixed.prepare(srv, s.mixed_pool) for srv in self.servers}
             self._each("mixed", lambda srv: mixed.run(srv, s, pools[srv.name]))
+            self._each("knee", lambda srv: knee.run(srv, s, pools[srv.name]))
         self._each(
             "listings",
             lambda srv: listings.run(

@@ -82,8 +82,9 @@ def serve(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Worker processes sharing the data dir "
-            f"(default: {_DEFAULTS.workers}; env: REGD_WORKERS)"
+            help="Worker processes sharing the data dir (default: one per usable CPU, "
+            "the CPU affinity and any cgroup CPU quota counted, at most "
+            f"{cfg.WORKERS_CAP}; 1 with storage = memory; env: REGD_WORKERS)"
         ),
     ] = None,
     log_level: Annotated[

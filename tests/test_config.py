@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from regd.config import Config, RetentionRule, load
+from regd.config import (
+    WORKERS_CAP,
+    Config,
+    RetentionRule,
+    default_workers,
+    load,
+    usable_cpus,
+)
 from regd.errors import ConfigError
 
 
 def test_defaults(tmp_path: Path) -> None:
     config = load(env={"HOME": str(tmp_path)})
     assert config.addr == "127.0.0.1:5000"
-    assert config.workers == 1
+    assert config.workers == default_workers("filesystem", usable_cpus())
     assert config.database is None
     assert config.database_url.startswith("sqlite:///")
     assert config.gc_interval == 0
     assert config.retention == ()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "storage", "workers"),
+    [
+        (1, "filesystem", 1),
+        (2, "filesystem", 2),
+        (WORKERS_CAP + 8, "filesystem", WORKERS_CAP),
+        (WORKERS_CAP + 8, "s3", WORKERS_CAP),
+        (4, "memory", 1),
+    ],
+    ids=["one-cpu", "two-cpus", "past-the-cap", "s3-past-the-cap", "memory"],
+)
+def test_default_workers(cpus: int, storage: str, workers: int) -> None:
+    assert default_workers(storage, cpus) == workers
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({}, None),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu.max": "nonsense"}, None),
+    ],
+    ids=["none", "v2-max", "v2-1.5", "v2-0.5", "v1-none", "v1-one", "unreadable"],
+)
+def test_usable_cpus_honours_a_cgroup_quota(
+    tmp_path: Path, files: dict[str, str], limit: int | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if limit is None else min(affinity, limit)
+    assert usable_cpus(tmp_path) == expected
+
+
+def test_memory_storage_resolves_the_default_to_one(tmp_path: Path) -> None:
+    # A default must not make the memory driver refuse to start; a setting still may.
+    assert load(env={"HOME": str(tmp_path), "REGD_STORAGE": "memory"}).workers == 1
+    with pytest.raises(ConfigError, match="memory storage"):
+        load(env={"HOME": str(tmp_path), "REGD_STORAGE": "memory", "REGD_WORKERS": "2"})
+    assert load(env={"HOME": str(tmp_path), "REGD_WORKERS": "1"}).workers == 1
 
 
 def test_precedence(tmp_path: Path) -> None:

@@ -30,10 +30,18 @@ def prepare(server: Server, size: int) -> list[tuple[str, str]]:
     return pool
 
 
-def _pull(conn: Connection, tag: str, layer: str) -> None:
+# What each latency list times: a whole pull, its two requests apart, a whole push.
+OPERATIONS = ("pull", "manifest_get", "layer_get", "push")
+
+
+def _pull(conn: Connection, tag: str, layer: str, lat: dict[str, list[float]]) -> None:
+    t0 = time.perf_counter()
     r = conn.request("GET", f"/v2/{POOL_REPO}/manifests/{tag}", oci.MANIFEST_ACCEPT)
     oci.expect(r, "pull manifest", 200)
+    t1 = time.perf_counter()
     oci.expect(conn.request("GET", f"/v2/{POOL_REPO}/blobs/{layer}"), "pull layer", 200)
+    lat["manifest_get"].append(t1 - t0)
+    lat["layer_get"].append(time.perf_counter() - t1)
 
 
 def _mixed_job(
@@ -48,11 +56,12 @@ def _mixed_job(
 ) -> dict[str, Any]:
     end_at = start_at + seconds
     lock = threading.Lock()
-    totals: dict[str, Any] = {"pull": [], "push": [], "errors": 0, "first_error": ""}
+    totals: dict[str, Any] = {op: [] for op in OPERATIONS}
+    totals.update(errors=0, first_error="")
 
     def client(index: int) -> None:
         rng = random.Random(process * 1000 + index)
-        lat: dict[str, list[float]] = {"pull": [], "push": []}
+        lat: dict[str, list[float]] = {op: [] for op in OPERATIONS}
         errors, first, n = 0, "", 0
         repo = f"mixed/w{process}-{index}"
         authorize = None if credentials.mode == "none" else TokenCache(credentials).headers_for
@@ -67,7 +76,7 @@ def _mixed_job(
                 t0 = time.perf_counter()
                 try:
                     if kind == "pull":
-                        _pull(conn, *rng.choice(pool))
+                        _pull(conn, *rng.choice(pool), lat)
                     else:
                         n += 1
                         image = oci.SmallImage.make(f"{repo}-{n}")
@@ -79,8 +88,8 @@ def _mixed_job(
                 else:
                     lat[kind].append(time.perf_counter() - t0)
         with lock:
-            totals["pull"].extend(lat["pull"])
-            totals["push"].extend(lat["push"])
+            for op in OPERATIONS:
+                totals[op].extend(lat[op])
             totals["errors"] += errors
             totals["first_error"] = totals["first_error"] or first
 
@@ -104,23 +113,22 @@ def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict
         for p, n in enumerate(shares)
     ]
     parts = run_in_processes(_mixed_job, argsets)
-    pulls = [v for p in parts for v in p["pull"]]
-    pushes = [v for p in parts for v in p["push"]]
-    ops = len(pulls) + len(pushes)
+    lat = {op: [v for p in parts for v in p[op]] for op in OPERATIONS}
+    ops = len(lat["pull"]) + len(lat["push"])
     cpu = sum(p["cpu"] for p in parts)
-    return {
+    out: dict[str, Any] = {
         "clients": clients,
         "seconds": seconds,
         "ops": ops,
         "ops_s": rate(ops, seconds),
-        "pulls": len(pulls),
-        "pushes": len(pushes),
+        "pulls": len(lat["pull"]),
+        "pushes": len(lat["push"]),
         "errors": sum(p["errors"] for p in parts),
         "first_error": next((p["first_error"] for p in parts if p["first_error"]), ""),
-        "pull_p50_ms": ms(percentile(pulls, 50)),
-        "pull_p99_ms": ms(percentile(pulls, 99)),
-        "push_p50_ms": ms(percentile(pushes, 50)),
-        "push_p99_ms": ms(percentile(pushes, 99)),
-        "client_cpu_s": round(cpu, 3),
-        "client_cpu_pct_of_one_core": round(100 * cpu / seconds, 1),
     }
+    for op in OPERATIONS:
+        out[f"{op}_p50_ms"] = ms(percentile(lat[op], 50))
+        out[f"{op}_p99_ms"] = ms(percentile(lat[op], 99))
+    out["client_cpu_s"] = round(cpu, 3)
+    out["client_cpu_pct_of_one_core"] = round(100 * cpu / seconds, 1)
+    return out

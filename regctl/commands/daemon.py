@@ -57,7 +57,10 @@ def start(
         typer.Option(help="Metadata database URL (default: SQLite in the data directory)."),
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Number of server worker processes.")
+        int | None,
+        typer.Option(
+            min=1, help="Number of server worker processes (default: regd's, one per CPU up to 8)."
+        ),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(help="regd log level (debug, info, warning, error).")
@@ -170,6 +173,7 @@ def status(
         "maintenance": None,
         "version": None,
         "serverUptimeSeconds": None,
+        "workers": None,
         "storageDriver": None,
         "database": None,
         "collectionRunning": None,
@@ -183,6 +187,7 @@ def status(
             server = run_client(ctx, lambda c: admin_client(ctx, c, host).status())
             info["version"] = server.get("version")
             info["serverUptimeSeconds"] = server.get("uptime_seconds")
+            info["workers"] = server.get("workers")
             info["storageDriver"] = server.get("storage", {}).get("driver")
             info["database"] = server.get("database")
             info["collectionRunning"] = server.get("collection", {}).get("running")
@@ -274,6 +279,7 @@ def _server_rows(info: dict[str, object]) -> list[tuple[str, str]]:
     return [
         ("version", str(info["version"])),
         ("serving for", _duration(float(uptime) if isinstance(uptime, int | float) else None)),
+        ("workers", str(info["workers"] or "-")),
         ("storage", str(info["storageDriver"] or "-")),
         ("database", str(info["database"] or "-")),
         ("collection", "[bold yellow]running[/]" if running else "idle"),

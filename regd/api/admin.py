@@ -23,6 +23,7 @@ from quart import Blueprint, Response, current_app, request
 from regd import __version__
 from regd.api.http import exchange, json_response
 from regd.api.origin import quart_origin
+from regd.config import Config
 from regd.errors import Denied, RegistryError, Unauthorized
 from regd.oci.manifest import nesting_problem
 from regd.registry import Mirrors, Policy, RetentionPolicy
@@ -172,10 +173,13 @@ async def status() -> Response:
     """What `regctl status` shows, cheap enough to ask often (usage reads every row)."""
     registry = exchange().registry
     sweep_until = await registry.browsing.collection_running_until()
+    config: Config = current_app.config["REGD_CONFIG"]
     return json_response(
         {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - _LOADED, 1),
+            # The processes of this regd, however the number was arrived at (regd.config).
+            "workers": config.workers,
             **await registry.lifecycle.status(),
             "collection": {"running": sweep_until is not None, "lease_until": sweep_until},
         }

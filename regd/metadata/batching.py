@@ -99,6 +99,9 @@ class WriteBatcher:
         self._queue: queue.SimpleQueue[WriteOp | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Whether the batch in hand took the stop sentinel from the queue: nothing more
+        # may join it, and the writer stops after it.
+        self._stop_taken = False
         # The writer thread's own connection, kept from one batch to the next: checking
         # one out of the pool and back cost as much as a small batch's statements.
         self._conn: Connection | None = None
@@ -164,6 +167,19 @@ class WriteBatcher:
                 )
                 self._thread.start()
 
+    def _take_queued(self, batch: list[WriteOp]) -> bool:
+        """Add the operations queued now to `batch`, up to MAX_BATCH; True when the stop
+        sentinel was among them (it ends the queue: nothing is taken after it)."""
+        while len(batch) < MAX_BATCH:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is None:
+                return True
+            batch.append(nxt)
+        return False
+
     def _loop(self) -> None:
         me = threading.current_thread()
         try:
@@ -173,15 +189,7 @@ class WriteBatcher:
                 if first is None:
                     return
                 batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stopping = True
-                        break
-                    batch.append(nxt)
+                self._stop_taken = self._take_queued(batch)
                 try:
                     again = self._execute(batch)
                 except BaseException as exc:
@@ -198,6 +206,8 @@ class WriteBatcher:
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                finally:
+                    stopping = self._stop_taken
                 for op in again:
                     with self._state_lock:
                         op.state = QUEUED
@@ -264,6 +274,12 @@ class WriteBatcher:
     def _execute(self, batch: list[WriteOp]) -> list[WriteOp]:
         """Run a batch in one transaction; returns the operations to run again."""
         with self._process_lock():
+            if not self._stop_taken:
+                # Group commit across processes: what was queued while this writer
+                # waited for another process's commit joins this batch rather than
+                # waiting for a commit of its own after it. `batch` is the caller's
+                # list, so a failure from here on fails these operations too.
+                self._stop_taken = self._take_queued(batch)
             # Taken only now that the writer holds the lock: a caller who gave up while
             # the writer waited for it must not see its write happen after all.
             with self._state_lock:

@@ -115,6 +115,7 @@ async def test_status(client: httpx.AsyncClient, registry: Registry) -> None:
     body = r.json()
     assert body["version"] == __version__
     assert body["uptime_seconds"] >= 0
+    assert body["workers"] == 1
     assert body["storage"]["driver"] == "filesystem"
     volume = body["storage"]["volume"]
     assert 0 < volume["free_bytes"] <= volume["size_bytes"]

@@ -165,7 +165,10 @@ class RegdServer(ServerProcess):
         database_url: str | None,
         scratch: Path,
         port: int | None = None,
-        workers: int | None = None,
+        # One process unless a test asks for more: regd's own default is one worker per
+        # CPU, and the suite starts hundreds of servers on a machine it shares. None
+        # passes no --workers, to get that default.
+        workers: int | None = 1,
         log_level: str = "warning",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, select
 
 from regd.metadata import (
     MetadataError,
@@ -288,6 +288,42 @@ async def test_close_does_not_wait_for_a_stuck_writer(
     with held(lock_file(tmp_path)):
         await give_up_on_held_lock(store, mock_clock, "sha256:" + "2" * 64)
         await store.aclose()
+
+
+async def test_writes_queued_while_another_process_commits_join_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    # With several workers, a writer often waits for the lock while another process
+    # commits; what its process queues meanwhile must not wait for a commit of its own.
+    store = MetadataStore(sqlite_url(tmp_path / "m.db"))
+    store.create_schema()
+    await store.link_blob("r", "sha256:" + "0" * 64, 1)
+    batcher = store._batcher
+    assert batcher is not None
+    commits: list[int] = []
+
+    def on_commit(conn: Connection) -> None:
+        if conn.get_execution_options().get("regd_write"):
+            commits.append(1)
+
+    event.listen(store.engine, "commit", on_commit)
+    digests = ["sha256:" + f"{i:064x}" for i in range(1, 9)]
+    with contextlib.ExitStack() as other_process:
+        other_process.enter_context(held(lock_file(tmp_path)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.link_blob, "r", digests[0], 1)
+            # The writer has taken the first write and waits for the lock.
+            with trio.fail_after(30):
+                while batcher._blocked_on is None:
+                    await trio.sleep(0.01)
+            for digest in digests[1:]:
+                nursery.start_soon(store.link_blob, "r", digest, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            other_process.close()
+    assert len(commits) == 1
+    for digest in digests:
+        assert await store.global_blob_size(digest) == 1
+    await store.aclose()
 
 
 async def test_writes_stop_when_the_database_file_is_removed(tmp_path: Path) -> None:

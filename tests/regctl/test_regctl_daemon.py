@@ -213,7 +213,8 @@ def test_status_reports_a_regd_it_did_not_start(
     assert info["database"] == "sqlite"
     assert info["collectionRunning"] is False
     assert info["serverUptimeSeconds"] >= 0
-    for line in ("version:", "storage:", "database:", "collection:"):
+    assert info["workers"] == 1  # the fixture's (tests.helpers.servers.RegdServer)
+    for line in ("version:", "workers:", "storage:", "database:", "collection:"):
         assert line in human.out, human.out
     # An address where nothing answers is still "not running".
     monkeypatch.setenv("REGCTL_REGISTRY", f"127.0.0.1:{free_port()}")
