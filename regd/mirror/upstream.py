@@ -36,6 +36,28 @@ else:
     if getattr(AsyncHTTP11Connection, "READ_NUM_BYTES", READ_SIZE) < READ_SIZE:
         AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
 
+try:
+    from h11._receivebuffer import ReceiveBuffer
+except ImportError:  # pragma: no cover
+    pass
+else:
+    # h11 hands out body bytes by slicing its buffer twice (once to test for emptiness,
+    # once to extract) and then deleting the slice: three copies of every MiB of a fill
+    # when one read holds the whole remainder, which is the common case with 1 MiB
+    # reads. Handing out the buffer itself and starting a new one copies nothing.
+    _extract_at_most = ReceiveBuffer.maybe_extract_at_most
+
+    def _take_at_most(self: ReceiveBuffer, count: int) -> bytearray | None:
+        data = self._data
+        if data and count >= len(data):
+            self._data = bytearray()
+            self._next_line_search = 0
+            self._multiple_lines_search = 0
+            return data
+        return _extract_at_most(self, count)
+
+    ReceiveBuffer.maybe_extract_at_most = _take_at_most  # type: ignore[method-assign]
+
 
 class _Configured:
     """The credentials of the mirror's configuration, for its one upstream host."""
