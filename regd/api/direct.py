@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl
 
 import trio
@@ -25,6 +25,20 @@ from regd.api.errors import answer_for, log, method_not_allowed
 from regd.api.exchange import API_VERSION, Exchange, drain_body, may_carry_body
 from regd.api.http import content_length
 from regd.errors import BackendError
+
+# Where a plain-TCP connection offers its sendfile path in the scope's state: an
+# `async (fd, offset, count) -> bool` (regd.connections); False means "send it yourself".
+SEND_FILE_KEY = "regd.send_file"
+SendFile = Callable[[int, int, int], Awaitable[bool]]
+
+
+@runtime_checkable
+class FileBody(Protocol):
+    """A streamed body whose bytes lie in a local file."""
+
+    def file_span(self) -> tuple[int, int, int] | None:
+        """(descriptor, offset, length), or None when they cannot be sent from the file."""
+        ...
 
 
 class ClientDisconnected(Exception):
@@ -166,7 +180,7 @@ class Router:
         await _send(x, reply, send)
         if reply.stream is not None and not request.head:
             try:
-                await _stream(reply.stream, receive, send)
+                await _stream(reply.stream, receive, send, _send_file(scope))
             except* BackendError as failed:
                 # The status line is gone: all that is left is to end the connection short
                 # of the announced length, which every client takes for a failed transfer.
@@ -207,11 +221,19 @@ async def _send(x: Exchange, reply: Reply, send: Any) -> None:
         )
 
 
-async def _stream(body: AsyncIterable[bytes], receive: Any, send: Any) -> None:
+def _send_file(scope: Mapping[str, Any]) -> SendFile | None:
+    state = scope.get("state")
+    return state.get(SEND_FILE_KEY) if isinstance(state, Mapping) else None
+
+
+async def _stream(
+    body: AsyncIterable[bytes], receive: Any, send: Any, send_file: SendFile | None = None
+) -> None:
     """Send a long body, stopping (and closing the source) when the client goes away.
 
     The server drops what is sent after a disconnect; without watching for it, a gone
-    client's blob would still be read to the end.
+    client's blob would still be read to the end. A body in a local file goes by
+    `send_file` where the connection offers it.
     """
 
     async def watch(cancel: trio.CancelScope) -> None:
@@ -222,8 +244,20 @@ async def _stream(body: AsyncIterable[bytes], receive: Any, send: Any) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
         try:
-            async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            span = (
+                body.file_span() if send_file is not None and isinstance(body, FileBody) else None
+            )
+            if span is not None and send_file is not None:
+                try:
+                    sent = await send_file(*span)
+                except trio.BrokenResourceError:
+                    # The connection is gone; nothing more can be said on it.
+                    return
+            else:
+                sent = False
+            if not sent:
+                async for chunk in body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
             close = getattr(body, "aclose", None)

@@ -12,7 +12,7 @@ from regd.metadata.rules import BATCH_SIZE
 from regd.mirror import LiveBlob, Mirrors, Route
 from regd.oci.digest import Digest
 from regd.registry import validation
-from regd.storage import PathNotFound, Reader, StorageDriver, layout
+from regd.storage import FileBacked, PathNotFound, Reader, StorageDriver, layout
 
 READ_CHUNK = 1024 * 1024
 
@@ -46,6 +46,14 @@ class BlobStream:
 
     async def aclose(self) -> None:
         await self._reader.aclose()
+
+    def file_span(self) -> tuple[int, int, int] | None:
+        """Where the bytes lie when the storage reads a local file, so the server can hand
+        them to the socket without reading them (sendfile)."""
+        if not isinstance(self._reader, FileBacked):
+            return None
+        fd, position = self._reader.file_position()
+        return fd, position, self.length
 
 
 class Blobs:

@@ -2,6 +2,7 @@
 
 from regd.storage import layout
 from regd.storage.base import (
+    FileBacked,
     FileInfo,
     InvalidOffset,
     InvalidPath,
@@ -18,6 +19,7 @@ from regd.storage.memory import MemoryDriver
 from regd.storage.s3 import S3Driver, S3Options, StorageUnavailable
 
 __all__ = [
+    "FileBacked",
     "FileInfo",
     "FilesystemDriver",
     "InvalidOffset",

@@ -77,6 +77,15 @@ class Reader(Protocol):
 
 
 @runtime_checkable
+class FileBacked(Protocol):
+    """A reader of a local file (optional): lets the server send its bytes by sendfile."""
+
+    def file_position(self) -> tuple[int, int]:
+        """The open file's descriptor and the offset the next read starts at."""
+        ...
+
+
+@runtime_checkable
 class Writer(Protocol):
     @property
     def size(self) -> int:

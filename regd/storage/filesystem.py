@@ -111,6 +111,9 @@ class _FileReader:
     async def read(self, max_bytes: int) -> bytes:
         return await trio.to_thread.run_sync(self._fh.read, max_bytes, limiter=self._limiter)
 
+    def file_position(self) -> tuple[int, int]:
+        return self._fh.fileno(), self._fh.tell()
+
     async def aclose(self) -> None:
         self._fh.close()
 
