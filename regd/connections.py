@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import socket
 import struct
@@ -68,6 +69,8 @@ REFUSAL_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = 1
 # An answer is handed to the socket in pieces this large, each under send_timeout.
 SEND_PIECE = 64 * 1024
+# An answer with a body up to this long leaves in one write with its head.
+COALESCE_BODY = 64 * 1024
 # sendfile calls one worker-thread hop makes before it hands back to the event loop: each
 # moves what the socket's buffer has room for, so a hop ends sooner when the buffer fills.
 SENDFILE_CALLS_PER_HOP = 16
@@ -244,6 +247,15 @@ def _peer(stream: Any) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d{1,19})\r\n", re.IGNORECASE)
+
+
+def _small_body(head: bytes) -> bool:
+    """Whether an answer's head announces a body of at most COALESCE_BODY bytes."""
+    found = _CONTENT_LENGTH.search(head)
+    return found is not None and int(found[1]) <= COALESCE_BODY
+
+
 @dataclass(slots=True)
 class _FileRegion:
     """Bytes of an open file still to send; h11 only needs their length."""
@@ -288,6 +300,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 return
             self._read_size = SMALL_READ
             self._sent_response = False
+            # A small answer's head, held back to leave in one write with its body.
+            self._held: bytes | None = None
+            self._was_sending_body = False
             # The current request body's bytes so far, and the time spent waiting for them
             # (None between bodies).
             self._body_received = 0
@@ -353,9 +368,37 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 self._sent_response = False
             elif isinstance(event, RawData):
                 self._sent_response = True
-                await self._send(event.data)
+                data = self._coalesced(event.data)
+                if data is not None:
+                    await self._send(data)
                 return
             await super().protocol_send(event)
+
+        def _h11(self) -> h11.Connection | None:
+            wrapper = getattr(self, "protocol", None)
+            connection = getattr(getattr(wrapper, "protocol", None), "connection", None)
+            return connection if isinstance(connection, h11.Connection) else None
+
+        def _coalesced(self, data: bytes) -> bytes | None:
+            """What to write for `data`; None to hold it back for now.
+
+            A small answer leaves as one write: its head (which hypercorn hands over as
+            soon as the application starts the answer) waits for its body. Two writes
+            cost a manifest GET a second send, a second segment and a second wake-up of
+            the client; a HEAD, whose head is all there is, never had them.
+            """
+            connection = self._h11()
+            sending_body = connection is not None and connection.our_state is h11.SEND_BODY
+            started = sending_body and not self._was_sending_body
+            self._was_sending_body = sending_body
+            held, self._held = self._held, None
+            if held is not None:
+                # Only a head announcing at most COALESCE_BODY bytes is held.
+                return held + data
+            if started and _small_body(data):
+                self._held = data
+                return None
+            return data
 
         async def _send(self, data: bytes) -> None:
             # hypercorn shields the whole write, so a client that stops reading would hold
@@ -410,11 +453,8 @@ def server_class(limits: Limits) -> type[TCPServer]:
             stopped reading for send_timeout, or the file failed: the client sees a body
             short of its length, a failed transfer).
             """
-            wrapper = getattr(self, "protocol", None)
-            connection = getattr(getattr(wrapper, "protocol", None), "connection", None)
-            if not isinstance(connection, h11.Connection) or connection.our_state is not (
-                h11.SEND_BODY
-            ):
+            connection = self._h11()
+            if connection is None or connection.our_state is not h11.SEND_BODY:
                 return False
             # h11 passes the region through untouched (its sendfile hook) and accounts for
             # its length against the answer's Content-Length, as for bytes.
@@ -423,6 +463,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 connection.send_with_data_passthrough(h11.Data(data=region))  # type: ignore[arg-type]
                 or []
             )
+            held, self._held = self._held, None
+            if held is not None:
+                parts.insert(0, held)
             stream: Any = self.stream
             async with self.send_lock:
                 try:

@@ -1,10 +1,11 @@
-"""Blob bodies sent from the file by sendfile, against a real regd process.
+"""How answers leave a real regd process: small ones in one write, blobs by sendfile.
 
-On a plain-TCP port a stored blob's bytes go from the page cache to the socket without
-passing through Python; h11 still accounts for them. Whole and ranged bodies must arrive
-exact, the connection must stay usable for the next request, and a file that turns out
-shorter than its recorded size must break that one transfer (a body short of its length)
-without hanging or harming the server.
+A small answer's head waits for its body so both leave in one write. On a plain-TCP port
+a stored blob's bytes go from the page cache to the socket without passing through
+Python; h11 still accounts for them. Whole and ranged bodies must arrive exact, the
+connection must stay usable for the next request, and a file that turns out shorter than
+its recorded size must break that one transfer (a body short of its length) without
+hanging or harming the server.
 """
 
 from __future__ import annotations
@@ -64,15 +65,15 @@ def exchange(
 
 
 @contextmanager
-def sendfile_calls(pid: int, log: Path) -> Iterator[list[str]]:
-    """The sendfile calls the process tree of `pid` makes inside the block (strace)."""
+def traced_calls(pid: int, log: Path, syscall: str) -> Iterator[list[str]]:
+    """The `syscall` calls the process tree of `pid` makes inside the block (strace)."""
     strace = shutil.which("strace")
     assert strace is not None, "strace is installed by scripts/setup for this test"
     pids = [
         str(pid),
         *subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split(),
     ]
-    argv = [strace, "-f", "-qq", "-e", "trace=sendfile", "-o", str(log)]
+    argv = [strace, "-f", "-qq", "-e", f"trace={syscall}", "-o", str(log)]
     for p in pids:
         argv += ["-p", p]
     tracer = subprocess.Popen(argv, stderr=subprocess.PIPE)
@@ -84,7 +85,14 @@ def sendfile_calls(pid: int, log: Path) -> Iterator[list[str]]:
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=30)
-        calls += [line for line in log.read_text().splitlines() if "sendfile(" in line]
+        calls += [line for line in log.read_text().splitlines() if f"{syscall}(" in line]
+
+
+def answer_fd(calls: list[str]) -> str:
+    """The descriptor most of the traced writes went to."""
+    fds = [c.split("sendto(", 1)[1].split(",", 1)[0] for c in calls]
+    assert fds, "no write traced"
+    return max(set(fds), key=fds.count)
 
 
 def test_blob_bodies_go_by_sendfile_on_one_connection(
@@ -98,7 +106,7 @@ def test_blob_bodies_go_by_sendfile_on_one_connection(
     target = f"/v2/send/file/blobs/{digest}"
     sock = socket.create_connection(("127.0.0.1", server.port))
     client = h11.Connection(h11.CLIENT)
-    with sock, sendfile_calls(server.process.pid, tmp_path / "strace.log") as calls:
+    with sock, traced_calls(server.process.pid, tmp_path / "strace.log", "sendfile") as calls:
         response, body = exchange(sock, client, "GET", target)
         assert response.status_code == 200
         assert hashlib.sha256(body).hexdigest() == digest.split(":")[1]
@@ -136,3 +144,27 @@ def test_a_file_shorter_than_its_blob_breaks_that_transfer_only(
         exchange(sock, client, "GET", f"/v2/cut/short/blobs/{digest}")
     wait_until(lambda: "ended" in server.output(), 30, "the server reporting the short file")
     good_client_round(server.url, 0)
+
+
+def test_a_small_answer_leaves_in_one_write(regd_factory: RegdFactory, tmp_path: Path) -> None:
+    server = regd_factory()
+    assert server.process is not None
+    with ApiClient(server.url) as api:
+        digest, _ = api.push_tiny_image("one/write", "v1", payload=b"x" * 1000)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    client = h11.Connection(h11.CLIENT)
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    rounds = 20
+    with sock, traced_calls(server.process.pid, tmp_path / "strace.log", "sendto") as calls:
+        for _ in range(rounds):
+            response, body = exchange(
+                sock, client, "GET", "/v2/one/write/manifests/v1", accept=accept
+            )
+            assert response.status_code == 200
+            assert body
+            response, body = exchange(sock, client, "HEAD", f"/v2/one/write/manifests/{digest}")
+            assert response.status_code == 200
+    # Other threads may write too (the database's, a wake-up pipe), but never to this
+    # socket: the writes to it are the answers' own.
+    fd = answer_fd(calls)
+    assert len([c for c in calls if c.split("sendto(", 1)[1].startswith(f"{fd},")]) == 2 * rounds
