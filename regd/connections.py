@@ -118,11 +118,10 @@ def worker_share(cap: int, workers: int) -> int:
 
 def _libc_function(name: str) -> Any:
     """A function of glibc's malloc, or None on a C library without it (musl, macOS)."""
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
+    # The C library is already loaded into the process: look in what is loaded (no
+    # `find_library`, which runs `ldconfig -p` in a subprocess at every start).
     try:
-        return getattr(ctypes.CDLL(library), name)
+        return getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
 

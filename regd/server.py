@@ -375,34 +375,8 @@ def _supervise(config: cfg.Config, sockets: Sockets, metrics_dir: Path | None) -
     return code
 
 
-def use_system_allocator() -> None:
-    """Start this process again under the C library's malloc, unless the operator chose
-    an allocator (PYTHONMALLOC) already.
-
-    Python's own allocator never hands back a 1 MiB arena while one small object in it
-    lives. A burst of connections spreads the few objects that outlive it (worker
-    threads, database connections, caches, whatever runs just then) over every arena the
-    burst took: 2,000 slow clients left regd at 1.7 times its resident memory with 57 of
-    its 102 arenas held by a few hundred live pools. Under malloc, what the burst freed
-    goes back to the system (connections.Limits.trim calls malloc_trim), and regd returns
-    to about 1.1 times its memory before the burst.
-    """
-    if "PYTHONMALLOC" in os.environ:
-        return
-    os.environ["PYTHONMALLOC"] = "malloc"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
-    except OSError:
-        # Some sandboxes refuse a second exec; serving on matters more, and the serving
-        # line names the allocator in use.
-        del os.environ["PYTHONMALLOC"]
-
-
 def serve(config: cfg.Config) -> None:
     setup_logging(config.log_level, config.log_format)
-    use_system_allocator()
     open_files = raise_open_file_limit()
     tls.check(config)
     prepare(config)

@@ -51,8 +51,10 @@ STATE_KIND = "openssl-sha256-ctx-v1"
 
 
 def _load_libcrypto() -> ctypes.CDLL | None:
-    candidates = [ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so"]
-    for name in candidates:
+    # The usual names first: find_library runs `ldconfig -p` in a subprocess.
+    candidates = ("libcrypto.so.3", "libcrypto.so", lambda: ctypes.util.find_library("crypto"))
+    for candidate in candidates:
+        name = candidate() if callable(candidate) else candidate
         if not name:
             continue
         try:
