@@ -41,11 +41,32 @@ try:
 except ImportError:  # pragma: no cover
     pass
 else:
-    # h11 hands out body bytes by slicing its buffer twice (once to test for emptiness,
-    # once to extract) and then deleting the slice: three copies of every MiB of a fill
-    # when one read holds the whole remainder, which is the common case with 1 MiB
-    # reads. Handing out the buffer itself and starting a new one copies nothing.
+    # h11 copies every read into its bytearray buffer, then hands body bytes out by slicing
+    # that buffer twice and deleting the slice, and httpcore copies what it gets into bytes
+    # once more: four fresh copies of every MiB of a fill on regd's one event-loop thread.
+    # A read arriving at an empty buffer is kept as it is (bytes, which nobody can change),
+    # a body read holding the whole remainder is handed out as it is, and httpcore's
+    # bytes() of bytes is the same object: the network's read reaches the fill uncopied.
+    # The buffer becomes a bytearray again before anything edits it in place.
+    _append = ReceiveBuffer.__iadd__
+    _extract = ReceiveBuffer._extract
     _extract_at_most = ReceiveBuffer.maybe_extract_at_most
+
+    def _editable(buffer: ReceiveBuffer) -> None:
+        data: bytes | bytearray = buffer._data
+        if not isinstance(data, bytearray):
+            buffer._data = bytearray(data)
+
+    def _keep_or_append(self: ReceiveBuffer, byteslike: bytes | bytearray) -> ReceiveBuffer:
+        if not self._data and type(byteslike) is bytes:
+            self._data = byteslike  # type: ignore[assignment]
+            return self
+        _editable(self)
+        return _append(self, byteslike)
+
+    def _extract_editable(self: ReceiveBuffer, count: int) -> bytearray:
+        _editable(self)
+        return _extract(self, count)
 
     def _take_at_most(self: ReceiveBuffer, count: int) -> bytearray | None:
         data = self._data
@@ -54,8 +75,11 @@ else:
             self._next_line_search = 0
             self._multiple_lines_search = 0
             return data
+        _editable(self)
         return _extract_at_most(self, count)
 
+    ReceiveBuffer.__iadd__ = _keep_or_append  # type: ignore[method-assign]
+    ReceiveBuffer._extract = _extract_editable  # type: ignore[method-assign]
     ReceiveBuffer.maybe_extract_at_most = _take_at_most  # type: ignore[method-assign]
 
 

@@ -365,8 +365,8 @@ class _TimedWriter:
     def size(self) -> int:
         return self._writer.size
 
-    async def write(self, data: bytes) -> None:
-        await self._writer.write(data)
+    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
+        await self._writer.write(data, also)
 
     async def commit(self) -> None:
         await self._storage._timed("commit", self._writer.commit())

@@ -19,7 +19,7 @@ from regd.storage import Writer
 # switches cost little, small enough to bound memory per request.
 WRITE_CHUNK = 1024 * 1024
 
-# Chunks that may wait between the receiving, hashing and writing stages of one upload.
+# Chunks that may wait between the receiving and the storing stage of one upload.
 PIPELINE_DEPTH = 2
 
 
@@ -28,42 +28,32 @@ async def pump(
 ) -> int:
     """Copy a request body to storage, hashing on the way, in bounded pieces.
 
-    Receiving, hashing and writing run as three stages joined by small channels, so a
-    chunk is hashed (one core) and written (the disk) while the next one arrives.
-    Memory stays bounded by the channels' capacity times WRITE_CHUNK.
+    Receiving and storing run as two stages joined by a small channel, so a chunk is
+    hashed and written (in one hand-off to the writer's worker thread: a hop costs the
+    event loop about as much as the hashing saves it) while the next one arrives.
+    Memory stays bounded by the channel's capacity times WRITE_CHUNK (or the pieces the
+    body arrives in, when they are larger).
     """
+    also = None if hasher is None else hasher.update
     if length is not None and length <= WRITE_CHUNK:
         # A small body (a config, a small layer): one hash and one write, no stages.
         data = await gather(body, length)
         size = len(data)
         if data:
-            if hasher is not None:
-                hasher.update(data)
-            await writer.write(data)
+            await writer.write(data, also)
         return size
 
     received = 0
     to_writer, for_writer = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
-    to_hasher, for_hasher = trio.open_memory_channel[bytes](PIPELINE_DEPTH)
 
     async def write_stage() -> None:
         async with for_writer:
             async for data in for_writer:
-                await writer.write(data)
-
-    async def hash_stage(h: Hasher) -> None:
-        async with for_hasher:
-            async for data in for_hasher:
-                await trio.to_thread.run_sync(h.update, data)
+                await writer.write(data, also)
 
     async with task_group() as nursery:
         nursery.start_soon(write_stage)
-        if hasher is not None:
-            nursery.start_soon(hash_stage, hasher)
-        else:
-            to_hasher.close()
-            for_hasher.close()
-        async with to_writer, to_hasher:
+        async with to_writer:
             pending: list[bytes] = []
             pending_size = 0
             async for chunk in body:
@@ -80,13 +70,8 @@ async def pump(
                     data = b"".join(pending)
                     pending, pending_size = [], 0
                     await to_writer.send(data)
-                    if hasher is not None:
-                        await to_hasher.send(data)
             if pending:
-                data = b"".join(pending)
-                await to_writer.send(data)
-                if hasher is not None:
-                    await to_hasher.send(data)
+                await to_writer.send(b"".join(pending))
     return received
 
 

@@ -8,7 +8,7 @@ visible by `commit`, and `redirect_url` lets a driver hand reads to the store di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -92,7 +92,11 @@ class Writer(Protocol):
         """Bytes in the file, including those present before this writer opened it."""
         ...
 
-    async def write(self, data: bytes) -> None: ...
+    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
+        """Append `data`. `also(data)` runs too (a running hash), wherever the writer does
+        its work: a writer that hands its writes to a worker thread calls it in the same
+        hand-off, which costs the event loop one hop per piece instead of two."""
+        ...
 
     async def commit(self) -> None:
         """Make everything written durable; the writer is closed afterwards."""
@@ -205,8 +209,8 @@ class StagedWriter:
     def size(self) -> int:
         return self._inner.size
 
-    async def write(self, data: bytes) -> None:
-        await self._inner.write(data)
+    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
+        await self._inner.write(data, also)
 
     async def commit(self) -> None:
         await self._inner.commit()

@@ -144,7 +144,11 @@ class _FileWriter:
                 raise StorageError("short write")
             view = view[n:]
 
-    def _write_and_send(self, data: bytes, end: int) -> None:
+    def _write_and_send(
+        self, data: bytes, end: int, also: Callable[[bytes], object] | None
+    ) -> None:
+        if also is not None:
+            also(data)
         self._write_all(data)
         if _sync_file_range is not None and end - self._unsent >= WRITEBACK_CHUNK:
             # Start writing the data out now, without waiting for it: otherwise all of a
@@ -155,12 +159,14 @@ class _FileWriter:
             )
             self._unsent = end
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
         if self._closed:
             raise StorageError("write on a closed writer")
         end = self._size + len(data)
         try:
-            await trio.to_thread.run_sync(self._write_and_send, data, end, limiter=self._limiter)
+            await trio.to_thread.run_sync(
+                self._write_and_send, data, end, also, limiter=self._limiter
+            )
         except OSError as exc:
             full = _out_of_space(exc, self._path)
             if full is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from regd.storage.base import (
     FileInfo,
@@ -44,9 +44,11 @@ class _MemWriter:
     def size(self) -> int:
         return len(self._buffer)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
         if self._closed:
             raise StorageError("write on a closed writer")
+        if also is not None:
+            also(data)
         self._buffer += data
         # Visible while open, as a file on disk would be.
         self._driver._files[self._path] = (bytes(self._buffer), time.time())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -213,12 +213,14 @@ class FailingWrites:
         class Writer:
             size = property(lambda _self: inner.size)
 
-            async def write(self, data: bytes) -> None:
+            async def write(
+                self, data: bytes, also: Callable[[bytes], object] | None = None
+            ) -> None:
                 nonlocal budget
                 if len(data) > budget:
                     raise StorageError("No space left on device")
                 budget -= len(data)
-                await inner.write(data)
+                await inner.write(data, also)
 
             async def commit(self) -> None:
                 await inner.commit()

@@ -349,6 +349,18 @@ class StorageDriverSuite:
         with pytest.raises(PathNotFound):
             await driver.stat("n/fresh")
 
+    async def test_write_shows_each_piece_to_also(self, driver: StorageDriver) -> None:
+        # What a fill or a push hashes on the way: every piece, once, in order.
+        data = pseudo_random(LARGE_SIZE)
+        seen = hashlib.sha256()
+        writer = await driver.new_file("n/hashed", staging="n/staging-hashed/data")
+        for start in range(0, len(data), 1_000_003):
+            await writer.write(data[start : start + 1_000_003], seen.update)
+        await writer.write(b"", seen.update)
+        await writer.commit()
+        assert seen.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert await read_all(driver, "n/hashed", chunk=1 << 20) == data
+
     async def test_new_file_small_and_empty(self, driver: StorageDriver) -> None:
         for path, data in (("n/small", b"tiny"), ("n/empty", b"")):
             writer = await driver.new_file(path, staging=f"n/staging-{path[2:]}/data")
