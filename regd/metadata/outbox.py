@@ -133,17 +133,19 @@ class EventRouting:
     # Distribution's source record: this node's address and this process's id.
     source_addr: str = ""
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Whether any endpoint hears of pulls, of fills: asked on every GET, so decided here,
+    # once, rather than by going through the endpoints each time.
+    pulls: bool = field(init=False)
+    fills: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        pulls = any(e.pulls and PULL not in e.ignored_actions for e in self.endpoints)
+        fills = any(e.fills and FILL not in e.ignored_actions for e in self.endpoints)
+        object.__setattr__(self, "pulls", pulls)
+        object.__setattr__(self, "fills", fills)
 
     def wanting(self, action: str, repository: str, media_type: str | None) -> list[str]:
         return [e.name for e in self.endpoints if e.wants(action, repository, media_type)]
-
-    @property
-    def pulls(self) -> bool:
-        return any(e.pulls and PULL not in e.ignored_actions for e in self.endpoints)
-
-    @property
-    def fills(self) -> bool:
-        return any(e.fills and FILL not in e.ignored_actions for e in self.endpoints)
 
 
 @dataclass(frozen=True, slots=True)
