@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 import trio
@@ -137,12 +138,19 @@ class EventRouting:
     # once, rather than by going through the endpoints each time.
     pulls: bool = field(init=False)
     fills: bool = field(init=False)
+    # Distribution's `source` object as every event of this process carries it, rendered.
+    source_json: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         pulls = any(e.pulls and PULL not in e.ignored_actions for e in self.endpoints)
         fills = any(e.fills and FILL not in e.ignored_actions for e in self.endpoints)
+        source: dict[str, str] = {}
+        if self.source_addr:
+            source["addr"] = self.source_addr
+        source["instanceID"] = self.instance_id
         object.__setattr__(self, "pulls", pulls)
         object.__setattr__(self, "fills", fills)
+        object.__setattr__(self, "source_json", json.dumps(source, separators=(",", ":")))
 
     def wanting(self, action: str, repository: str, media_type: str | None) -> list[str]:
         return [e.name for e in self.endpoints if e.wants(action, repository, media_type)]
@@ -204,42 +212,52 @@ def render(
     event_id: str, when: float, action: str, target: Target, origin: Origin, routing: EventRouting
 ) -> str:
     """One event in Distribution's envelope format; empty fields are left out as it does,
-    except the request's id, method and user agent, which it always writes."""
-    body: dict[str, Any] = {"repository": target.repository}
+    except the request's id, method and user agent, which it always writes.
+
+    Written out piece by piece: the same text `json.dumps` gives for the nested objects
+    with compact separators (the strings quoted by its own encoder), at a fraction of the
+    cost of building the dictionaries and walking them. Every pull is one of these."""
+    out = [
+        '{"id":',
+        _quote(event_id),
+        ',"timestamp":',
+        _quote(timestamp(when)),
+        ',"action":',
+        _quote(action),
+        ',"target":{"repository":',
+        _quote(target.repository),
+    ]
     if target.media_type is not None:
-        body["mediaType"] = target.media_type
+        out += (',"mediaType":', _quote(target.media_type))
     if target.digest is not None:
-        body["digest"] = target.digest
+        out += (',"digest":', _quote(target.digest))
     if target.size is not None:
-        body["size"] = target.size
-        body["length"] = target.size
+        size = int.__repr__(target.size)
+        out += (',"size":', size, ',"length":', size)
     if target.from_repository:
-        body["fromRepository"] = target.from_repository
+        out += (',"fromRepository":', _quote(target.from_repository))
     if target.kind is not None and target.digest is not None and origin.base_url:
-        body["url"] = f"{origin.base_url}/v2/{target.repository}/{target.kind}/{target.digest}"
+        url = f"{origin.base_url}/v2/{target.repository}/{target.kind}/{target.digest}"
+        out += (',"url":', _quote(url))
     if target.tag is not None:
-        body["tag"] = target.tag
-    request: dict[str, Any] = {"id": origin.request_id}
+        out += (',"tag":', _quote(target.tag))
+    out += ('},"request":{"id":', _quote(origin.request_id))
     if origin.addr:
-        request["addr"] = origin.addr
+        out += (',"addr":', _quote(origin.addr))
     if origin.host:
-        request["host"] = origin.host
-    request["method"] = origin.method
-    request["useragent"] = origin.useragent
-    source: dict[str, Any] = {}
-    if routing.source_addr:
-        source["addr"] = routing.source_addr
-    source["instanceID"] = routing.instance_id
-    event = {
-        "id": event_id,
-        "timestamp": timestamp(when),
-        "action": action,
-        "target": body,
-        "request": request,
-        "actor": {"name": origin.actor} if origin.actor else {},
-        "source": source,
-    }
-    return json.dumps(event, separators=(",", ":"))
+        out += (',"host":', _quote(origin.host))
+    out += (
+        ',"method":',
+        _quote(origin.method),
+        ',"useragent":',
+        _quote(origin.useragent),
+        '},"actor":',
+        '{"name":' + _quote(origin.actor) + "}" if origin.actor else "{}",
+        ',"source":',
+        routing.source_json,
+        "}",
+    )
+    return "".join(out)
 
 
 class _OutboxStatements:
