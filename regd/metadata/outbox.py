@@ -19,9 +19,10 @@ lost in a crash.
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
@@ -208,6 +209,21 @@ def timestamp(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
 
 
+def event_ids(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs as text, as `str(uuid.uuid4())` writes them, from
+    one read of the system's randomness: a read for each, as uuid4 does, took longer than
+    rendering the event itself, and a flush renders thousands of pulls."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])  # the version, 4
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # the variant, RFC 4122
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
+        f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
+
+
 def render(
     event_id: str, when: float, action: str, target: Target, origin: Origin, routing: EventRouting
 ) -> str:
@@ -319,18 +335,22 @@ class Outbox(Database):
         action: str,
         targets: Sequence[Target],
         when: float | None = None,
+        ids: Iterator[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The rows reporting `targets`, rendered; the busy write paths make them before
-        their transaction, which then holds the database's write lock no longer for them."""
+        their transaction, which then holds the database's write lock no longer for them.
+        `ids`: event ids to take from (one for each target at most), else made here."""
         routing = self.event_routing
         if origin is None or not routing.endpoints:
             return []
         now = self.clock.now() if when is None else when
+        if ids is None:
+            ids = iter(event_ids(len(targets)))
         rows = []
         for target in targets:
             names = routing.wanting(action, target.repository, target.media_type)
             if names:
-                body = render(str(uuid.uuid4()), now, action, target, origin, routing)
+                body = render(next(ids), now, action, target, origin, routing)
                 rows += [{"endpoint": n, "created_at": now, "body": body} for n in names]
         return rows
 
@@ -355,10 +375,11 @@ class Outbox(Database):
             return 0
 
         def render_all() -> list[dict[str, Any]]:
+            ids = iter(event_ids(len(noted)))
             return [
                 r
                 for when, target, origin in noted
-                for r in self._event_rows(origin, PULL, [target], when)
+                for r in self._event_rows(origin, PULL, [target], when, ids)
             ]
 
         # Thousands of pulls a second render for tens of milliseconds: not on the loop.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,16 @@ def test_an_event_is_rendered_as_json_dumps_writes_it(
     for action in ("push", "pull", "delete", "mount"):
         expected = _rendered_by_json("e-" + ODD, 1.5e9 + 0.25, action, target, origin, routing)
         assert render("e-" + ODD, 1.5e9 + 0.25, action, target, origin, routing) == expected
+
+
+async def test_every_pull_in_a_flush_has_an_id_of_its_own(store: MetadataStore) -> None:
+    store.configure_events(routing(EndpointFilter("loud", pulls=True)))
+    for _ in range(50):
+        store.note_pull(Target("r", BLOB, "application/octet-stream", 5, kind="blobs"), ORIGIN)
+    assert await store.flush_pulls() == 50
+    ids = [json.loads(p.body)["id"] for p in await store.pending_events("loud", 100)]
+    assert len(set(ids)) == 50
+    for text in ids:
+        # What receivers written for Distribution (a Go uuid.NewV4) get.
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
