@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 # prometheus_client leaves these three untyped.
 _mark_process_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
-_multiprocess_value: Callable[[], type] = values.MultiProcessValue
+_multiprocess_value: Callable[[Callable[[], int]], type] = values.MultiProcessValue
 _collector: Callable[[CollectorRegistry, str], object] = multiprocess.MultiProcessCollector
 
 DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -114,15 +114,38 @@ def process_gone(pid: int, path: Path) -> None:
     _mark_process_dead(pid, str(path))
 
 
+class _ProcessId:
+    """os.getpid, remembered, and renewed in a forked child. prometheus_client asks for
+    the process id on every update of a value (a forked child must write files of its
+    own), and getpid is a system call: a handful of them for every request."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+_process_id = _ProcessId()
+
+
 class Metrics:
     """This process's series. One per process (`enable`): the files are per process."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # The value class is picked when prometheus_client is first imported; this
-        # process may have imported it before the directory existed.
-        if not getattr(values.ValueClass, "_multiprocess", False):
-            values.ValueClass = _multiprocess_value()
+        # The value class is picked when prometheus_client is first imported, from the
+        # environment: this process may have imported it before the directory existed,
+        # and the class picked asks the system for the process id on every update. Ours
+        # replaces it before any series of this process exists (it is made here).
+        if not getattr(values.ValueClass, "_regd", False):
+            value_class = _multiprocess_value(_process_id)
+            value_class._regd = True  # type: ignore[attr-defined]
+            values.ValueClass = value_class
         # Not registered anywhere: the exposition reads the files, not these objects.
         self.requests = Counter(
             "regd_http_requests",
