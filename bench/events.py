@@ -13,7 +13,10 @@ shared machine single runs swing more than the difference sought, so the rounds 
 and the medians are compared. With events on, the time until the receiver has every event
 is measured as well. `--workload pulls` compares manifest GETs by 32 keep-alive clients
 (`wrk`) without events and with an endpoint that hears of pulls. The receiver keeps
-connections alive (HTTP/1.1), as receivers in production do.
+connections alive (HTTP/1.1), as receivers in production do. A GET run also reports
+`busiest_share`, the busiest regd process's part of regd's CPU: with two workers, wrk's
+connections sometimes all land on one of them, and such a run serves about half the
+requests of one where both serve; CPU per request does not depend on it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import loadgen, oci
-from bench.servers import Server, free_port, start_regd
+from bench.servers import Server, cpu_seconds, free_port, process_tree, start_regd
 from bench.workloads import hot
 from bench.workloads.small import push_small_images
 
@@ -79,8 +82,14 @@ def pull_run(
     hot.prepare(server)
     target = f"/v2/{hot.REPO}/manifests/{hot.TAG}"
     before, cpu = receiver.count, server.cpu()
+    started = cpu_by_process(server)
     result = loadgen.wrk(server.host, server.port, target, oci.MANIFEST_ACCEPT, 32, args.seconds)
+    used = {pid: t - started.get(pid, 0.0) for pid, t in cpu_by_process(server).items()}
     out: dict[str, Any] = {"events": events, "req_s": result.req_s, "errors": result.errors}
+    # The workers share one listening socket, and which of them accepts each of wrk's
+    # connections is a race: near 1.0, one worker served (nearly) all of them, and the
+    # rate is about half that of a run where both did. Compare runs alike in this.
+    out["busiest_share"] = round(max(used.values()) / (sum(used.values()) or 1.0), 2)
     if events and not (args.metrics_only or args.no_pull_events):
         # Push events (5) and one event per GET: best effort, so counted, not awaited.
         time.sleep(2.5)
@@ -89,6 +98,10 @@ def pull_run(
         time.sleep(2.5)
     out["cpu_us_per_request"] = round((server.cpu() - cpu) / result.requests * 1e6, 1)
     return out
+
+
+def cpu_by_process(server: Server) -> dict[int, float]:
+    return {pid: cpu_seconds(pid) for pid in process_tree(server.proc.pid)}
 
 
 def one_run(events: bool, receiver: Receiver, args: argparse.Namespace) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,10 +32,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from regd.storage import FileInfo, Reader, Space, StorageDriver, Writer
 
 T = TypeVar("T")
+# One series' inc or observe.
+_Feed = Callable[[float], None]
 
 # prometheus_client leaves these three untyped.
 _mark_process_dead: Callable[[int, str], None] = multiprocess.mark_process_dead
-_multiprocess_value: Callable[[], type] = values.MultiProcessValue
+_multiprocess_value: Callable[[Callable[[], int]], type] = values.MultiProcessValue
 _collector: Callable[[CollectorRegistry, str], object] = multiprocess.MultiProcessCollector
 
 DIRECTORY_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -114,15 +117,65 @@ def process_gone(pid: int, path: Path) -> None:
     _mark_process_dead(pid, str(path))
 
 
+class _ProcessId:
+    """os.getpid, remembered, and renewed in a forked child. prometheus_client asks for
+    the process id on every update of a value (a forked child must write files of its
+    own), and getpid is a system call: a handful of them for every request."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self) -> int:
+        return self.pid
+
+
+_process_id = _ProcessId()
+
+
+def _adder(child: Any) -> Callable[[float], None]:
+    """`child.inc` of a labelled counter, cheaper: straight to its value. Counter.inc
+    checks the amount and whether the series is observable on every call; regd's amounts
+    (1 and byte counts) are never negative, and a labelled child always is. Falls back to
+    the public method should prometheus_client keep its value elsewhere one day."""
+    value = getattr(child, "_value", None)
+    return child.inc if value is None else value.inc  # type: ignore[no-any-return]
+
+
+def _observer(child: Any) -> Callable[[float], None]:
+    """`child.observe` of a labelled histogram, cheaper, as `_adder`: the sum, and the
+    first bucket whose bound is at least the amount, found by bisection rather than by
+    walking the bounds in Python (the last bound is +Inf, so there always is one)."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        return child.observe  # type: ignore[no-any-return]
+    bounds, buckets, add = tuple(bounds), tuple(buckets), total.inc
+
+    def observe(amount: float) -> None:
+        add(amount)
+        buckets[bisect_left(bounds, amount)].inc(1)
+
+    return observe
+
+
 class Metrics:
     """This process's series. One per process (`enable`): the files are per process."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # The value class is picked when prometheus_client is first imported; this
-        # process may have imported it before the directory existed.
-        if not getattr(values.ValueClass, "_multiprocess", False):
-            values.ValueClass = _multiprocess_value()
+        # The value class is picked when prometheus_client is first imported, from the
+        # environment: this process may have imported it before the directory existed,
+        # and the class picked asks the system for the process id on every update. Ours
+        # replaces it before any series of this process exists (it is made here).
+        if not getattr(values.ValueClass, "_regd", False):
+            value_class = _multiprocess_value(_process_id)
+            value_class._regd = True  # type: ignore[attr-defined]
+            values.ValueClass = value_class
         # Not registered anywhere: the exposition reads the files, not these objects.
         self.requests = Counter(
             "regd_http_requests",
@@ -169,8 +222,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=None,
         )
-        self._request_series: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
-        self._database_series: dict[object, Any] = {}
+        self._request_series: dict[tuple[str, str, int], tuple[_Feed, _Feed, _Feed, _Feed]] = {}
+        self._database_series: dict[object, _Feed] = {}
         # Made when first fed: a process that never collects or never refuses anyone (no
         # authentication) shows no such series.
         self._gc: tuple[Counter, Counter, Histogram] | None = None
@@ -187,18 +240,18 @@ class Metrics:
         if series is None:
             # labels() validates and locks on every call; the children are cached instead.
             series = self._request_series[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-                self.received.labels(route),
-                self.sent.labels(route),
+                _adder(self.requests.labels(route, method, str(status))),
+                _observer(self.latency.labels(route, method)),
+                _adder(self.received.labels(route)),
+                _adder(self.sent.labels(route)),
             )
         count, latency, received_bytes, sent_bytes = series
-        count.inc()
-        latency.observe(seconds)
+        count(1)
+        latency(seconds)
         if received:
-            received_bytes.inc(received)
+            received_bytes(received)
         if sent:
-            sent_bytes.inc(sent)
+            sent_bytes(sent)
 
     def database_operation(self, fn: Callable[..., Any], seconds: float) -> None:
         """One transaction of the metadata store, named by the store method that ran `fn`
@@ -207,8 +260,8 @@ class Metrics:
         series = self._database_series.get(code)
         if series is None:
             name = code.co_qualname.split(".<locals>", 1)[0] if code is not None else "other"
-            series = self._database_series[code] = self.database.labels(name)
-        series.observe(seconds)
+            series = self._database_series[code] = _observer(self.database.labels(name))
+        series(seconds)
 
     def collected(self, trigger: str, bytes_freed: int, seconds: float) -> None:
         """A garbage collection carried out (not a dry run); `trigger`: schedule or admin."""
@@ -301,7 +354,7 @@ class TimedStorage:
         self.name = driver.name
         self._histogram = histogram
         # Made on an operation's first call: no series for what never happens.
-        self._series: dict[str, Any] = {}
+        self._series: dict[str, _Feed] = {}
 
     async def _timed(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -310,8 +363,8 @@ class TimedStorage:
         finally:
             series = self._series.get(operation)
             if series is None:
-                series = self._series[operation] = self._histogram.labels(operation)
-            series.observe(time.perf_counter() - started)
+                series = self._series[operation] = _observer(self._histogram.labels(operation))
+            series(time.perf_counter() - started)
 
     async def get_content(self, path: str) -> bytes:
         return await self._timed("get_content", self.wrapped.get_content(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from regd.errors import ConfigError
 from regd.events import envelope, routing_for, signature
 from regd.events.delivery import retry_delay
 from regd.metadata import MetadataStore, MissingReferences, Origin, Target
-from regd.metadata.outbox import EndpointFilter, EventRouting
+from regd.metadata.outbox import EndpointFilter, EventRouting, render, timestamp
 from tests.metadata.test_batching import manifest
 
 BLOB = "sha256:" + "1" * 64
@@ -234,3 +235,86 @@ async def test_sequence_numbers_are_never_handed_out_again(store: MetadataStore)
     assert new.seq > old.seq
     await store.events_delivered("a", [old.seq])
     assert await store.pending_events("a", 10) == [new]
+
+
+def _rendered_by_json(
+    event_id: str, when: float, action: str, target: Target, origin: Origin, routing: EventRouting
+) -> str:
+    """The envelope's event as dictionaries handed to json.dumps: what render must write."""
+    body: dict[str, object] = {"repository": target.repository}
+    if target.media_type is not None:
+        body["mediaType"] = target.media_type
+    if target.digest is not None:
+        body["digest"] = target.digest
+    if target.size is not None:
+        body["size"] = body["length"] = target.size
+    if target.from_repository:
+        body["fromRepository"] = target.from_repository
+    if target.kind is not None and target.digest is not None and origin.base_url:
+        body["url"] = f"{origin.base_url}/v2/{target.repository}/{target.kind}/{target.digest}"
+    if target.tag is not None:
+        body["tag"] = target.tag
+    request = {"id": origin.request_id}
+    if origin.addr:
+        request["addr"] = origin.addr
+    if origin.host:
+        request["host"] = origin.host
+    request |= {"method": origin.method, "useragent": origin.useragent}
+    source = {"addr": routing.source_addr} if routing.source_addr else {}
+    source["instanceID"] = routing.instance_id
+    event = {
+        "id": event_id,
+        "timestamp": timestamp(when),
+        "action": action,
+        "target": body,
+        "request": request,
+        "actor": {"name": origin.actor} if origin.actor else {},
+        "source": source,
+    }
+    return json.dumps(event, separators=(",", ":"))
+
+
+ODD = 'q"uo\\te \u00e9\u4e2d\U0001f600 \x01\n\t/'
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        Target("r", BLOB, "application/octet-stream", 5, kind="blobs"),
+        Target("t/app", BLOB, "application/vnd.oci.image.manifest.v1+json", 0, "v1", "manifests"),
+        Target("r", BLOB, kind="blobs", from_repository="other/r"),
+        Target("r"),
+        Target("r", tag="gone"),
+        Target(ODD, ODD, ODD, 2**40, ODD, ODD, ODD),
+    ],
+)
+@pytest.mark.parametrize(
+    "origin",
+    [
+        ORIGIN,
+        Origin(),
+        Origin("id", method="GET", useragent="wrk"),
+        Origin(ODD, ODD, ODD, ODD, ODD, ODD, ODD),
+    ],
+)
+@pytest.mark.parametrize("source_addr", ["node:5000", "", ODD])
+def test_an_event_is_rendered_as_json_dumps_writes_it(
+    target: Target, origin: Origin, source_addr: str
+) -> None:
+    routing = EventRouting((EndpointFilter("a"),), source_addr, "instance-" + ODD)
+    for action in ("push", "pull", "delete", "mount"):
+        expected = _rendered_by_json("e-" + ODD, 1.5e9 + 0.25, action, target, origin, routing)
+        assert render("e-" + ODD, 1.5e9 + 0.25, action, target, origin, routing) == expected
+
+
+async def test_every_pull_in_a_flush_has_an_id_of_its_own(store: MetadataStore) -> None:
+    store.configure_events(routing(EndpointFilter("loud", pulls=True)))
+    for _ in range(50):
+        store.note_pull(Target("r", BLOB, "application/octet-stream", 5, kind="blobs"), ORIGIN)
+    assert await store.flush_pulls() == 50
+    ids = [json.loads(p.body)["id"] for p in await store.pending_events("loud", 100)]
+    assert len(set(ids)) == 50
+    for text in ids:
+        # What receivers written for Distribution (a Go uuid.NewV4) get.
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
