@@ -180,7 +180,7 @@ class Router:
         await _send(x, reply, send)
         if reply.stream is not None and not request.head:
             try:
-                await _stream(reply.stream, receive, send, _send_file(scope))
+                await _stream(reply.stream, receive, send, _send_file(scope), x)
             except* BackendError as failed:
                 # The status line is gone: all that is left is to end the connection short
                 # of the announced length, which every client takes for a failed transfer.
@@ -227,7 +227,11 @@ def _send_file(scope: Mapping[str, Any]) -> SendFile | None:
 
 
 async def _stream(
-    body: AsyncIterable[bytes], receive: Any, send: Any, send_file: SendFile | None = None
+    body: AsyncIterable[bytes],
+    receive: Any,
+    send: Any,
+    send_file: SendFile | None = None,
+    x: Exchange | None = None,
 ) -> None:
     """Send a long body, stopping (and closing the source) when the client goes away.
 
@@ -253,6 +257,9 @@ async def _stream(
                 except trio.BrokenResourceError:
                     # The connection is gone; nothing more can be said on it.
                     return
+                if sent and x is not None:
+                    # These bytes never pass `send`, which counts the rest for metrics.
+                    x.sent += span[2]
             else:
                 sent = False
             if not sent:
