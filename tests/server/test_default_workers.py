@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -84,3 +85,50 @@ def test_memory_storage_defaults_to_one_worker(regd_factory: RegdFactory) -> Non
     server = regd_factory(workers=None, log_level="info", env={"REGD_STORAGE": "memory"})
     assert settled_count(server, 1) == 1, server.output()
     assert "workers=1 " in server.output()
+
+
+def listening_sockets(port: int) -> int:
+    """How many IPv4 TCP sockets listen on `port` (/proc/net/tcp: state 0A is LISTEN)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    suffix = f":{port:04X}"
+    return sum(1 for line in lines if line.split()[1].endswith(suffix) and line.split()[3] == "0A")
+
+
+def test_each_worker_listens_on_a_socket_of_its_own(regd_factory: RegdFactory) -> None:
+    # On one shared socket a burst of keep-alive clients could all land on one worker;
+    # with a socket each (SO_REUSEPORT) the kernel spreads them over the workers.
+    server = regd_factory(workers=3)
+    assert listening_sockets(server.port) == 3
+    sockets = []
+    for _ in range(48):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: regd\r\n\r\n")
+        sockets.append(sock)
+    try:
+        for sock in sockets:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert server.process is not None
+        holders = {pid for pid in _children(server.process.pid) if _holds(pid, server.port)}
+        assert len(holders) == 3, f"the connections are held by {sorted(holders)}"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _holds(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an accepted connection on local port `port`."""
+    suffix = f":{port:04X}"
+    inodes = {
+        line.split()[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[1].endswith(suffix) and line.split()[3] == "01"
+    }
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
