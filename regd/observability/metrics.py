@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from bisect import bisect_left
@@ -99,12 +100,56 @@ def route_of(path: str) -> str:
     return "other"
 
 
+_PREFIX = "regd-metrics-"
+# A directory's name carries the pid of the process that made it, so a later start can
+# tell the leftovers of a killed regd (SIGKILL runs no clean-up) from a running one's.
+_OWNED = re.compile(re.escape(_PREFIX) + r"(\d+)-")
+
+
 def make_directory() -> Path:
     """A fresh directory for this run's metric files, announced to the worker processes
-    (which inherit the environment) and to this one."""
-    path = Path(tempfile.mkdtemp(prefix="regd-metrics-"))
+    (which inherit the environment) and to this one. Directories that killed runs left
+    behind are removed first: each holds a file per worker, and they would pile up."""
+    remove_leftovers(Path(tempfile.gettempdir()))
+    path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
     os.environ[DIRECTORY_ENV] = str(path)
     return path
+
+
+def remove_leftovers(parent: Path) -> list[Path]:
+    """Remove the metric directories in `parent` whose maker is gone; answers them. Only
+    this user's, and only when the pid in the name is not running: a reused pid keeps a
+    leftover for a while, which is harmless, while a live regd's directory is never
+    touched."""
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    uid = os.getuid()
+    for entry in entries:
+        match = _OWNED.match(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if info.st_uid != uid or not stat.S_ISDIR(info.st_mode) or _alive(int(match[1])):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_directory(path: Path) -> None:

@@ -4,7 +4,10 @@ against the requests each test made; with two workers, every scrape tells the sa
 from __future__ import annotations
 
 import base64
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,3 +234,37 @@ def test_metrics_off(regd_factory: RegdFactory) -> None:
     server = regd_factory(env={"REGD_METRICS": "false"})
     assert httpx.get(f"{server.url}/metrics").status_code == 404
     assert httpx.get(f"{server.url}/v2/").status_code == 200
+
+
+def test_a_killed_runs_metric_directory_goes_at_the_next_start(
+    regd_factory: RegdFactory, tmp_path: Path
+) -> None:
+    # SIGKILL runs no clean-up: the next start removes what the dead run left, and
+    # leaves a running process's directory alone.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    killed = temp / f"regd-metrics-{ended.pid}-abc123"
+    killed.mkdir()
+    (killed / "counter_1.db").write_bytes(b"x" * 4096)
+    running = temp / f"regd-metrics-{os.getpid()}-def456"
+    running.mkdir()
+    unrelated = temp / "regd-metrics-notapid"
+    unrelated.mkdir()
+
+    first = regd_factory(workers=2, env={"TMPDIR": str(temp)})
+    assert httpx.get(f"{first.url}/v2/").status_code == 200
+    assert not killed.exists()
+    assert running.is_dir()
+    assert unrelated.is_dir()
+    assert first.process is not None
+    ours = [p for p in temp.iterdir() if p.name.startswith(f"regd-metrics-{first.process.pid}-")]
+    assert len(ours) == 1
+
+    first.kill9()
+    assert ours[0].is_dir()  # nothing ran to remove it
+    second = regd_factory(workers=2, env={"TMPDIR": str(temp)})
+    assert httpx.get(f"{second.url}/v2/").status_code == 200
+    assert not ours[0].exists()
+    assert running.is_dir()
