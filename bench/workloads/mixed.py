@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench import oci
@@ -104,13 +105,23 @@ def _mixed_job(
 
 
 def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict[str, Any]:
-    procs = max(1, settings.loadgen_processes)
+    return run_over([server], settings, pool, settings.loadgen_processes)
+
+
+def run_over(
+    servers: Sequence[Server], settings: Settings, pool: list[tuple[str, str]], processes: int
+) -> dict[str, Any]:
+    """The mixed load from `processes` generator processes, process p sending all its
+    clients' requests to servers[p % len(servers)]: with several replicas of one registry,
+    the clients are spread over them as a connection-level balancer would."""
+    procs = max(1, processes)
     clients, seconds = settings.mixed_clients, settings.mixed_seconds
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     start_at = time.time() + START_DELAY_S
+    targets = [servers[p % len(servers)] for p in range(procs)]
     argsets = [
-        (server.host, server.port, pool, p, n, start_at, seconds, server.credentials)
-        for p, n in enumerate(shares)
+        (srv.host, srv.port, pool, p, n, start_at, seconds, srv.credentials)
+        for p, (srv, n) in enumerate(zip(targets, shares, strict=True))
     ]
     parts = run_in_processes(_mixed_job, argsets)
     lat = {op: [v for p in parts for v in p[op]] for op in OPERATIONS}
@@ -119,6 +130,9 @@ def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict
     out: dict[str, Any] = {
         "clients": clients,
         "seconds": seconds,
+        # When the clients started, on the wall clock: what a caller measuring the
+        # servers meanwhile needs to leave out the generator processes' start-up.
+        "started_at": start_at,
         "ops": ops,
         "ops_s": rate(ops, seconds),
         "pulls": len(lat["pull"]),
