@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import secrets
 import statistics
@@ -48,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import machine, oci, report
 from bench import s3 as object_storage
 from bench.httpc import Connection
-from bench.loadgen import self_cpu
-from bench.servers import Server, cpu_seconds, process_tree, regd_description
+from bench.loadgen import START_DELAY_S, self_cpu
+from bench.servers import CLK_TCK, Server, cpu_seconds, process_tree, regd_description
 from bench.settings import MIB, Settings
 from bench.stats import ms, percentile, rate
 from bench.workloads import mixed
@@ -206,37 +207,32 @@ class Meter:
             "self": self_cpu(),
             **{srv.name: srv.cpu() for srv in self.replicas},
             **{f"pg:{pid}": cpu_seconds(pid) for pid in self.db.backends()},
+            **{f"proc:{pid}": cpu for pid, cpu in own_cpu_of_all().items()},
         }
 
     @contextmanager
-    def sampling(self, every: float = 0.25) -> Iterator[list[dict[str, float]]]:
-        """Snapshots (each with its wall-clock `at`) every `every` seconds meanwhile, to cut
-        out the window of a load whose start is known only afterwards."""
-        samples: list[dict[str, float]] = []
+    def window(self, start: float, seconds: float) -> Iterator[list[dict[str, float]]]:
+        """Snapshots at `start` and at `start + seconds` on the wall clock, taken by a
+        thread of their own while the caller runs the load; the list holds them after."""
+        taken: list[dict[str, float]] = []
         stop = threading.Event()
 
         def take() -> None:
-            while True:
-                samples.append({**self.snapshot(), "at": time.time()})
-                if stop.wait(every):
+            for moment in (start, start + seconds):
+                if stop.wait(max(0.0, moment - time.time())):
                     return
+                taken.append(self.snapshot())
 
         thread = threading.Thread(target=take, daemon=True)
         thread.start()
         try:
-            yield samples
-        finally:
+            yield taken
+        except BaseException:
             stop.set()
-            thread.join()
-
-    def window(
-        self, samples: Sequence[dict[str, float]], start: float, seconds: float
-    ) -> dict[str, Any]:
-        """The costs between the last sample before `start` and the first after
-        `start + seconds`."""
-        before = [s for s in samples if s["at"] <= start] or samples[:1]
-        after = [s for s in samples if s["at"] >= start + seconds] or samples[-1:]
-        return self.between(before[-1], after[0])
+            raise
+        finally:
+            # The load ends at the second moment: the snapshot is due now, if not taken.
+            thread.join(timeout=max(0.0, start + seconds - time.time()) + 30)
 
     def since(self, before: dict[str, float]) -> dict[str, Any]:
         return self.between(before, self.snapshot())
@@ -262,7 +258,42 @@ class Meter:
             "postgres_cores": cores(pg),
             "machine_busy_cores": cores(now["busy"] - before["busy"]),
             "bench_process_cpu_s": round(now["self"] - before["self"], 2),
+            "busiest_processes": busiest(before, now),
         }
+
+
+def own_cpu_of_all() -> dict[int, float]:
+    """User + system seconds of every process now, each its own (children not added)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(entry)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def busiest(before: dict[str, float], now: dict[str, float], count: int = 8) -> list[Any]:
+    """The processes that spent the most CPU between two snapshots, named: on a shared
+    machine, what else was running. One started meanwhile counts from zero; one that
+    ended is missing (its time shows only in the machine's busy cores)."""
+    spent = sorted(
+        ((v - before.get(k, 0.0), int(k[5:])) for k, v in now.items() if k.startswith("proc:")),
+        reverse=True,
+    )
+    out = []
+    for cpu, pid in spent[:count]:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        out.append({"pid": pid, "name": name, "cpu_s": round(cpu, 2)})
+    return out
 
 
 def with_others(cost: dict[str, Any], client_cpu_s: float) -> dict[str, Any]:
@@ -401,10 +432,12 @@ def mixed_both(
     for way, targets in (("one", replicas[:1]), ("spread", replicas)):
         names = ", ".join(srv.name for srv in targets)
         log(f"mixed load, {args.clients} clients for {args.seconds:g} s on {names}")
-        with meter.sampling() as samples:
-            result = mixed.run_over(targets, settings, pool, processes=len(replicas))
-        cost = meter.window(samples, result["started_at"], args.seconds)
-        result["cost"] = with_others(cost, result["client_cpu_s"])
+        start_at = time.time() + START_DELAY_S
+        with meter.window(start_at, args.seconds) as snapshots:
+            result = mixed.run_over(targets, settings, pool, len(replicas), start_at)
+        if len(snapshots) != 2:
+            raise RuntimeError("the load ended before its measuring window")
+        result["cost"] = with_others(meter.between(*snapshots), result["client_cpu_s"])
         result["replicas"] = [srv.name for srv in targets]
         log(f"  {result['ops_s']} ops/s, {result['errors']} errors")
         out[way] = result

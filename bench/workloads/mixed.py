@@ -109,15 +109,22 @@ def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict
 
 
 def run_over(
-    servers: Sequence[Server], settings: Settings, pool: list[tuple[str, str]], processes: int
+    servers: Sequence[Server],
+    settings: Settings,
+    pool: list[tuple[str, str]],
+    processes: int,
+    start_at: float | None = None,
 ) -> dict[str, Any]:
     """The mixed load from `processes` generator processes, process p sending all its
     clients' requests to servers[p % len(servers)]: with several replicas of one registry,
-    the clients are spread over them as a connection-level balancer would."""
+    the clients are spread over them as a connection-level balancer would. The clients
+    start at `start_at` on the wall clock (default: in START_DELAY_S), so that a caller
+    can measure the servers over exactly the load's seconds."""
     procs = max(1, processes)
     clients, seconds = settings.mixed_clients, settings.mixed_seconds
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    start_at = time.time() + START_DELAY_S
+    if start_at is None:
+        start_at = time.time() + START_DELAY_S
     targets = [servers[p % len(servers)] for p in range(procs)]
     argsets = [
         (srv.host, srv.port, pool, p, n, start_at, seconds, srv.credentials)
@@ -130,9 +137,6 @@ def run_over(
     out: dict[str, Any] = {
         "clients": clients,
         "seconds": seconds,
-        # When the clients started, on the wall clock: what a caller measuring the
-        # servers meanwhile needs to leave out the generator processes' start-up.
-        "started_at": start_at,
         "ops": ops,
         "ops_s": rate(ops, seconds),
         "pulls": len(lat["pull"]),
