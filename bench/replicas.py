@@ -166,7 +166,7 @@ def database(admin_url: str | None) -> Iterator[Database]:
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as exc:
-            errors.append(f"{url}: {str(exc).strip()}")
+            errors.append(f"{url}: {' '.join(str(exc).split())}")
             continue
         break
     else:
@@ -576,11 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = machine.load_average()
     with ExitStack() as stack:
         log("starting moto_server and creating the database")
-        moto = object_storage.start_moto(args.tmp)
-        stack.callback(moto.stop)
-        db = stack.enter_context(database(args.pg_admin))
-        log(f"starting {REPLICAS} replicas (--workers {args.workers} each)")
-        replicas = start_trio(moto, db.url, args, stack)
+        try:
+            moto = object_storage.start_moto(args.tmp)
+            stack.callback(moto.stop)
+            db = stack.enter_context(database(args.pg_admin))
+            log(f"starting {REPLICAS} replicas (--workers {args.workers} each)")
+            replicas = start_trio(moto, db.url, args, stack)
+        except RuntimeError as exc:
+            # What is missing (moto, PostgreSQL, a replica that would not start), in one line.
+            console.print(f"cannot start: {exc}", highlight=False)
+            return 1
         meter = Meter(moto, replicas, db)
         if "chunked" in selected:
             results["chunked"] = guarded(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -78,6 +79,32 @@ def test_replicas_refuses_nonsense(argv: list[str]) -> None:
     )
     assert result.returncode == 2
     assert "error:" in result.stderr
+
+
+def test_replicas_says_in_one_line_when_postgresql_is_missing() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        # Bound but not listening: nothing answers there.
+        result = subprocess.run(
+            [
+                sys.executable,
+                "bench/replicas.py",
+                "--pg-admin",
+                f"postgresql://nobody@127.0.0.1:{port}/postgres",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "400"},
+            check=False,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if "cannot start" in line]
+    assert len(lines) == 1, result.stdout
+    assert "cannot connect to PostgreSQL" in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 class FakeReplica:
