@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -73,17 +75,42 @@ def push_blob_single_post(conn: Connection, repo: str, data: Body, digest: str) 
 
 def push_blob_chunked(conn: Connection, repo: str, data: Body, digest: str, chunk_size: int) -> int:
     """PATCH chunks with Content-Range, then PUT ?digest=; answers the number of requests."""
+    return push_blob_chunked_over(itertools.repeat(conn), repo, data, digest, chunk_size)
+
+
+def push_blob_chunked_over(
+    conns: Iterator[Connection],
+    repo: str,
+    data: Body,
+    digest: str,
+    chunk_size: int,
+    timings: dict[str, list[float]] | None = None,
+) -> int:
+    """`push_blob_chunked` with each request sent on the next of `conns` (one connection
+    per replica, in turn, is a load balancer without sticky sessions). `timings`, when
+    given, collects each request's seconds under "POST", "PATCH" and "PUT"."""
+    clock = time.perf_counter
+    times: dict[str, list[float]] = timings if timings is not None else {}
+    for method in ("POST", "PATCH", "PUT"):
+        times.setdefault(method, [])
     view = memoryview(data)
-    location = start_upload(conn, repo)
+    t0 = clock()
+    location = start_upload(next(conns), repo)
+    times["POST"].append(clock() - t0)
     requests = 1
     for start in range(0, len(view), chunk_size):
         piece = view[start : start + chunk_size]
         headers = {**OCTET, "Content-Range": f"{start}-{start + len(piece) - 1}"}
-        r = expect(conn.request("PATCH", _path(location), headers, piece), "patch chunk", 202)
+        t0 = clock()
+        r = next(conns).request("PATCH", _path(location), headers, piece)
+        expect(r, "patch chunk", 202)
+        times["PATCH"].append(clock() - t0)
         location = r.header("location")
         requests += 1
     target = _with_query(location, "digest=" + quote(digest))
-    expect(conn.request("PUT", target), "finish chunked upload", 201)
+    t0 = clock()
+    expect(next(conns).request("PUT", target), "finish chunked upload", 201)
+    times["PUT"].append(clock() - t0)
     return requests + 1
 
 

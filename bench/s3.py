@@ -159,12 +159,17 @@ def regd_env(moto: Moto, bucket: str) -> dict[str, str]:
 
 
 def start_regd(
-    workers: int | None, moto: Moto, database: str | None = None, tmp_root: str | None = None
+    workers: int | None,
+    moto: Moto,
+    database: str | None = None,
+    tmp_root: str | None = None,
+    bucket: str | None = None,
 ) -> Server:
-    """regd on a free port, its blobs in a fresh bucket of `moto`."""
+    """regd on a free port, its blobs in `bucket` of `moto` (a fresh one unless named:
+    replicas share one)."""
     workdir = Path(tempfile.mkdtemp(prefix="bench-regd-s3-", dir=tmp_root))
     port = free_port()
-    bucket = moto.create_bucket("bench-regd")
+    bucket = bucket or moto.create_bucket("bench-regd")
     cmd = regd_command(port, workdir / "data", workers, database)
     env = _no_ca_bundle({**os.environ, **regd_env(moto, bucket), "PYTHONPATH": str(REPO_ROOT)})
     proc, log_path = _spawn(cmd, workdir, env)

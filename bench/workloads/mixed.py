@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from bench import oci
@@ -104,13 +105,30 @@ def _mixed_job(
 
 
 def run(server: Server, settings: Settings, pool: list[tuple[str, str]]) -> dict[str, Any]:
-    procs = max(1, settings.loadgen_processes)
+    return run_over([server], settings, pool, settings.loadgen_processes)
+
+
+def run_over(
+    servers: Sequence[Server],
+    settings: Settings,
+    pool: list[tuple[str, str]],
+    processes: int,
+    start_at: float | None = None,
+) -> dict[str, Any]:
+    """The mixed load from `processes` generator processes, process p sending all its
+    clients' requests to servers[p % len(servers)]: with several replicas of one registry,
+    the clients are spread over them as a connection-level balancer would. The clients
+    start at `start_at` on the wall clock (default: in START_DELAY_S), so that a caller
+    can measure the servers over exactly the load's seconds."""
+    procs = max(1, processes)
     clients, seconds = settings.mixed_clients, settings.mixed_seconds
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    start_at = time.time() + START_DELAY_S
+    if start_at is None:
+        start_at = time.time() + START_DELAY_S
+    targets = [servers[p % len(servers)] for p in range(procs)]
     argsets = [
-        (server.host, server.port, pool, p, n, start_at, seconds, server.credentials)
-        for p, n in enumerate(shares)
+        (srv.host, srv.port, pool, p, n, start_at, seconds, srv.credentials)
+        for p, (srv, n) in enumerate(zip(targets, shares, strict=True))
     ]
     parts = run_in_processes(_mixed_job, argsets)
     lat = {op: [v for p in parts for v in p[op]] for op in OPERATIONS}
