@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from regd.config import Config, ConfigError, MirrorConfig, load
-from regd.errors import Denied
+from regd.config import Config, MirrorConfig, load
+from regd.errors import ConfigError, Denied
 from regd.mirror import Routes
 
 

@@ -1,32 +1,16 @@
-"""The s3 driver: files as objects in one bucket of an S3-compatible store.
-
-Paths map to keys under an optional prefix, so the layout is Distribution's and a bucket
-its s3 driver wrote can be adopted in place.
-
-A file written through a writer is kept "pending" between writer sessions: its bytes are
-the parts of one multipart upload plus a short tail not yet a part (S3 wants parts of at
-least 5 MiB, except the last). Which parts make the file, and the tail itself, live in one
-state object beside the file (`<key>.~writer`), written last by each commit, so any
-process can continue the file from S3 alone. Reading a pending file, or moving it, first
-completes the multipart upload into a plain object; moving is then a server-side copy.
-
-A file made with `new_file` is no pending file: its parts go to its own key and the
-upload is completed by its one writer's commit, so it needs no state object and no copy;
-until then S3 shows nothing at that key.
-"""
+"""The s3 driver itself: paths to keys, reads, listings, moves and deletes; its writers
+are in `_writers`."""
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import math
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import trio
 from outcome import Outcome
@@ -38,15 +22,18 @@ from regd.storage.base import (
     StorageError,
     check_path,
 )
+from regd.storage.s3._common import (
+    MAX_PART,
+    MAX_PARTS,
+    MIN_PART,
+    MiB,
+    StorageUnavailable,
+    T,
+    _InThread,
+    _State,
+)
+from regd.storage.s3._writers import _open_writer, _S3NewFile, _S3Writer
 
-T = TypeVar("T")
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-# S3's own limits on multipart uploads.
-MIN_PART = 5 * MiB
-MAX_PART = 5 * GiB
-MAX_PARTS = 10_000
 # Keys per DeleteObjects request and per listing page.
 DELETE_BATCH = 1000
 
@@ -54,10 +41,6 @@ STATE_SUFFIX = ".~writer"
 
 # Bytes a reader takes from a GET's body at a time (two at most are held per reader).
 READ_PIECE = 4 * MiB
-
-# Parts one writer uploads at once: the body keeps arriving while earlier parts travel,
-# and the store works on several. Memory per writer stays within this many chunks.
-PARTS_IN_FLIGHT = 3
 
 _NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 _THROTTLED = frozenset(
@@ -94,12 +77,6 @@ def _boto_session() -> Any:
         return _shared[0]
 
 
-class StorageUnavailable(StorageError):
-    """The store is unreachable or asks to slow down: try again shortly."""
-
-    retry_after = 2
-
-
 @dataclass(frozen=True, slots=True)
 class S3Options:
     bucket: str
@@ -126,46 +103,6 @@ class S3Options:
     def where(self) -> str:
         base = f"s3://{self.bucket}"
         return f"{base}/{self.prefix.strip('/')}" if self.prefix.strip("/") else base
-
-
-@dataclass(slots=True)
-class _State:
-    """A pending file: parts of `upload` (number, etag, size) followed by `tail`."""
-
-    upload: str | None = None
-    parts: list[tuple[int, str, int]] = field(default_factory=list)
-    tail: bytes = b""
-
-    @property
-    def parts_size(self) -> int:
-        return sum(size for _, _, size in self.parts)
-
-    @property
-    def size(self) -> int:
-        return self.parts_size + len(self.tail)
-
-    def encode(self) -> bytes:
-        head = json.dumps({"v": 1, "upload": self.upload, "parts": self.parts})
-        return head.encode() + b"\n" + self.tail
-
-    @classmethod
-    def decode(cls, body: bytes) -> _State:
-        head, _, tail = body.partition(b"\n")
-        doc = json.loads(head)
-        parts = [(int(n), str(etag), int(size)) for n, etag, size in doc["parts"]]
-        return cls(doc.get("upload"), parts, tail)
-
-
-def _parts_up_to(
-    parts: Sequence[tuple[int, str, int]], offset: int
-) -> builtins.list[tuple[int, str, int]] | None:
-    """The leading parts that hold exactly `offset` bytes, or None when no part ends there."""
-    total = 0
-    for index, (_, _, size) in enumerate(parts):
-        if total == offset:
-            return list(parts[:index])
-        total += size
-    return None
 
 
 class S3Driver:
@@ -464,113 +401,13 @@ class S3Driver:
         key = self._key(path)
         if offset < 0:
             raise InvalidOffset(path, offset)
-        return await self._run(path, self._open_writer, path, key, offset)
-
-    def _open_writer(self, path: str, key: str, offset: int) -> _S3Writer:
-        state = self._load_state(key)
-        if state is not None:
-            if offset > state.size:
-                raise InvalidOffset(path, offset)
-            if offset == 0:
-                # The file is emptied; its old upload goes once the new state is saved.
-                return _S3Writer(self, path, key, _State(), persist=True, drop=state.upload)
-            if offset == state.size:
-                return _S3Writer(self, path, key, state)
-            if offset >= state.parts_size:
-                state.tail = state.tail[: offset - state.parts_size]
-                return _S3Writer(self, path, key, state, persist=True)
-            kept = _parts_up_to(state.parts, offset)
-            if kept is not None:
-                # The cut falls between parts (what a process that died after saving a
-                # chunk, before the session recorded it, leaves): the later parts drop.
-                cut = _State(state.upload, kept)
-                return _S3Writer(self, path, key, cut, persist=True)
-            # The cut falls inside a part, whose bytes S3 cannot give back: complete the
-            # file and continue it as a plain object (rare: only after an interrupted
-            # writer left bytes nobody acknowledged).
-            self._complete(key, state)
-        head = self._head(key)
-        if head is None:
-            if offset:
-                raise PathNotFound(path)
-            return _S3Writer(self, path, key, _State())
-        size = int(head["ContentLength"])
-        if offset > size:
-            raise InvalidOffset(path, offset)
-        if offset == 0:
-            return _S3Writer(self, path, key, _State(), persist=True, plain=True)
-        return self._continue_plain(path, key, offset, size, head["ETag"])
+        return await self._run(path, _open_writer, self, path, key, offset)
 
     async def new_file(self, path: str, *, staging: str) -> _S3NewFile:
         check_path(staging)
         # Nothing goes to `staging`: the parts go to the file's own key, where a
         # multipart upload shows nothing until it is completed.
         return _S3NewFile(self, path, self._key(path), _State())
-
-    def _publish(self, key: str, state: _State) -> None:
-        """Put a new file in place: one PUT when it is small, else complete its upload."""
-        from botocore.exceptions import ClientError
-
-        if state.upload is None:
-            self._call("put_object", Key=key, Body=state.tail, **self._extra)
-            return
-        try:
-            self._call(
-                "complete_multipart_upload",
-                Key=key,
-                UploadId=state.upload,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in state.parts]
-                },
-            )
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) != "NoSuchUpload":
-                raise
-            # Aborted under us: a delete of this very path (a sweep of an unreferenced
-            # copy) aborts the uploads at its key. Nothing was published; try again.
-            raise StorageUnavailable(f"{key}: the upload was aborted; try again") from None
-
-    def _continue_plain(self, path: str, key: str, offset: int, size: int, etag: str) -> _S3Writer:
-        """A writer continuing a plain object: its first `offset` bytes become parts by
-        server-side copy, and the remainder below a chunk becomes the tail."""
-        tail_size = offset % self._chunk
-        copied = offset - tail_size
-        state = _State()
-        if copied:
-            state.upload = self._start_upload(key)
-            piece = max(self._chunk, (MAX_PART // self._chunk) * self._chunk)
-            try:
-                for number, start in enumerate(range(0, copied, piece), 1):
-                    end = min(start + piece, copied)
-                    result = self._call(
-                        "upload_part_copy",
-                        Key=key,
-                        UploadId=state.upload,
-                        PartNumber=number,
-                        CopySource={"Bucket": self.bucket, "Key": key},
-                        CopySourceRange=f"bytes={start}-{end - 1}",
-                        CopySourceIfMatch=etag,
-                    )
-                    state.parts.append((number, result["CopyPartResult"]["ETag"], end - start))
-            except BaseException:
-                self._abort(key, state.upload)
-                raise
-        if tail_size:
-            tail = self._get(key, f"bytes={copied}-{offset - 1}")
-            if tail is None or len(tail) != tail_size:
-                if state.upload:
-                    self._abort(key, state.upload)
-                raise StorageError(f"{path} changed while a writer opened it")
-            state.tail = tail
-        return _S3Writer(
-            self,
-            path,
-            key,
-            state,
-            persist=offset < size,
-            plain=True,
-            created_upload=state.upload,
-        )
 
     # -- metadata ------------------------------------------------------------------------
 
@@ -859,176 +696,3 @@ class _S3Reader:
                 await ahead.done.wait()
         if body is not None:
             body.close()
-
-
-class _InThread(Generic[T]):
-    """A blocking call running on a thread of its own while its task goes on."""
-
-    __slots__ = ("done", "result")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Outcome[T] | None = None
-
-    async def wait(self) -> T:
-        await self.done.wait()
-        assert self.result is not None
-        return self.result.unwrap()
-
-
-class _S3Writer:
-    """Appends to a pending file; each full chunk goes up as a part as soon as it is
-    buffered, while the next ones arrive, and `commit` saves the state that makes them
-    part of the file.
-
-    `persist`: the file as opened differs from the stored one (cut short, or emptied), so
-    a cancel still saves the opening state. `plain`: a plain object is being turned into
-    a pending file and is deleted once the state is saved. `drop`: an upload the saved
-    state replaces. `created_upload`: one this writer started (aborted if it ends
-    without saving)."""
-
-    def __init__(
-        self,
-        driver: S3Driver,
-        path: str,
-        key: str,
-        state: _State,
-        *,
-        persist: bool = False,
-        plain: bool = False,
-        drop: str | None = None,
-        created_upload: str | None = None,
-    ) -> None:
-        self._driver = driver
-        self._path = path
-        self._key = key
-        self._opening = _State(state.upload, list(state.parts), state.tail)
-        self._upload = state.upload
-        self._parts = list(state.parts)
-        self._sending: deque[tuple[int, int, _InThread[str]]] = deque()
-        self._buffer = bytearray(state.tail)
-        self._parts_size = state.parts_size
-        self._persist = persist
-        self._plain = plain
-        self._drop = drop
-        self._created = created_upload
-        self._closed = False
-
-    @property
-    def size(self) -> int:
-        return self._parts_size + len(self._buffer)
-
-    async def write(self, data: bytes, also: Callable[[bytes], object] | None = None) -> None:
-        if self._closed:
-            raise StorageError("write on a closed writer")
-        if also is not None:
-            # Parts leave from threads of their own; this is the one hop the piece makes.
-            await trio.to_thread.run_sync(also, data)
-        self._buffer += data
-        chunk = self._driver._chunk
-        while len(self._buffer) >= chunk:
-            # One copy of the piece (a slice of the bytearray would be a second).
-            with memoryview(self._buffer) as view:
-                piece = bytes(view[:chunk])
-            del self._buffer[:chunk]
-            await self._launch(piece)
-
-    async def _launch(self, piece: bytes) -> None:
-        """Start uploading `piece` as the next part, once fewer than PARTS_IN_FLIGHT are
-        on their way. Its thread holds one of the driver's connection slots."""
-        d = self._driver
-        if self._upload is None:
-            self._upload = self._created = await d._run(self._path, d._start_upload, self._key)
-        while len(self._sending) >= PARTS_IN_FLIGHT:
-            await self._settle()
-        number = len(self._parts) + len(self._sending) + 1
-        call = await d._start(self._path, d._upload_part, self._key, self._upload, number, piece)
-        self._sending.append((number, len(piece), call))
-        self._parts_size += len(piece)
-
-    async def _settle(self) -> None:
-        """Wait for the oldest part in flight and record it (parts stay in order)."""
-        number, size, call = self._sending[0]
-        await call.done.wait()
-        self._sending.popleft()
-        self._parts.append((number, await call.wait(), size))
-
-    async def _drain(self) -> None:
-        """Wait until no part of this writer is in flight, whatever became of them."""
-        while self._sending:
-            await self._sending.popleft()[2].done.wait()
-
-    def _save(self, state: _State) -> None:
-        d = self._driver
-        d._save_state(self._key, state)
-        if self._plain:
-            d._delete_keys([self._key])
-        if self._drop and self._drop != state.upload:
-            d._abort(self._key, self._drop)
-
-    async def commit(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            while self._sending:
-                await self._settle()
-            if len(self._buffer) >= MIN_PART:
-                # Big enough to be a part: sent now, the saved state stays a few bytes
-                # that the next writer reads back instead of megabytes of tail.
-                piece = bytes(self._buffer)
-                self._buffer.clear()
-                await self._launch(piece)
-                await self._settle()
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._drain()
-                await self._driver._run(self._path, self._rollback)
-            raise
-        state = _State(self._upload, self._parts, bytes(self._buffer))
-        await self._driver._run(self._path, self._save, state)
-
-    def _rollback(self) -> None:
-        d = self._driver
-        if self._persist:
-            self._save(self._opening)
-        if self._created and self._created != self._opening.upload:
-            d._abort(self._key, self._created)
-
-    async def cancel(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        # Shielded: a cancelled request must still roll its parts back, and only once
-        # no part of it is still being uploaded (the threads end within the timeouts).
-        with trio.CancelScope(shield=True):
-            await self._drain()
-            await self._driver._run(self._path, self._rollback)
-
-
-class _S3NewFile(_S3Writer):
-    """A file written to its own key as a multipart upload and completed at `commit`: S3
-    shows no part of it before, and nothing is copied after. Nothing is saved between
-    requests (no state object): the file is written by one writer, from start to end."""
-
-    async def commit(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        d = self._driver
-        try:
-            while self._sending:
-                await self._settle()
-            if self._upload is not None and self._buffer:
-                # The last part may be of any size.
-                piece = bytes(self._buffer)
-                self._buffer.clear()
-                await self._launch(piece)
-                await self._settle()
-            state = _State(self._upload, self._parts, bytes(self._buffer))
-            await d._run(self._path, d._publish, self._key, state)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._drain()
-                await d._run(self._path, self._rollback)
-            raise
