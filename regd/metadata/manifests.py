@@ -11,11 +11,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select
 
 from regd.metadata import schema as t
 from regd.metadata.batching import Retry
-from regd.metadata.engine import insert_for, share_for
+from regd.metadata.engine import DriverStatement, insert_for, share_for
 from regd.metadata.outbox import DELETE, PUSH, Origin, Outbox, Target
 from regd.metadata.records import ManifestInfo, MissingReferences, NewManifest
 
@@ -31,7 +31,7 @@ MANIFEST_INFO_COLUMNS = (
 
 
 class _ManifestStatements:
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, engine: Engine) -> None:
         def insert(table: Any) -> Any:
             return insert_for(dialect, table)
 
@@ -70,6 +70,11 @@ class _ManifestStatements:
                 )
                 .where(repos.c.name == bindparam("repository"), tags.c.name == bindparam("tag"))
             )
+        # Every manifest GET and HEAD runs one of these: on the driver's cursor, where
+        # SQLAlchemy's execution and result objects took more than half of the lookup.
+        # Their parameters are strings and their columns come back as the driver gives
+        # them (`manifest_info` converts).
+        self.lookup = {key: DriverStatement(stmt, engine) for key, stmt in self.get.items()}
 
         # :repo_id, :digests (a list)
         self.blobs_present = share(
@@ -123,7 +128,8 @@ def manifest_info(row: Sequence[Any], payload: bytes | None = None) -> ManifestI
         size=row[2],
         artifact_type=row[3],
         annotations=json.loads(row[4]) if row[4] else {},
-        created_at=row[5],
+        # A float even from a driver's row, which SQLAlchemy's Float would have made it.
+        created_at=float(row[5]),
         payload=payload,
     )
 
@@ -140,7 +146,7 @@ def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> l
 class Manifests(Outbox):
     def _prepare(self) -> None:
         super()._prepare()
-        self._manifest_sql = _ManifestStatements(self.dialect)
+        self._manifest_sql = _ManifestStatements(self.dialect, self.engine)
 
     async def get_manifest(
         self,
@@ -160,10 +166,13 @@ class Manifests(Outbox):
             }
         )
 
+        lookup = self._manifest_sql.lookup[by_tag, with_payload]
+
         def q(conn: Connection) -> ManifestInfo | None:
-            row = conn.execute(self._manifest_sql.get[by_tag, with_payload], params).first()
-            if row is None:
+            rows = lookup.rows(conn, params)
+            if not rows:
                 return None
+            row = rows[0]
             info = manifest_info(row, bytes(row[6]) if with_payload else None)
             if by_tag:
                 # By tag, "when" is when the tag was last pushed.
