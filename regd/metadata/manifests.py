@@ -6,7 +6,6 @@ schema's ON DELETE CASCADE; deleting the manifest's row is the one way to delete
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -120,8 +119,11 @@ class _ManifestStatements:
         )
 
 
-def manifest_info(row: Sequence[Any], payload: bytes | None = None) -> ManifestInfo:
-    """A ManifestInfo from a row that starts with MANIFEST_INFO_COLUMNS."""
+def manifest_info(
+    row: Sequence[Any], payload: bytes | None = None, created_at: float | None = None
+) -> ManifestInfo:
+    """A ManifestInfo from a row that starts with MANIFEST_INFO_COLUMNS; `created_at`
+    instead of the manifest's own time when given."""
     return ManifestInfo(
         digest=row[0],
         media_type=row[1],
@@ -129,7 +131,7 @@ def manifest_info(row: Sequence[Any], payload: bytes | None = None) -> ManifestI
         artifact_type=row[3],
         annotations=json.loads(row[4]) if row[4] else {},
         # A float even from a driver's row, which SQLAlchemy's Float would have made it.
-        created_at=float(row[5]),
+        created_at=float(row[5] if created_at is None else created_at),
         payload=payload,
     )
 
@@ -173,11 +175,10 @@ class Manifests(Outbox):
             if not rows:
                 return None
             row = rows[0]
-            info = manifest_info(row, bytes(row[6]) if with_payload else None)
-            if by_tag:
-                # By tag, "when" is when the tag was last pushed.
-                info = dataclasses.replace(info, created_at=float(row[-1]))
-            return info
+            # By tag, "when" is when the tag was last pushed.
+            return manifest_info(
+                row, bytes(row[6]) if with_payload else None, row[-1] if by_tag else None
+            )
 
         return await self.run_query(q)
 
