@@ -446,7 +446,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
             elif isinstance(event, RawData):
                 self._sent_response = True
                 data = self._coalesced(event.data)
-                if data is not None:
+                # The end of a body of known length is no bytes at all (h11's
+                # EndOfMessage): no write, no lock, no deadline for it.
+                if data:
                     await self._send(data)
                 return
             await super().protocol_send(event)
