@@ -170,8 +170,8 @@ class Manifests(Outbox):
 
         lookup = self._manifest_sql.lookup[by_tag, with_payload]
 
-        def q(conn: Connection) -> ManifestInfo | None:
-            rows = lookup.rows(conn, params)
+        def q(driver: Any) -> ManifestInfo | None:
+            rows = lookup.rows_on(driver, params)
             if not rows:
                 return None
             row = rows[0]
@@ -180,7 +180,7 @@ class Manifests(Outbox):
                 row, bytes(row[6]) if with_payload else None, row[-1] if by_tag else None
             )
 
-        return await self.run_query(q)
+        return await self.run_driver_query(q)
 
     async def put_manifest(
         self,

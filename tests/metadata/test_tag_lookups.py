@@ -47,18 +47,18 @@ def _statements(store: MetadataStore) -> tuple[list[tuple[str, Any]], Callable[[
         if not many:
             seen.append((statement, parameters))
 
-    driver_rows = DriverStatement.rows
+    driver_rows = DriverStatement.rows_on
 
-    def record_driver(self: DriverStatement, conn: Any, params: Any) -> Any:
+    def record_driver(self: DriverStatement, driver: Any, params: Any) -> Any:
         seen.append((self.sql, self._values(params)))
-        return driver_rows(self, conn, params)
+        return driver_rows(self, driver, params)
 
     def stop() -> None:
         event.remove(store.engine, "before_cursor_execute", record)
-        DriverStatement.rows = driver_rows  # type: ignore[method-assign]
+        DriverStatement.rows_on = driver_rows  # type: ignore[method-assign]
 
     event.listen(store.engine, "before_cursor_execute", record)
-    DriverStatement.rows = record_driver  # type: ignore[method-assign]
+    DriverStatement.rows_on = record_driver  # type: ignore[method-assign]
     return seen, stop
 
 
