@@ -630,8 +630,13 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 timeout, in_request, too_slow = self._timeout()
                 started = trio.current_time()
                 try:
-                    with trio.fail_after(timeout):
+                    if timeout == math.inf:
+                        # No deadline to keep (between requests the keep-alive timer
+                        # has one): no scope to enter and leave for every read.
                         data = await self.stream.receive_some(self._read_size)
+                    else:
+                        with trio.fail_after(timeout):
+                            data = await self.stream.receive_some(self._read_size)
                 except trio.TooSlowError:
                     if in_request and not self._sent_response:
                         await self._answer_timeout(BODY_TOO_SLOW if too_slow else None)
