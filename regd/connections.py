@@ -43,7 +43,7 @@ import re
 import resource
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,9 @@ import trio
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.typing import ConnectionState
+from hypercorn.trio.worker_context import TrioSingleTask
+from hypercorn.typing import ConnectionState, TaskGroup
+from hypercorn.typing import Event as WorkerEvent
 
 from regd import tls
 from regd.api.direct import SEND_FILE_KEY
@@ -289,6 +291,75 @@ def _sendfile_burst(out: int, region: _FileRegion) -> bool:
     return False
 
 
+class _KeepAlive(TrioSingleTask):
+    """hypercorn's keep-alive timer, as one task for the connection's whole life.
+
+    hypercorn stops its idle task when a request arrives and starts a new one when the
+    answer ends: a lock, a cancellation and a task started and torn down for every
+    request, a fifth of the instructions a keep-alive manifest GET cost. This one
+    task sleeps while the connection is busy and is woken only by the deadline it is
+    moved to when the connection goes idle (or by the server's stop); what happens at
+    either is what hypercorn did: an idle connection is closed.
+    """
+
+    def __init__(
+        self, timeout: float, terminated: WorkerEvent, close: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().__init__()
+        self._timeout = timeout
+        self._terminated = terminated
+        self._close = close
+        # When the idle connection is closed; infinite while a request is under way.
+        self._idle_until = math.inf
+        # The task's own scope (cancelled when the connection ends) and that of its wait.
+        self._life: trio.CancelScope | None = None
+        self._wait: trio.CancelScope | None = None
+
+    async def restart(self, task_group: TaskGroup, action: Callable[..., Any]) -> None:
+        """The connection went idle (hypercorn's `action` is what `_watch` does)."""
+        self._idle_until = trio.current_time() + self._timeout
+        if self._life is None:
+            self._life = trio.CancelScope()
+            task_group.spawn(self._watch, self._life)
+        elif self._wait is not None:
+            self._wait.deadline = self._idle_until
+
+    async def stop(self) -> None:
+        """A request began."""
+        self._idle_until = math.inf
+        if self._wait is not None:
+            self._wait.deadline = math.inf
+
+    def close(self) -> None:
+        """The connection is over: the task ends."""
+        self._idle_until = math.inf
+        if self._life is not None:
+            self._life.cancel()
+
+    async def _watch(self, life: trio.CancelScope) -> None:
+        with life:
+            while True:
+                with trio.CancelScope(deadline=self._idle_until) as self._wait:
+                    await self._terminated.wait()
+                self._wait = None
+                # A request may have begun between the deadline and this task's turn.
+                idle = self._idle_until != math.inf
+                stopping = self._terminated_now()
+                if idle and (stopping or trio.current_time() >= self._idle_until):
+                    break
+                if stopping:
+                    # Busy: hypercorn closes the connection once the answer is complete.
+                    return
+        if life.cancel_called:
+            return
+        with trio.CancelScope(shield=True):
+            await self._close()
+
+    def _terminated_now(self) -> bool:
+        is_set: Callable[[], bool] | None = getattr(self._terminated, "is_set", None)
+        return is_set is not None and is_set()
+
+
 def server_class(limits: Limits) -> type[TCPServer]:
     class Connection(TCPServer):
         async def run(self) -> None:
@@ -311,6 +382,10 @@ def server_class(limits: Limits) -> type[TCPServer]:
             stream: Any = self.stream
             if isinstance(stream, trio.SocketStream):
                 self.state = ConnectionState({**self.state, SEND_FILE_KEY: self._send_file})
+            self._idle = _KeepAlive(
+                self.config.keep_alive_timeout, self.context.terminated, self._initiate_server_close
+            )
+            self.idle_task = self._idle
             try:
                 if isinstance(stream, trio.SSLStream) and not await self._handshake(stream):
                     return
@@ -323,6 +398,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 # going as soon as it closes.
                 self.__dict__.pop("protocol", None)
                 self.__dict__.pop("_task_group", None)
+                # The keep-alive timer holds this object's close method.
+                self.__dict__.pop("_idle", None)
+                self.__dict__.pop("idle_task", None)
                 self.state.pop(SEND_FILE_KEY, None)
                 limits.release(address)
 
@@ -368,7 +446,9 @@ def server_class(limits: Limits) -> type[TCPServer]:
             elif isinstance(event, RawData):
                 self._sent_response = True
                 data = self._coalesced(event.data)
-                if data is not None:
+                # The end of a body of known length is no bytes at all (h11's
+                # EndOfMessage): no write, no lock, no deadline for it.
+                if data:
                     await self._send(data)
                 return
             await super().protocol_send(event)
@@ -429,14 +509,23 @@ def server_class(limits: Limits) -> type[TCPServer]:
                     with trio.fail_after(limits.send_timeout):
                         await stream.send_all(view[start : start + SEND_PIECE])
                 return
-            # Plain TCP: each send takes what the kernel's buffer has room for, and each
-            # has send_timeout to take anything. Fixed 64 KiB pieces through send_all cost
-            # twice the CPU of a 1 GiB pull (a deadline and a wait per piece).
+            # Plain TCP: each write takes what the kernel's buffer has room for, and each
+            # wait for room has send_timeout to end. Fixed 64 KiB pieces through send_all
+            # cost twice the CPU of a 1 GiB pull (a deadline and a wait per piece); and
+            # trio's own send goes round the scheduler even when the kernel takes the
+            # bytes at once, which with its deadline cost a small answer more than the
+            # write itself. So the socket is written directly (it is non-blocking), and
+            # only a full buffer is waited for, under a deadline.
             sock, sent = stream.socket, 0
             try:
                 while sent < len(view):
-                    with trio.fail_after(limits.send_timeout):
-                        sent += await sock.send(view[sent:])
+                    try:
+                        # The descriptor is asked for each time: after a close it is -1,
+                        # where a number kept from before could name a newer socket.
+                        sent += os.write(sock.fileno(), view[sent:])
+                    except BlockingIOError:
+                        with trio.fail_after(limits.send_timeout):
+                            await trio.lowlevel.wait_writable(sock)
             except OSError as exc:
                 # What send_all would have raised: the peer is gone.
                 raise trio.BrokenResourceError(str(exc)) from exc
@@ -541,8 +630,13 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 timeout, in_request, too_slow = self._timeout()
                 started = trio.current_time()
                 try:
-                    with trio.fail_after(timeout):
+                    if timeout == math.inf:
+                        # No deadline to keep (between requests the keep-alive timer
+                        # has one): no scope to enter and leave for every read.
                         data = await self.stream.receive_some(self._read_size)
+                    else:
+                        with trio.fail_after(timeout):
+                            data = await self.stream.receive_some(self._read_size)
                 except trio.TooSlowError:
                     if in_request and not self._sent_response:
                         await self._answer_timeout(BODY_TOO_SLOW if too_slow else None)
@@ -564,7 +658,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
                     break
             # hypercorn's keep-alive timer would keep a connection the client already
             # closed (and everything it holds) alive until the timer runs out.
-            await self.idle_task.stop()
+            self._idle.close()
             await self.protocol.handle(Closed())
 
         async def _answer_timeout(self, message: str | None) -> None:

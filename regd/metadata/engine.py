@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, TypeVar
 
 import trio
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, select
@@ -75,8 +75,12 @@ class DriverStatement:
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run it once; the rows it answers."""
+        return self.rows_on(self._driver(conn), params)
+
+    def rows_on(self, driver: Any, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """`rows` on the driver's own connection (Database.run_driver_query)."""
         values = self._values(params)
-        cursor = self._cursor(conn)
+        cursor = driver.cursor()
         try:
             cursor.execute(self.sql, values)
             return [tuple(row) for row in cursor.fetchall()]
@@ -90,7 +94,7 @@ class DriverStatement:
         if not params:
             return
         values = [self._values(p) for p in params]
-        cursor = self._cursor(conn)
+        cursor = self._driver(conn).cursor()
         try:
             cursor.executemany(self.sql, values)
         except self._error as exc:
@@ -99,10 +103,14 @@ class DriverStatement:
             cursor.close()
 
     @staticmethod
-    def _cursor(conn: Connection) -> Any:
+    def _driver(conn: Connection) -> Any:
         driver = conn.connection.dbapi_connection
         assert driver is not None
-        return driver.cursor()
+        return driver
+
+
+def _on_driver(conn: Connection, fn: Callable[[Any], R]) -> R:
+    return fn(DriverStatement._driver(conn))
 
 
 def normalize_url(url: str) -> str:
@@ -302,26 +310,61 @@ class Database:
             if self.observe is not None:
                 self.observe(fn, time.perf_counter() - started)
 
+    async def run_driver_query(self, fn: Callable[[Any], R]) -> R:
+        """`run_query` for a function of the driver's own connection (one that runs a
+        DriverStatement with `rows_on`). On SQLite's inline connection it runs with no
+        SQLAlchemy transaction around it: for one statement, whose BEGIN is skipped
+        anyway, that transaction's begin and commit are bookkeeping only, as costly as
+        the statement itself."""
+        started = time.perf_counter()
+        try:
+            if self.dialect == "sqlite":
+                try:
+                    return self._driver_read_here(fn)
+                except _Busy:
+                    pass
+            return await self._read(_on_driver, True, fn)
+        finally:
+            if self.observe is not None:
+                self.observe(fn, time.perf_counter() - started)
+
+    def _driver_read_here(self, fn: Callable[[Any], R]) -> R:
+        here = threading.get_ident()
+        try:
+            return fn(DriverStatement._driver(self._here_connection(here)))
+        except SQLAlchemyError as exc:
+            self._inline_failed(here, exc)
+
     def _read_here(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         here = threading.get_ident()
-        conn = self._here.get(here)
         try:
-            if conn is None:
-                conn = self.engine.connect()
-                conn.execution_options(regd_single_read=True)
-                with conn.begin():
-                    conn.exec_driver_sql(f"PRAGMA busy_timeout={INLINE_BUSY_MS}")
-                self._here[here] = conn
+            conn = self._here_connection(here)
             with conn.begin():
                 return fn(conn, *args, **kwargs)
         except SQLAlchemyError as exc:
-            # Whatever state the connection is in, the next read starts on a fresh one.
-            self._drop_here(here)
-            if isinstance(exc, DBAPIError) and retryable(exc):
-                raise _Busy() from exc
-            raise MetadataError(f"database error: {exc}") from exc
+            self._inline_failed(here, exc)
+
+    def _here_connection(self, here: int) -> Connection:
+        """The inline connection of the thread `here`, made on its first read."""
+        conn = self._here.get(here)
+        if conn is None:
+            conn = self.engine.connect()
+            conn.execution_options(regd_single_read=True)
+            with conn.begin():
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={INLINE_BUSY_MS}")
+            self._here[here] = conn
+        return conn
+
+    def _inline_failed(self, here: int, exc: SQLAlchemyError) -> NoReturn:
+        """Raise what a failed inline read means: _Busy to retry it on a thread, else a
+        MetadataError."""
+        # Whatever state the connection is in, the next read starts on a fresh one.
+        self._drop_here(here)
+        if isinstance(exc, DBAPIError) and retryable(exc):
+            raise _Busy() from exc
+        raise MetadataError(f"database error: {exc}") from exc
 
     def _drop_here(self, thread: int) -> None:
         conn = self._here.pop(thread, None)

@@ -6,16 +6,15 @@ schema's ON DELETE CASCADE; deleting the manifest's row is the one way to delete
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select
 
 from regd.metadata import schema as t
 from regd.metadata.batching import Retry
-from regd.metadata.engine import insert_for, share_for
+from regd.metadata.engine import DriverStatement, insert_for, share_for
 from regd.metadata.outbox import DELETE, PUSH, Origin, Outbox, Target
 from regd.metadata.records import ManifestInfo, MissingReferences, NewManifest
 
@@ -31,7 +30,7 @@ MANIFEST_INFO_COLUMNS = (
 
 
 class _ManifestStatements:
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, engine: Engine) -> None:
         def insert(table: Any) -> Any:
             return insert_for(dialect, table)
 
@@ -70,6 +69,11 @@ class _ManifestStatements:
                 )
                 .where(repos.c.name == bindparam("repository"), tags.c.name == bindparam("tag"))
             )
+        # Every manifest GET and HEAD runs one of these: on the driver's cursor, where
+        # SQLAlchemy's execution and result objects took more than half of the lookup.
+        # Their parameters are strings and their columns come back as the driver gives
+        # them (`manifest_info` converts).
+        self.lookup = {key: DriverStatement(stmt, engine) for key, stmt in self.get.items()}
 
         # :repo_id, :digests (a list)
         self.blobs_present = share(
@@ -115,15 +119,19 @@ class _ManifestStatements:
         )
 
 
-def manifest_info(row: Sequence[Any], payload: bytes | None = None) -> ManifestInfo:
-    """A ManifestInfo from a row that starts with MANIFEST_INFO_COLUMNS."""
+def manifest_info(
+    row: Sequence[Any], payload: bytes | None = None, created_at: float | None = None
+) -> ManifestInfo:
+    """A ManifestInfo from a row that starts with MANIFEST_INFO_COLUMNS; `created_at`
+    instead of the manifest's own time when given."""
     return ManifestInfo(
         digest=row[0],
         media_type=row[1],
         size=row[2],
         artifact_type=row[3],
         annotations=json.loads(row[4]) if row[4] else {},
-        created_at=row[5],
+        # A float even from a driver's row, which SQLAlchemy's Float would have made it.
+        created_at=float(row[5] if created_at is None else created_at),
         payload=payload,
     )
 
@@ -140,7 +148,7 @@ def _missing(conn: Connection, stmt: Any, repo_id: int, digests: list[str]) -> l
 class Manifests(Outbox):
     def _prepare(self) -> None:
         super()._prepare()
-        self._manifest_sql = _ManifestStatements(self.dialect)
+        self._manifest_sql = _ManifestStatements(self.dialect, self.engine)
 
     async def get_manifest(
         self,
@@ -160,17 +168,19 @@ class Manifests(Outbox):
             }
         )
 
-        def q(conn: Connection) -> ManifestInfo | None:
-            row = conn.execute(self._manifest_sql.get[by_tag, with_payload], params).first()
-            if row is None:
-                return None
-            info = manifest_info(row, bytes(row[6]) if with_payload else None)
-            if by_tag:
-                # By tag, "when" is when the tag was last pushed.
-                info = dataclasses.replace(info, created_at=float(row[-1]))
-            return info
+        lookup = self._manifest_sql.lookup[by_tag, with_payload]
 
-        return await self.run_query(q)
+        def q(driver: Any) -> ManifestInfo | None:
+            rows = lookup.rows_on(driver, params)
+            if not rows:
+                return None
+            row = rows[0]
+            # By tag, "when" is when the tag was last pushed.
+            return manifest_info(
+                row, bytes(row[6]) if with_payload else None, row[-1] if by_tag else None
+            )
+
+        return await self.run_driver_query(q)
 
     async def put_manifest(
         self,

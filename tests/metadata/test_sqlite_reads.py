@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import trio
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import OperationalError
 
 from regd.metadata import MetadataError, MetadataStore
@@ -82,3 +83,59 @@ async def test_other_database_errors_are_metadata_errors(
     with pytest.raises(MetadataError):
         await store.run_query(broken)
     assert await store.blob_size("repo", DIGEST) == 123
+
+
+class _BusyDriver:
+    """The driver's connection while SQLite reports itself busy."""
+
+    def cursor(self) -> Any:
+        return self
+
+    def execute(self, *args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def close(self) -> None:
+        pass
+
+
+class _BusyDriverConnection(_BusyConnection):
+    @property
+    def connection(self) -> Any:
+        """As SQLAlchemy's: the pool's record of the driver's connection."""
+        return SimpleNamespace(dbapi_connection=_BusyDriver())
+
+
+async def test_a_busy_database_moves_a_manifest_lookup_to_a_thread(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = _BusyDriverConnection()
+    store._here[threading.get_ident()] = busy  # type: ignore[assignment]
+    threads = 0
+    run_sync = trio.to_thread.run_sync
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal threads
+        threads += 1
+        return await run_sync(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trio.to_thread, "run_sync", counting)
+        assert await store.get_manifest("repo", tag="latest") is None
+        assert threads == 1
+        assert busy.closed
+        assert await store.get_manifest("repo", tag="latest") is None
+        assert threads == 1
+
+
+async def test_a_manifest_lookup_begins_no_transaction(store: MetadataStore) -> None:
+    # The inline connection exists, made by an earlier read.
+    assert await store.blob_size("repo", DIGEST) is None
+    begun: list[object] = []
+    listener = begun.append
+    event.listen(store.engine, "begin", listener)
+    try:
+        assert await store.get_manifest("repo", tag="latest") is None
+        assert await store.get_manifest("repo", digest=DIGEST, with_payload=False) is None
+    finally:
+        event.remove(store.engine, "begin", listener)
+    assert begun == []

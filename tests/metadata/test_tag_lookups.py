@@ -12,6 +12,7 @@ from sqlalchemy import event
 
 from regd.metadata import MetadataStore, NewManifest
 from regd.metadata import browse as browse_rows
+from regd.metadata.engine import DriverStatement
 from tests.helpers.store import new_manifest
 
 REPO = "many/tags"
@@ -36,8 +37,8 @@ async def many_tags(store: MetadataStore) -> list[NewManifest]:
 
 
 def _statements(store: MetadataStore) -> tuple[list[tuple[str, Any]], Callable[[], None]]:
-    """Every statement the store sends from now on (SQL and parameters), and a function
-    that stops recording."""
+    """Every statement the store sends from now on (SQL and parameters), through
+    SQLAlchemy or on the driver's cursor, and a function that stops recording."""
     seen: list[tuple[str, Any]] = []
 
     def record(
@@ -46,8 +47,19 @@ def _statements(store: MetadataStore) -> tuple[list[tuple[str, Any]], Callable[[
         if not many:
             seen.append((statement, parameters))
 
+    driver_rows = DriverStatement.rows_on
+
+    def record_driver(self: DriverStatement, driver: Any, params: Any) -> Any:
+        seen.append((self.sql, self._values(params)))
+        return driver_rows(self, driver, params)
+
+    def stop() -> None:
+        event.remove(store.engine, "before_cursor_execute", record)
+        DriverStatement.rows_on = driver_rows  # type: ignore[method-assign]
+
     event.listen(store.engine, "before_cursor_execute", record)
-    return seen, lambda: event.remove(store.engine, "before_cursor_execute", record)
+    DriverStatement.rows_on = record_driver  # type: ignore[method-assign]
+    return seen, stop
 
 
 def _plan(store: MetadataStore, statement: str, parameters: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,15 +66,16 @@ def exchange(
 
 
 @contextmanager
-def traced_calls(pid: int, log: Path, syscall: str) -> Iterator[list[str]]:
-    """The `syscall` calls the process tree of `pid` makes inside the block (strace)."""
+def traced_calls(pid: int, log: Path, syscalls: str) -> Iterator[list[str]]:
+    """The calls to `syscalls` (comma-separated names) the process tree of `pid` makes
+    inside the block (strace)."""
     strace = shutil.which("strace")
     assert strace is not None, "strace is installed by scripts/setup for this test"
     pids = [
         str(pid),
         *subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split(),
     ]
-    argv = [strace, "-f", "-qq", "-e", f"trace={syscall}", "-o", str(log)]
+    argv = [strace, "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(log)]
     for p in pids:
         argv += ["-p", p]
     tracer = subprocess.Popen(argv, stderr=subprocess.PIPE)
@@ -85,12 +87,26 @@ def traced_calls(pid: int, log: Path, syscall: str) -> Iterator[list[str]]:
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=30)
-        calls += [line for line in log.read_text().splitlines() if f"{syscall}(" in line]
+        names = syscalls.split(",")
+        calls += [
+            line
+            for line in log.read_text().splitlines()
+            if any(f"{name}(" in line for name in names)
+        ]
+
+
+# A write to a descriptor, by send or by write: its descriptor.
+_WRITE = re.compile(r"\b(?:sendto|write)\((\d+),")
+
+
+def written_fds(calls: list[str]) -> list[str]:
+    """The descriptor of each traced write."""
+    return [m[1] for c in calls if (m := _WRITE.search(c)) is not None]
 
 
 def answer_fd(calls: list[str]) -> str:
     """The descriptor most of the traced writes went to."""
-    fds = [c.split("sendto(", 1)[1].split(",", 1)[0] for c in calls]
+    fds = written_fds(calls)
     assert fds, "no write traced"
     return max(set(fds), key=fds.count)
 
@@ -155,7 +171,8 @@ def test_a_small_answer_leaves_in_one_write(regd_factory: RegdFactory, tmp_path:
     client = h11.Connection(h11.CLIENT)
     accept = "application/vnd.oci.image.manifest.v1+json"
     rounds = 20
-    with sock, traced_calls(server.process.pid, tmp_path / "strace.log", "sendto") as calls:
+    traced = traced_calls(server.process.pid, tmp_path / "strace.log", "sendto,write")
+    with sock, traced as calls:
         for _ in range(rounds):
             response, body = exchange(
                 sock, client, "GET", "/v2/one/write/manifests/v1", accept=accept
@@ -167,4 +184,4 @@ def test_a_small_answer_leaves_in_one_write(regd_factory: RegdFactory, tmp_path:
     # Other threads may write too (the database's, a wake-up pipe), but never to this
     # socket: the writes to it are the answers' own.
     fd = answer_fd(calls)
-    assert len([c for c in calls if c.split("sendto(", 1)[1].startswith(f"{fd},")]) == 2 * rounds
+    assert written_fds(calls).count(fd) == 2 * rounds
