@@ -912,6 +912,9 @@ class _S3Reader:
         if self._ahead is None:
             data, seconds = await d._run(self._path, _timed_read, self._body, READ_PIECE)
         else:
+            # Kept until it ended: a cancelled wait must not let the body be closed under
+            # the read.
+            await self._ahead.done.wait()
             ahead, self._ahead = self._ahead, None
             data, seconds = await ahead.wait()
         self._next += len(data)

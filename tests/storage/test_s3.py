@@ -336,6 +336,43 @@ async def test_a_stream_ending_early_fails_instead_of_ending(
     assert len(got) == sent
 
 
+class _SlowBody:
+    """A GET's body whose reads take a while; it notes a close during a read."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.reading = False
+        self.closed_under_a_read = False
+
+    def read(self, size: int) -> bytes:
+        self.reading = True
+        time.sleep(0.3)
+        n = min(size, self.left)
+        self.left -= n
+        self.reading = False
+        return b"x" * n
+
+    def close(self) -> None:
+        self.closed_under_a_read |= self.reading
+
+
+async def test_a_cancelled_read_does_not_close_the_body_under_its_read_ahead(
+    ranged: S3Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "STREAM_ENOUGH", 0.0)
+    body = _SlowBody(2 * MiB)
+    reader = s3_module._S3Reader(ranged, "blob", "blob", '"etag"', 0, 2 * MiB, body)
+    try:
+        assert len(await reader.read(MiB)) == 256 * 1024
+        # The next piece is being read ahead on its thread: give up waiting for it.
+        with trio.move_on_after(0.05) as scope:
+            await reader.read(MiB)
+        assert scope.cancelled_caught
+    finally:
+        await reader.aclose()
+    assert not body.closed_under_a_read
+
+
 async def test_a_store_lost_mid_read_asks_to_retry(
     ranged: S3Driver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
