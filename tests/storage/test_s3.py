@@ -388,3 +388,58 @@ async def test_a_store_lost_mid_read_asks_to_retry(
             await drain(reader, bytearray())
     finally:
         await reader.aclose()
+
+
+def _lost_answer(driver: S3Driver, monkeypatch: pytest.MonkeyPatch, *, completes: bool) -> None:
+    """Make a new file's complete answer NoSuchUpload: after really completing it (as a
+    retry does when the first answer was lost), or after aborting it (as a sweep does)."""
+    from botocore.exceptions import ClientError
+
+    real = driver._call
+
+    def call(method: str, **kwargs: Any) -> Any:
+        if method == "complete_multipart_upload":
+            if completes:
+                real(method, **kwargs)
+            else:
+                real("abort_multipart_upload", Key=kwargs["Key"], UploadId=kwargs["UploadId"])
+            error = {"Error": {"Code": "NoSuchUpload", "Message": "gone"}}
+            raise ClientError(error, method)
+        return real(method, **kwargs)
+
+    monkeypatch.setattr(driver, "_call", call)
+
+
+async def test_a_retried_complete_of_a_new_file_that_already_took_effect_succeeds(
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    driver = S3Driver(
+        s3_endpoint.options(bucket, prefix=f"q{secrets.token_hex(4)}", chunk_size=5 * MiB)
+    )
+    data = pseudo_random(11 * MiB + 3)
+    _lost_answer(driver, monkeypatch, completes=True)
+    writer = await driver.new_file("blobs/b/data", staging="uploads/s/data")
+    await writer.write(data)
+    await writer.commit()
+    assert await read_all(driver, "blobs/b/data", chunk=MiB) == data
+    driver.close()
+
+
+async def test_a_new_file_aborted_under_its_writer_asks_to_retry(
+    s3_endpoint: S3Endpoint,  # noqa: F811
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    driver = S3Driver(
+        s3_endpoint.options(bucket, prefix=f"q{secrets.token_hex(4)}", chunk_size=5 * MiB)
+    )
+    _lost_answer(driver, monkeypatch, completes=False)
+    writer = await driver.new_file("blobs/b/data", staging="uploads/s/data")
+    await writer.write(pseudo_random(11 * MiB + 3))
+    with pytest.raises(StorageUnavailable):
+        await writer.commit()
+    with pytest.raises(PathNotFound):
+        await driver.stat("blobs/b/data")
+    driver.close()

@@ -139,6 +139,12 @@ def _publish(d: S3Driver, key: str, state: _State) -> None:
     except ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) != "NoSuchUpload":
             raise
+        # A complete whose answer was lost (a timeout, a reset) is sent again by botocore's
+        # retries, and the second one finds the upload gone because the first made the
+        # object: the file is in place, whole.
+        head = d._head(key)
+        if head is not None and int(head["ContentLength"]) == state.size:
+            return
         # Aborted under us: a delete of this very path (a sweep of an unreferenced
         # copy) aborts the uploads at its key. Nothing was published; try again.
         raise StorageUnavailable(f"{key}: the upload was aborted; try again") from None
