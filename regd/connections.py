@@ -585,12 +585,22 @@ def server_class(limits: Limits) -> type[TCPServer]:
             """Everything of `region` into the non-blocking socket, each wait for room
             under send_timeout. The sendfile calls run on a worker thread: a read from a
             slow disk must not stop the event loop."""
-            out = sock.fileno()
-            while region.count:
-                blocked = await trio.to_thread.run_sync(_sendfile_burst, out, region)
-                if blocked:
-                    with trio.fail_after(limits.send_timeout):
-                        await trio.lowlevel.wait_writable(sock)
+            if sock.fileno() == -1:
+                raise trio.ClosedResourceError("the connection was closed")
+            # The thread sends through a duplicate of the descriptor: were the connection
+            # closed meanwhile (a stop), the number itself could name a newer client's
+            # socket by then, and the duplicate keeps naming this one until it is closed.
+            out = os.dup(sock.fileno())
+            try:
+                while region.count:
+                    if sock.fileno() == -1:
+                        raise trio.ClosedResourceError("the connection was closed")
+                    blocked = await trio.to_thread.run_sync(_sendfile_burst, out, region)
+                    if blocked:
+                        with trio.fail_after(limits.send_timeout):
+                            await trio.lowlevel.wait_writable(sock)
+            finally:
+                os.close(out)
 
         def _their_state(self) -> Any:
             connection = getattr(getattr(self, "protocol", None), "protocol", None)
