@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import gc
 import json
 import logging
@@ -43,7 +42,7 @@ import re
 import resource
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +51,12 @@ import trio
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import TrioSingleTask
-from hypercorn.typing import ConnectionState, TaskGroup
-from hypercorn.typing import Event as WorkerEvent
+from hypercorn.typing import ConnectionState
 
 from regd import tls
 from regd.api.direct import SEND_FILE_KEY
+from regd.file_send import FileRegion, sendfile_burst
+from regd.keep_alive import KeepAlive
 
 log = logging.getLogger("regd.server")
 
@@ -73,13 +72,6 @@ RETRY_AFTER_SECONDS = 1
 SEND_PIECE = 64 * 1024
 # An answer with a body up to this long leaves in one write with its head.
 COALESCE_BODY = 64 * 1024
-# sendfile calls one worker-thread hop makes before it hands back to the event loop: each
-# moves what the socket's buffer has room for, so a hop ends sooner when the buffer fills.
-SENDFILE_CALLS_PER_HOP = 16
-# A sendfile failure with one of these means the client went away, not the file.
-_PEER_GONE = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT}
-)
 # When the open connections fall to a quarter of a peak of at least this many, the read
 # buffers they freed are handed back to the operating system (glibc keeps freed memory in
 # its arenas otherwise).
@@ -257,109 +249,6 @@ def _small_body(head: bytes) -> bool:
     return found is not None and int(found[1]) <= COALESCE_BODY
 
 
-@dataclass(slots=True)
-class _FileRegion:
-    """Bytes of an open file still to send; h11 only needs their length."""
-
-    fd: int
-    offset: int
-    count: int
-
-    def __len__(self) -> int:
-        return self.count
-
-
-def _sendfile_burst(out: int, region: _FileRegion) -> bool:
-    """sendfile into the non-blocking socket `out` until the region is sent, the socket's
-    buffer is full (True: wait for room), or a hop's worth of calls is spent."""
-    for _ in range(SENDFILE_CALLS_PER_HOP):
-        if not region.count:
-            return False
-        try:
-            sent = os.sendfile(out, region.fd, region.offset, region.count)
-        except BlockingIOError:
-            return True
-        except OSError as exc:
-            if exc.errno in _PEER_GONE:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            raise
-        if sent == 0:
-            # The file ends before the length promised: it was cut short underneath.
-            raise OSError(errno.EIO, f"the file ended {region.count} bytes early")
-        region.offset += sent
-        region.count -= sent
-    return False
-
-
-class _KeepAlive(TrioSingleTask):
-    """hypercorn's keep-alive timer, as one task for the connection's whole life.
-
-    hypercorn stops its idle task when a request arrives and starts a new one when the
-    answer ends: a lock, a cancellation and a task started and torn down for every
-    request, a fifth of the instructions a keep-alive manifest GET cost. This one
-    task sleeps while the connection is busy and is woken only by the deadline it is
-    moved to when the connection goes idle (or by the server's stop); what happens at
-    either is what hypercorn did: an idle connection is closed.
-    """
-
-    def __init__(
-        self, timeout: float, terminated: WorkerEvent, close: Callable[[], Awaitable[None]]
-    ) -> None:
-        super().__init__()
-        self._timeout = timeout
-        self._terminated = terminated
-        self._close = close
-        # When the idle connection is closed; infinite while a request is under way.
-        self._idle_until = math.inf
-        # The task's own scope (cancelled when the connection ends) and that of its wait.
-        self._life: trio.CancelScope | None = None
-        self._wait: trio.CancelScope | None = None
-
-    async def restart(self, task_group: TaskGroup, action: Callable[..., Any]) -> None:
-        """The connection went idle (hypercorn's `action` is what `_watch` does)."""
-        self._idle_until = trio.current_time() + self._timeout
-        if self._life is None:
-            self._life = trio.CancelScope()
-            task_group.spawn(self._watch, self._life)
-        elif self._wait is not None:
-            self._wait.deadline = self._idle_until
-
-    async def stop(self) -> None:
-        """A request began."""
-        self._idle_until = math.inf
-        if self._wait is not None:
-            self._wait.deadline = math.inf
-
-    def close(self) -> None:
-        """The connection is over: the task ends."""
-        self._idle_until = math.inf
-        if self._life is not None:
-            self._life.cancel()
-
-    async def _watch(self, life: trio.CancelScope) -> None:
-        with life:
-            while True:
-                with trio.CancelScope(deadline=self._idle_until) as self._wait:
-                    await self._terminated.wait()
-                self._wait = None
-                # A request may have begun between the deadline and this task's turn.
-                idle = self._idle_until != math.inf
-                stopping = self._terminated_now()
-                if idle and (stopping or trio.current_time() >= self._idle_until):
-                    break
-                if stopping:
-                    # Busy: hypercorn closes the connection once the answer is complete.
-                    return
-        if life.cancel_called:
-            return
-        with trio.CancelScope(shield=True):
-            await self._close()
-
-    def _terminated_now(self) -> bool:
-        is_set: Callable[[], bool] | None = getattr(self._terminated, "is_set", None)
-        return is_set is not None and is_set()
-
-
 def server_class(limits: Limits) -> type[TCPServer]:
     class Connection(TCPServer):
         async def run(self) -> None:
@@ -382,7 +271,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
             stream: Any = self.stream
             if isinstance(stream, trio.SocketStream):
                 self.state = ConnectionState({**self.state, SEND_FILE_KEY: self._send_file})
-            self._idle = _KeepAlive(
+            self._idle = KeepAlive(
                 self.config.keep_alive_timeout, self.context.terminated, self._initiate_server_close
             )
             self.idle_task = self._idle
@@ -546,7 +435,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 return False
             # h11 passes the region through untouched (its sendfile hook) and accounts for
             # its length against the answer's Content-Length, as for bytes.
-            region = _FileRegion(fd, offset, count)
+            region = FileRegion(fd, offset, count)
             parts: list[Any] = (
                 connection.send_with_data_passthrough(h11.Data(data=region))  # type: ignore[arg-type]
                 or []
@@ -581,7 +470,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
             self._sent_response = True
             return True
 
-        async def _sendfile(self, sock: Any, region: _FileRegion) -> None:
+        async def _sendfile(self, sock: Any, region: FileRegion) -> None:
             """Everything of `region` into the non-blocking socket, each wait for room
             under send_timeout. The sendfile calls run on a worker thread: a read from a
             slow disk must not stop the event loop."""
@@ -595,7 +484,7 @@ def server_class(limits: Limits) -> type[TCPServer]:
                 while region.count:
                     if sock.fileno() == -1:
                         raise trio.ClosedResourceError("the connection was closed")
-                    blocked = await trio.to_thread.run_sync(_sendfile_burst, out, region)
+                    blocked = await trio.to_thread.run_sync(sendfile_burst, out, region)
                     if blocked:
                         with trio.fail_after(limits.send_timeout):
                             await trio.lowlevel.wait_writable(sock)

@@ -16,7 +16,7 @@ from botocore.exceptions import EndpointConnectionError
 from regd.storage import PathNotFound, StorageError
 from regd.storage.base import Reader
 from regd.storage.s3 import MiB, S3Driver, S3Options, StorageUnavailable
-from regd.storage.s3 import _driver as s3_module
+from regd.storage.s3 import _reader as s3_module
 from tests.helpers.s3 import S3Endpoint, s3_endpoint  # noqa: F401 - the fixture
 from tests.helpers.servers import free_port
 from tests.storage.conformance import StorageDriverSuite, pseudo_random, read_all, write_file

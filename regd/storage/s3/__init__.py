@@ -14,11 +14,13 @@ A file made with `new_file` is no pending file: its parts go to its own key and 
 upload is completed by its one writer's commit, so it needs no state object and no copy;
 until then S3 shows nothing at that key.
 
-The package: the driver and its reads in `_driver`, the writers and what opens them in
-`_writers`, and what both use (S3's part limits, a pending file's state) in `_common`.
+The package: the driver in `_driver`, its options, shared boto3 session and error codes in
+`_options`, the reader in `_reader`, the writers and what opens them in `_writers`, and
+what they share (S3's part limits, a pending file's state) in `_common`.
 """
 
 from regd.storage.s3._common import MiB, StorageUnavailable
-from regd.storage.s3._driver import S3Driver, S3Options
+from regd.storage.s3._driver import S3Driver
+from regd.storage.s3._options import S3Options
 
 __all__ = ["MiB", "S3Driver", "S3Options", "StorageUnavailable"]

@@ -1,16 +1,12 @@
-"""The s3 driver itself: paths to keys, reads, listings, moves and deletes; its writers
-are in `_writers`."""
+"""The s3 driver itself: paths to keys, opening reads and writes, listings, moves and
+deletes; its reader is in `_reader`, its writers in `_writers`."""
 
 from __future__ import annotations
 
 import builtins
 import contextlib
 import math
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -28,97 +24,26 @@ from regd.storage.s3._common import (
     MAX_PART,
     MAX_PARTS,
     MIN_PART,
-    MiB,
     StorageUnavailable,
     T,
     _InThread,
     _State,
 )
+from regd.storage.s3._options import (
+    _CHANGED,
+    _DENIED,
+    _NOT_FOUND,
+    _THROTTLED,
+    S3Options,
+    _boto_session,
+)
+from regd.storage.s3._reader import _S3Reader
 from regd.storage.s3._writers import _open_writer, _S3NewFile, _S3Writer
 
 # Keys per DeleteObjects request and per listing page.
 DELETE_BATCH = 1000
 
 STATE_SUFFIX = ".~writer"
-
-# A reader streams one GET's body in pieces of READ_PIECE (one read ahead) while that one
-# connection delivers STREAM_ENOUGH bytes a second, judged from STREAM_PROBE bytes on: a
-# store on the same machine or network (moto, MinIO) does, and there a GET more costs
-# more than it brings (moto copies the whole object for every GET, ranged or not: a
-# 256 MiB blob read as 8 MiB ranges came at 44 MB/s, as one stream at 819 MB/s). One
-# connection to S3 brings about 100 MB/s, so below that the rest of the file comes as
-# ranged GETs of RANGE_SIZE (S3's advice: 8-16 MB), RANGES_IN_FLIGHT at once and in
-# order: at most RANGES_IN_FLIGHT + 1 ranges (40 MiB) held per reader, 4 of the
-# driver's connection slots taken.
-READ_PIECE = 4 * MiB
-STREAM_PROBE = 2 * READ_PIECE
-STREAM_ENOUGH = 150e6
-RANGE_SIZE = 8 * MiB
-RANGES_IN_FLIGHT = 4
-
-_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
-_THROTTLED = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "RequestTimeout",
-        "ServiceUnavailable",
-        "InternalError",
-        "503",
-        "500",
-    }
-)
-# A version pinned by If-Match is gone, or the range lies beyond a file now shorter.
-_CHANGED = frozenset({"PreconditionFailed", "412", "InvalidRange", "416"})
-_DENIED = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "ExpiredToken"}
-)
-
-
-_session_lock = threading.Lock()
-_shared: list[Any] = []
-
-
-def _boto_session() -> Any:
-    """One boto3 session per process: it caches the service models, which each new
-    session would load again (a noticeable pause per driver). Credentials and region are
-    given to each client, not to the session."""
-    import boto3
-
-    with _session_lock:
-        if not _shared:
-            _shared.append(boto3.session.Session())
-        return _shared[0]
-
-
-@dataclass(frozen=True, slots=True)
-class S3Options:
-    bucket: str
-    prefix: str = ""
-    region: str | None = None
-    endpoint_url: str | None = None
-    path_style: bool = False
-    access_key: str | None = None
-    secret_key: str | None = None
-    # "AES256" or "aws:kms"; None leaves it to the bucket's default.
-    encryption: str | None = None
-    storage_class: str | None = None
-    ca_bundle: str | None = None
-    redirect: bool = False
-    redirect_expiry: float = 1200.0
-    chunk_size: int = 10 * MiB
-    # Above this size a move copies in parts (CopyObject stops at 5 GiB).
-    copy_threshold: int = MAX_PART
-    max_connections: int = 32
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    retries: int = 3
-
-    def where(self) -> str:
-        base = f"s3://{self.bucket}"
-        return f"{base}/{self.prefix.strip('/')}" if self.prefix.strip("/") else base
 
 
 class S3Driver:
@@ -690,123 +615,3 @@ class S3Driver:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _timed_read(body: Any, size: int) -> tuple[bytes, float]:
-    """Up to `size` bytes of `body`, and the seconds the read took."""
-    start = time.perf_counter()
-    data: bytes = body.read(size)
-    return data, time.perf_counter() - start
-
-
-class _S3Reader:
-    """Reads [offset, size) of one version of a file: first as one GET's body, streamed a
-    piece at a time with the next piece read ahead (what a fast store serves best); if
-    that connection turns out slow, the rest as ranged GETs, RANGES_IN_FLIGHT at most,
-    each on a thread of its own holding a connection slot of the driver, handed on in
-    order. The window of ranges opens one at a time as ranges are consumed, so a short
-    read (a Range request of the API) fetches little that it does not use."""
-
-    def __init__(
-        self,
-        driver: S3Driver,
-        path: str,
-        key: str,
-        etag: str,
-        offset: int,
-        size: int,
-        body: Any,
-    ) -> None:
-        self._driver = driver
-        self._path = path
-        self._key = key
-        self._etag = etag
-        self._size = size
-        # Streaming: the body, the piece read ahead, what came and how long reads took.
-        self._body = body
-        self._ahead: _InThread[tuple[bytes, float]] | None = None
-        self._streamed = 0
-        self._stream_seconds = 0.0
-        # Ranges: where the next one starts, how many may be in flight, those in flight.
-        self._next = offset
-        self._window = 1
-        self._fetching: deque[_InThread[bytes]] = deque()
-        self._piece = memoryview(b"")
-        self._at = 0
-        self._closed = False
-
-    async def read(self, max_bytes: int) -> bytes:
-        if self._closed:
-            return b""
-        if self._at >= len(self._piece):
-            data = await (self._stream() if self._body is not None else self._take())
-            self._piece, self._at = memoryview(data), 0
-        data = bytes(self._piece[self._at : self._at + max_bytes])
-        self._at += len(data)
-        return data
-
-    async def _stream(self) -> bytes:
-        d = self._driver
-        if self._ahead is None:
-            data, seconds = await d._run(self._path, _timed_read, self._body, READ_PIECE)
-        else:
-            # Kept until it ended: a cancelled wait must not let the body be closed under
-            # the read.
-            await self._ahead.done.wait()
-            ahead, self._ahead = self._ahead, None
-            data, seconds = await ahead.wait()
-        self._next += len(data)
-        self._streamed += len(data)
-        self._stream_seconds += seconds
-        if self._next >= self._size or not data:
-            await self._end_stream()
-            if self._next != self._size:
-                raise StorageError(f"{self._path} changed or vanished while being read")
-        elif self._streamed >= STREAM_PROBE and self._streamed < STREAM_ENOUGH * max(
-            self._stream_seconds, 1e-9
-        ):
-            # Too slow for one connection: the rest comes as ranges, from here on.
-            await self._end_stream()
-            await self._fetch_ahead()
-        else:
-            self._ahead = await d._start(self._path, _timed_read, self._body, READ_PIECE)
-        return data
-
-    async def _end_stream(self) -> None:
-        body, self._body = self._body, None
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            # The body is not closed under a read still running on its thread.
-            with trio.CancelScope(shield=True):
-                await ahead.done.wait()
-        if body is not None:
-            body.close()
-
-    async def _fetch_ahead(self) -> None:
-        """Start ranges until the window is full or the file's end is asked for."""
-        d = self._driver
-        while len(self._fetching) < self._window and self._next < self._size:
-            start, end = self._next, min(self._next + RANGE_SIZE, self._size)
-            self._next = end
-            call = await d._start(
-                self._path, d._get_range, self._path, self._key, self._etag, start, end
-            )
-            self._fetching.append(call)
-
-    async def _take(self) -> bytes:
-        if not self._fetching:
-            return b""
-        data = await self._fetching[0].wait()
-        self._fetching.popleft()
-        self._window = min(self._window + 1, RANGES_IN_FLIGHT)
-        # The next ranges travel while the caller sends this one on.
-        await self._fetch_ahead()
-        return data
-
-    async def aclose(self) -> None:
-        # Ranges still in flight end on their own threads (within the driver's timeouts)
-        # and give their slots back then; nothing here is shared with them.
-        self._closed = True
-        self._fetching.clear()
-        self._piece = memoryview(b"")
-        await self._end_stream()
