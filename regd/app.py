@@ -14,7 +14,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from regd import api, ui
-from regd.api.auth import Gate
+from regd.api.auth import Gate, canonical
 from regd.api.auth import install as install_auth
 from regd.api.errors import Answer, answer_for, refusal
 from regd.api.exchange import (
@@ -72,6 +72,11 @@ class RegdApp(QuartTrio):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        if scope["path"].startswith("//"):
+            # The router ignores extra leading slashes (`//v2/a/tags/list` reaches the tags
+            # listing); the gate and the direct dispatcher must see the path it routes, or
+            # a spelling of it would pass the gate as a path that needs less.
+            scope["path"] = "/" + scope["path"].lstrip("/")
         x = Exchange(scope, self.registry)
         x.user = client_cn(scope)
         send = _stamping(x, send)
@@ -127,7 +132,7 @@ class RegdApp(QuartTrio):
         server = scope.get("server")
         if server is not None and server[1] == self.metrics_port:
             return path not in METRICS_LISTENER_PATHS
-        return path == "/metrics"
+        return canonical(path) == "/metrics"
 
     async def _admitted(
         self, x: Exchange, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable

@@ -222,13 +222,26 @@ _CONTENT = re.compile(r"^/v2/(.+)/(?:blobs|manifests)/[^/]+$")
 _LISTING = re.compile(r"^/v2/(.+)/(?:tags/list|referrers/[^/]+)/?$")
 
 
+def canonical(path: str) -> str:
+    """`path` without repeated or trailing slashes: the form in which the admin API and
+    metrics are recognized, because the router does not insist on the exact form
+    (`/metrics/` reaches /metrics) and a check of the exact form would let the other in."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+def is_admin_path(path: str) -> bool:
+    """Whether `path` reaches the admin API or the metrics, in any spelling."""
+    path = canonical(path)
+    return path in ("/admin", "/metrics") or path.startswith("/admin/")
+
+
 def need_for(method: str, path: str) -> Need | None:
     """What a request needs; None for the token service and the UI. A path that names no route needs
     a logged-in caller (who is then told it does not exist)."""
+    if is_admin_path(path):
+        return Need(ADMIN)
     if path.startswith(("/auth/", "/ui/")) or path in ("/ui", "/healthz", "/readyz"):
         return None
-    if path.startswith("/admin/") or path == "/metrics":
-        return Need(ADMIN)
     if path.rstrip("/") == "/v2/_catalog":
         return Need(CATALOG)
     match = _UPLOADS.match(path)
@@ -260,7 +273,9 @@ __all__ = [
     "Gate",
     "Need",
     "Viewer",
+    "canonical",
     "install",
+    "is_admin_path",
     "need_for",
     "realm_of",
 ]

@@ -434,6 +434,17 @@ async def test_admin_api_needs_the_admin_right(client: httpx.AsyncClient) -> Non
     refusal(r, 401, "UNAUTHORIZED")
 
 
+async def test_every_spelling_of_an_admin_path_needs_the_admin_right(
+    client: httpx.AsyncClient,
+) -> None:
+    for path in ("/admin/v1/usage/", "//admin/v1/usage", "/admin//v1/usage", "/metrics/"):
+        refusal(await client.get(path), 401, "UNAUTHORIZED")
+        r = await client.get(path, headers=ALICE)
+        assert r.status_code in (403, 404), (path, r.status_code, r.text[:200])
+        assert "regd_" not in r.text, path
+    assert (await client.get("/metrics/", headers=ROOT)).status_code == 200
+
+
 async def test_accounts_tokens_and_audit(client: httpx.AsyncClient) -> None:
     r = await client.post(
         "/admin/v1/users",

@@ -5,6 +5,7 @@ to start on a public address; a verified client certificate logs its account in.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import subprocess
 import sys
@@ -244,3 +245,91 @@ def test_a_refused_push_with_a_large_body_reads_its_refusal(
             assert r.json()["errors"][0]["code"] in ("UNAUTHORIZED", "DENIED")
         # The registry answers on as before.
         assert client.get("/v2/", auth=("alice", "alice-pw")).status_code == 200
+
+
+# Every spelling the server might route to the admin API or the metrics.
+ADMIN_SPELLINGS = (
+    "/admin/v1/status",
+    "//admin/v1/status",
+    "/admin//v1/status",
+    "/admin/v1/status/",
+    "///admin/v1/usage",
+    "/metrics",
+    "/metrics/",
+    "//metrics",
+    "//metrics//",
+)
+# Spellings of reads of alice's repository, which bob may not pull; and of the catalog.
+REGISTRY_SPELLINGS = (
+    "/v2/alice/app/tags/list",
+    "//v2/alice/app/tags/list",
+    "///v2/alice/app/tags/list/",
+    "//v2/alice/app/manifests/v1",
+    "//v2/alice/app/blobs/{digest}",
+    "//v2/alice/app/referrers/{digest}",
+    "//v2/_catalog",
+)
+
+
+def _raw_request(
+    port: int, method: str, path: str, user: str, body: bytes | None = None, **headers: str
+) -> tuple[int, bytes]:
+    """One request with its path sent byte for byte (http.client does not tidy it)."""
+    secret = base64.b64encode(user.encode()).decode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(
+            method, path, body=body, headers={"Authorization": f"Basic {secret}", **headers}
+        )
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def test_no_spelling_of_a_path_lets_a_user_past_the_policy(
+    regd_factory: RegdFactory, tmp_path: Path
+) -> None:
+    """The router ignores extra leading slashes: whatever a path's spelling, the policy is
+    asked about what the router will serve."""
+    server = regd_factory(extra_args=["--config", str(_config(tmp_path))])
+    config = b"{}"
+    digest = sha256(config)
+    status, _ = _raw_request(
+        server.port, "POST", f"/v2/alice/app/blobs/uploads/?digest={digest}", "alice:alice-pw",
+        config,
+    )  # fmt: skip
+    assert status == 201
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest,
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
+    status, _ = _raw_request(
+        server.port, "PUT", "/v2/alice/app/manifests/v1", "alice:alice-pw", manifest,
+        **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    assert status == 201
+    for path in REGISTRY_SPELLINGS:
+        status, body = _raw_request(server.port, "GET", path.format(digest=digest), "bob:bob-pw")
+        assert status == 403, (path, status, body[:200])
+    for path in ADMIN_SPELLINGS:
+        status, body = _raw_request(server.port, "GET", path, "alice:alice-pw")
+        assert status in (403, 404), (path, status, body[:200])
+        assert b"regd_" not in body, (path, body[:200])
+        assert b"version" not in body, (path, body[:200])
+    # A write in such a spelling meets the policy too.
+    status, body = _raw_request(
+        server.port, "PUT", "//v2/alice/app/manifests/v2", "bob:bob-pw", manifest,
+        **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )  # fmt: skip
+    assert status == 403, body[:200]
+    status, body = _raw_request(server.port, "GET", "/v2/alice/app/tags/list", "alice:alice-pw")
+    assert json.loads(body)["tags"] == ["v1"]
