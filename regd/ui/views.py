@@ -24,7 +24,7 @@ from regd.api.http import exchange
 from regd.api.origin import quart_origin
 from regd.auth import ANONYMOUS, Authenticator, Identity
 from regd.auth.errors import AuthError, Throttled
-from regd.auth.scopes import ADMIN, DELETE, PULL
+from regd.auth.scopes import ADMIN, CATALOG, DELETE, PULL
 from regd.config import Config
 from regd.errors import BackendError, NameUnknown, RegistryError
 from regd.registry import Registry, validation
@@ -271,6 +271,16 @@ async def catalog() -> Response:
     query = (request.args.get("q") or "").strip()[:255]
     after = request.args.get("after") or None
     caller = _caller()
+    if not caller.may(CATALOG):
+        # As GET /v2/_catalog: listing names is a right of its own, which pulling does
+        # not give. A repository is still opened by its name.
+        return await _page(
+            "catalog.html",
+            "Repositories",
+            status=403,
+            refused=True,
+            login=None if caller.identity.authenticated else _ui_url("login", next="/ui/"),
+        )
 
     def visible(name: str) -> bool:
         return query in name and caller.may_pull(name)
@@ -374,7 +384,9 @@ async def usage() -> Response:
     config = _state().config
     registry = _registry()
     report = await _usage_report(registry, config)
-    repositories = [r for r in report["repositories"] if caller.may_pull(r["name"])]
+    # Naming repositories is the catalog right's, as on the catalog page.
+    listable = caller.may(CATALOG)
+    repositories = [r for r in report["repositories"] if listable and caller.may_pull(r["name"])]
     # Registry-wide figures and the state of collection tell of every repository.
     whole = caller.may(ADMIN)
     biggest = sorted(repositories, key=lambda r: r["size"], reverse=True)[:USAGE_BARS]
@@ -404,6 +416,7 @@ async def usage() -> Response:
         chart_width=CHART_BAR_X + CHART_BAR_WIDTH,
         bar_x=CHART_BAR_X,
         sweep_until=sweep_until,
+        listable=listable,
         config=config,
         max_age=USAGE_MAX_AGE,
     )

@@ -114,16 +114,22 @@ def _main_text(driver: WebDriver) -> str:
     return str(driver.find_element(By.ID, "main").text)
 
 
-def test_anonymous_sees_only_what_anonymous_may_pull(
+def test_without_the_catalog_right_a_repository_is_opened_by_name(
     browser: WebDriver, server: RegdServer, seeded: Seeded, screenshots: Shot
 ) -> None:
+    """Anonymous may pull other/** but not list: as with GET /v2/_catalog, no names are
+    shown (not even pullable ones), and the page offers to open one by name."""
     browser.delete_all_cookies()
     browser.get(f"{server.url}/ui/")
     _title(browser, "Repositories · regd")
     text = _main_text(browser)
-    assert "other/lib" in text
+    assert "may not list the repositories" in text
+    assert "other/lib" not in text
     assert seeded.repository not in text
     screenshots(browser, "catalog-anonymous")
+    browser.find_element(By.ID, "name").send_keys("other/lib")
+    browser.find_element(By.CSS_SELECTOR, "form.search button[type=submit]").click()
+    _title(browser, "other/lib — tags · regd")
     _raw(browser, server)
 
 
@@ -304,9 +310,14 @@ def test_a_hidden_repository_is_not_found_and_login_is_offered(
     try:
         page = anonymous.page(f"/ui/repository?name={seeded.repository}", status=404)
         assert "/ui/login?next=" in page
+        listing = anonymous.page("/ui/", status=403)
+        assert "other/lib" not in listing
+        assert "/ui/login?next=" in listing
         usage = anonymous.page("/ui/usage")
+        # Naming repositories needs the catalog right, even those anonymous may pull.
         assert seeded.repository not in usage
-        assert "other/lib" in usage
+        assert "other/lib" not in usage
+        assert "may not list the repositories" in usage
         # Registry-wide figures are the admin's.
         assert "Garbage collection" not in usage
     finally:
@@ -322,7 +333,7 @@ def test_a_wrong_password_is_told_and_logs_nobody_in(server: RegdServer) -> None
         )
         assert answer.status_code == 401
         assert "wrong user name or password" in answer.text
-        assert "Signed in" not in client.page("/ui/")
+        assert "Signed in" not in client.page("/ui/", status=403)
         # Without the form's token the password is not even checked.
         answer = client.http.post(
             "/ui/login", data={"user": "alice", "password": PASSWORDS["alice"]}
