@@ -34,6 +34,10 @@ from regd.auth.scopes import Scope, access_from_claim
 from regd.clock import Clock
 from regd.errors import ConfigError
 
+# Defined with the account rows, which record the stamps a change voids; named here too, where
+# the tokens that carry one are made.
+from regd.metadata.accounts import password_stamp as password_stamp
+
 ACCESS_TTL = 300.0
 REFRESH_TTL = 30 * 86400.0
 LEEWAY = 30.0
@@ -47,11 +51,6 @@ _MAX_CHAIN = 5
 
 def rfc3339(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def password_stamp(password_hash: str) -> str:
-    """What a refresh token remembers of the password it was issued for."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ with the others. Nothing here checks a password or a secret: the rows hold hashe
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from sqlalchemy import (
 )
 
 from regd.errors import RegdError
+from regd.metadata.revocations import ACCOUNT, MACHINE_TOKEN, record
 from regd.metadata.schema import metadata
 
 if TYPE_CHECKING:
@@ -87,6 +89,12 @@ audit_log = Table(
     Index("audit_log_ts", "ts"),
     Index("audit_log_repository_ts", "repository", "ts"),
 )
+
+
+def password_stamp(password_hash: str) -> str:
+    """What a credential issued for a password remembers of it (refresh and access tokens,
+    UI sessions): a changed password has another stamp."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
 
 
 class AccountExists(RegdError):
@@ -202,7 +210,8 @@ async def update_account(
     groups: Sequence[str] | None = None,
     disabled: bool | None = None,
 ) -> bool:
-    """Change what is given; False if there is no such account."""
+    """Change what is given; False if there is no such account. Disabling it, or giving it
+    another password, revokes what was issued before (regd.metadata.revocations)."""
     values: dict[str, Any] = {}
     if password_hash is not None:
         values["password_hash"] = password_hash
@@ -212,10 +221,26 @@ async def update_account(
         values["disabled"] = disabled
 
     def w(conn: Connection) -> bool:
+        voided: list[tuple[str, str, str | None]] = []
+        if password_hash is not None or disabled:
+            c = accounts.c
+            query = select(c.password_hash, c.disabled).where(c.name == name)
+            row = conn.execute(store.exclusive(query, accounts)).first()
+            if row is None:
+                return False
+            if disabled and not row.disabled:
+                # No stamp: every credential of the account, whatever it was issued for.
+                voided.append((ACCOUNT, name, None))
+            elif password_hash is not None and password_hash != row.password_hash:
+                voided.append((ACCOUNT, name, password_stamp(row.password_hash)))
         stmt = update(accounts).where(accounts.c.name == name)
         # With nothing to change, the UPDATE still answers whether the account exists.
         stmt = stmt.values(**values) if values else stmt.values(name=name)
-        return conn.execute(stmt).rowcount == 1
+        if conn.execute(stmt).rowcount != 1:
+            return False
+        if voided:
+            record(conn, store.dialect, store.clock.now(), voided)
+        return True
 
     return await store.run_write(w)
 
@@ -224,9 +249,23 @@ async def remove_account(store: MetadataStore, name: str) -> bool:
     """Delete an account and, with it, its machine tokens."""
 
     def w(conn: Connection) -> bool:
+        c = accounts.c
+        hashed = conn.execute(
+            store.exclusive(select(c.password_hash).where(c.name == name), accounts)
+        ).scalar()
+        if hashed is None:
+            return False
+        owned = machine_tokens.c.owner == name
+        tokens = conn.execute(select(machine_tokens.c.id).where(owned)).scalars().all()
         # Explicitly, since SQLite enforces the cascade only with foreign keys turned on.
-        conn.execute(delete(machine_tokens).where(machine_tokens.c.owner == name))
-        return conn.execute(delete(accounts).where(accounts.c.name == name)).rowcount == 1
+        conn.execute(delete(machine_tokens).where(owned))
+        conn.execute(delete(accounts).where(c.name == name))
+        # What was issued for its password or its tokens, and nothing an account made again
+        # under the same name is given.
+        voided: list[tuple[str, str, str | None]] = [(ACCOUNT, name, password_stamp(hashed))]
+        voided += [(MACHINE_TOKEN, token_id, None) for token_id in tokens]
+        record(conn, store.dialect, store.clock.now(), voided)
+        return True
 
     return await store.run_write(w)
 
@@ -309,7 +348,10 @@ async def revoke_machine_token(store: MetadataStore, token_id: str) -> bool:
             .where(machine_tokens.c.id == token_id, machine_tokens.c.revoked == false())
             .values(revoked=True)
         )
-        return conn.execute(stmt).rowcount == 1
+        if conn.execute(stmt).rowcount != 1:
+            return False
+        record(conn, store.dialect, store.clock.now(), [(MACHINE_TOKEN, token_id, None)])
+        return True
 
     return await store.run_write(w)
 
