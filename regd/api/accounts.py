@@ -63,11 +63,13 @@ async def _hashed(doc: dict[str, Any]) -> str:
 
 
 def _forget_credentials() -> None:
-    """A changed or removed account's remembered logins end now (in this process; other
-    workers forget them within the credential cache's minute)."""
+    """A changed or removed account's remembered logins and access tokens end now in this
+    process; every other worker and replica refuses them once its copy of the revocations
+    is refreshed (regd.auth.revocation: within REFRESH seconds)."""
     gate = current_app.config.get("REGD_AUTH")
     if gate is not None:
         gate.authenticator.cache.clear()
+        gate.authenticator.revocations.expire()
 
 
 def _account_json(account: rows.Account) -> dict[str, Any]:

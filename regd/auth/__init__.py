@@ -31,6 +31,10 @@ The token service (realm):
     POST /token:  await auth.oauth_token(form_dict, remote_addr)        -> JSON dict
     JWKS:         keys.jwks();  certificate bundle for Distribution: keys.certificate_bundle()
 
+Revocations (regd.auth.revocation): `auth.revocations` is this process's copy of what was
+revoked; `authenticate` and `login` consult it, and a process that revokes something calls
+`auth.revocations.expire()` so its own copy is read again at once.
+
 Errors (regd.auth.errors), all subclasses of AuthError(RegdError):
     Unauthenticated -> 401 UNAUTHORIZED with auth.challenge(scope, error=exc.error)
     Forbidden       -> 403 DENIED (InvalidScope: a malformed scope or more than 64)
@@ -54,6 +58,7 @@ from regd.auth.passwords import (
     verify_password,
 )
 from regd.auth.policy import Policy
+from regd.auth.revocation import Revocations
 from regd.auth.scopes import MAX_SCOPES, Scope, parse_scope, parse_scopes
 from regd.auth.throttle import LoginThrottle
 from regd.auth.tokens import TokenClaims, TokenIssuer, TokenVerifier, TrustedIssuer
@@ -72,6 +77,7 @@ __all__ = [
     "LoginThrottle",
     "PasswordError",
     "Policy",
+    "Revocations",
     "Scope",
     "SigningKey",
     "Throttled",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from regd.auth.errors import Forbidden, Unauthenticated
@@ -14,6 +14,7 @@ from regd.auth.identity import ANONYMOUS, Identity, Via
 from regd.auth.machine import secret_matches, token_id_of
 from regd.auth.passwords import CredentialCache, verify_password
 from regd.auth.policy import Policy
+from regd.auth.revocation import Revocations
 from regd.auth.scopes import (
     ADMIN,
     CATALOG,
@@ -42,10 +43,12 @@ _TOUCH_INTERVAL = 60.0
 @dataclass(frozen=True, slots=True)
 class Login:
     """A checked user and password: who it is, and (for an account's password) the stamp a
-    refresh token is bound to."""
+    refresh or access token is bound to. `checked_at`: when the check began, for a remembered
+    login to be judged against revocations made since."""
 
     identity: Identity
     stamp: str | None
+    checked_at: float = 0.0
 
 
 def _quote(value: str) -> str:
@@ -58,6 +61,8 @@ class Authenticator:
     realm/service: the token service's URL and name, written into Bearer challenges; with
     `issuer` None and no `verifier`, regd challenges with Basic only. `htpasswd` maps users
     to bcrypt hashes read from an htpasswd file; such users come before database accounts.
+    `revocations` refuses access tokens and remembered logins whose credentials were revoked
+    since they were made (by default, read from `store`).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Authenticator:
         htpasswd: Mapping[str, str] | None = None,
         throttle: LoginThrottle | None = None,
         cache: CredentialCache[Login] | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -84,6 +90,7 @@ class Authenticator:
         self.htpasswd = dict(htpasswd or {})
         self.throttle = throttle or LoginThrottle(clock)
         self.cache: CredentialCache[Login] = cache or CredentialCache(clock)
+        self.revocations = revocations or Revocations(store, clock)
         self._touched: dict[str, float] = {}
 
     @property
@@ -120,6 +127,16 @@ class Authenticator:
             if self.verifier is None:
                 raise Unauthenticated("this registry accepts no Bearer tokens")
             claims = self.verifier.verify(value)
+            if claims.own:
+                # Only this registry's tokens: another issuer revokes its own.
+                revocations = self.revocations
+                if not revocations.current():
+                    await revocations.catch_up()
+                if revocations.voids_token(claims):
+                    raise Unauthenticated(
+                        "token revoked: what it was issued for was revoked or changed",
+                        "invalid_token",
+                    )
             return Identity(
                 claims.subject, Via.BEARER, grants=claims.access, token_id=claims.token_id
             )
@@ -130,14 +147,23 @@ class Authenticator:
         key = self.cache.key(user, password)
         cached = self.cache.get(key)
         if cached is not None:
-            return cached
+            revocations = self.revocations
+            if not revocations.current():
+                await revocations.catch_up()
+            who = cached.identity
+            if not revocations.voids_login(who.name, who.token_id, cached.stamp, cached.checked_at):
+                return cached
+            # Revoked since: checked again, which refuses it unless it was made good since.
+            self.cache.discard(key)
         self.throttle.check(user, remote_addr)
+        started = self.clock.now()
         login = await self._check(user, password)
         if login is None:
             self.throttle.failed(user, remote_addr)
             await self.record("login", None, remote_addr, "failure", detail=f"user {user[:64]!r}")
             raise Unauthenticated("wrong user name or password")
         self.throttle.succeeded(user)
+        login = replace(login, checked_at=started)
         self.cache.put(key, login)
         return login
 
@@ -273,7 +299,11 @@ class Authenticator:
         issuer = self._issuer(service)
         granted = self.grant(identity, parse_scopes(scopes))
         issued = issuer.access_token(
-            identity.name, self.service, granted, machine_token=identity.token_id
+            identity.name,
+            self.service,
+            granted,
+            machine_token=identity.token_id,
+            password_stamp=None if login is None else login.stamp,
         )
         answer: dict[str, Any] = {
             "token": issued.token,
@@ -332,21 +362,25 @@ class Authenticator:
             login = await self.login(
                 form.get("username", ""), form.get("password", ""), remote_addr
             )
-            identity = login.identity
             refresh = issuer.refresh_token(
-                identity.name or "",
+                login.identity.name or "",
                 self.service,
                 password_stamp=login.stamp,
-                machine_token=identity.token_id,
+                machine_token=login.identity.token_id,
             )
         elif grant_type == "refresh_token":
             refresh = form.get("refresh_token", "")
-            identity = await self._refreshed(refresh)
+            login = await self._refreshed(refresh)
         else:
             raise Forbidden(f"unsupported grant_type {str(grant_type)[:32]!r}")
+        identity = login.identity
         granted = self.grant(identity, parse_scopes([form.get("scope", "")]))
         issued = issuer.access_token(
-            identity.name, self.service, granted, machine_token=identity.token_id
+            identity.name,
+            self.service,
+            granted,
+            machine_token=identity.token_id,
+            password_stamp=login.stamp,
         )
         return {
             "access_token": issued.token,
@@ -357,7 +391,7 @@ class Authenticator:
             "refresh_token": refresh,
         }
 
-    async def _refreshed(self, refresh: str) -> Identity:
+    async def _refreshed(self, refresh: str) -> Login:
         if self.verifier is None:
             raise Unauthenticated("this registry issues no refresh tokens")
         claims = self.verifier.verify_refresh(refresh)
@@ -372,13 +406,14 @@ class Authenticator:
             account = await rows.get_account(self.store, token.owner)
             if account is None or account.disabled:
                 raise refused
-            return Identity(
+            identity = Identity(
                 token.owner,
                 Via.MACHINE_TOKEN,
                 frozenset(account.groups),
                 limits=token.scopes,
                 token_id=token.id,
             )
+            return Login(identity, None)
         hashed = self.htpasswd.get(claims.subject)
         groups: frozenset[str] = frozenset()
         if hashed is None:
@@ -388,7 +423,7 @@ class Authenticator:
             hashed, groups = account.password_hash, frozenset(account.groups)
         if claims.password_stamp != password_stamp(hashed):
             raise refused
-        return Identity(claims.subject, Via.PASSWORD, groups)
+        return Login(Identity(claims.subject, Via.PASSWORD, groups), claims.password_stamp)
 
     # -- audit --------------------------------------------------------------------------
 

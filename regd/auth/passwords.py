@@ -122,9 +122,10 @@ class CredentialCache(Generic[V]):
     """Recently verified Basic credentials, so a pull of many blobs pays bcrypt once.
 
     Keys are HMACs of user and password under a per-process random key: the cache never holds
-    a password, and its keys are useless outside this process. An entry lives `ttl` seconds,
-    so a changed password or a disabled account is honoured within that time on every
-    replica. At most `size` entries; the least recently used goes first.
+    a password, and its keys are useless outside this process. An entry lives `ttl` seconds;
+    a revocation (a changed password, a disabled account) ends it sooner, as the caller
+    checks each hit against regd.auth.revocation. At most `size` entries; the least recently
+    used goes first.
     """
 
     def __init__(self, clock: Clock, ttl: float = 60.0, size: int = 4096) -> None:
@@ -153,6 +154,9 @@ class CredentialCache(Generic[V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+
+    def discard(self, key: bytes) -> None:
+        self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()

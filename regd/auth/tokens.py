@@ -7,6 +7,10 @@ keep no state on the server: every replica can check one without a shared table,
 revocation comes from what they are bound to: `pwd`, a hash of the account's password hash
 at issue time (changing the password voids them), the account still existing and being
 enabled, or, for a login with a machine token, that token still being valid.
+
+Access tokens carry the same `pwd` (and `regd_tok`, the machine token logged in with), so
+that regd.auth.revocation can refuse one before it expires when what it was issued for is
+revoked.
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ class TokenClaims:
     access: tuple[Scope, ...]
     expires_at: float
     token_id: str | None  # the machine token it was issued for, if any
+    # Ours only (issued by this registry's token service), for its revocations to judge:
+    own: bool = False
+    issued_at: float | None = None
+    password_stamp: str | None = None  # of the password logged in with, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +130,18 @@ class TokenIssuer:
         access: Sequence[Scope],
         *,
         machine_token: str | None = None,
+        password_stamp: str | None = None,
     ) -> IssuedToken:
         """`machine_token`: the id of the machine token the caller logged in with, so that
-        what the access token does is audited under that token."""
+        what the access token does is audited under that token, and dies with it.
+        `password_stamp`: of the password logged in with, so that a new password voids the
+        token (regd.auth.revocation) and not the ones issued for the new one."""
         claims = self._base(subject, audience, self.access_ttl)
         claims["access"] = [scope.claim() for scope in access]
         if machine_token is not None:
             claims["regd_tok"] = machine_token
+        if password_stamp is not None:
+            claims["pwd"] = password_stamp
         return IssuedToken(self._sign(claims), int(self.access_ttl), float(claims["iat"]))
 
     def refresh_token(
@@ -347,13 +360,18 @@ class TokenVerifier:
         sub = claims.get("sub")
         # The machine token behind it (ours only), not the JWT's own jti: an audit record
         # must name something an operator can list and revoke.
-        tok = claims.get("regd_tok") if claims["iss"] == self.issuer else None
+        own = self.own is not None and claims["iss"] == self.issuer
+        tok = claims.get("regd_tok") if own else None
+        iat, pwd = claims.get("iat"), claims.get("pwd")
         result = TokenClaims(
             issuer=str(claims["iss"]),
             subject=sub if isinstance(sub, str) and sub else None,
             access=tuple(access_from_claim(claims.get("access"))),
             expires_at=float(claims["exp"]),
             token_id=tok if isinstance(tok, str) else None,
+            own=own,
+            issued_at=float(iat) if isinstance(iat, int | float) else None,
+            password_stamp=pwd if own and isinstance(pwd, str) else None,
         )
         self._cache[digest] = result
         while len(self._cache) > self._cache_size:

@@ -24,8 +24,12 @@ POLICY = [
 
 
 @pytest.fixture
-async def store(tmp_path: Path, database_url: str | None) -> AsyncIterator[MetadataStore]:
-    s = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"))
+async def store(
+    tmp_path: Path, database_url: str | None, clock: ManualClock
+) -> AsyncIterator[MetadataStore]:
+    # On the Authenticator's clock: revocations compare the times the store writes with
+    # the times tokens and logins were made.
+    s = MetadataStore(database_url or sqlite_url(tmp_path / "m.db"), clock=clock)
     s.create_schema()
     yield s
     await s.aclose()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+from typing import NoReturn
 
 import pytest
+import trio
 
 from regd.auth import (
     ANONYMOUS,
@@ -18,10 +20,13 @@ from regd.auth import (
     Via,
     create_machine_token,
     hash_password,
+    revocation,
 )
 from regd.auth.keys import KeyRing
+from regd.auth.revocation import REFRESH, RETRY, SETTLE, Revocations
 from regd.clock import ManualClock
-from regd.metadata import MetadataStore
+from regd.errors import BackendError
+from regd.metadata import MetadataError, MetadataStore
 from regd.metadata import accounts as rows
 from tests.auth.conftest import ISSUER, REALM, SERVICE
 
@@ -112,9 +117,8 @@ async def test_disabled_account_and_password_change(
     await add(store, "bob", "pw", [])
     await auth.authenticate(basic("bob", "pw"), "h")
     await rows.update_account(store, "bob", disabled=True)
-    # Remembered for a short while, then checked again.
-    await auth.authenticate(basic("bob", "pw"), "h")
-    clock.advance(61)
+    # Remembered, but no longer than it takes to learn of the revocation, not a minute.
+    clock.advance(REFRESH)
     with pytest.raises(Unauthenticated):
         await auth.authenticate(basic("bob", "pw"), "h")
 
@@ -276,3 +280,169 @@ async def test_bearer_from_another_service_is_refused(
         await auth.authenticate("Bearer " + foreign.token, "h")
     assert info.value.error == "invalid_token"
     assert isinstance(auth.verifier, TokenVerifier)
+
+
+# -- revocations: on every process within REFRESH seconds ---------------------------------
+
+
+async def bearer(auth: Authenticator, authorization: str) -> str:
+    answer = await auth.basic_token_response(
+        authorization, "h", service=SERVICE, scopes=["repository:team/app:pull"]
+    )
+    return "Bearer " + str(answer["token"])
+
+
+async def refused(auth: Authenticator, header: str, error: str | None) -> None:
+    """Refused with `error` in the challenge: invalid_token for a token, none for Basic."""
+    with pytest.raises(Unauthenticated) as info:
+        await auth.authenticate(header, "h")
+    assert info.value.error == error
+
+
+async def test_a_revoked_machine_token_voids_its_access_tokens_and_remembered_login(
+    auth: Authenticator, store: MetadataStore, clock: ManualClock
+) -> None:
+    await add(store, "alice", "pw", ["dev"])
+    token, secret = await create_machine_token(
+        store, clock, owner="alice", name="ci", scopes=["repository:team/*:pull"], expires_in=None
+    )
+    login = basic("ci", secret)
+    from_token = await bearer(auth, login)
+    from_password = await bearer(auth, basic("alice", "pw"))
+    assert (await auth.authenticate(from_token, "h")).token_id == token.id
+    await auth.authenticate(login, "h")  # remembered from here on
+    # Revoked by another process: this one learns it within REFRESH, not at expiry.
+    assert await rows.revoke_machine_token(store, token.id)
+    clock.advance(REFRESH)
+    await refused(auth, from_token, "invalid_token")
+    await refused(auth, login, None)
+    # The owner's own credentials are not the token's.
+    assert (await auth.authenticate(from_password, "h")).name == "alice"
+    assert (await auth.authenticate(basic("alice", "pw"), "h")).name == "alice"
+
+
+async def test_a_disabled_account_loses_its_access_tokens_and_remembered_logins(
+    auth: Authenticator, store: MetadataStore, clock: ManualClock
+) -> None:
+    await add(store, "alice", "pw", ["dev"])
+    await add(store, "bob", "pw", ["dev"])
+    _, secret = await create_machine_token(
+        store, clock, owner="alice", name="ci", scopes=["repository:team/*:pull"], expires_in=None
+    )
+    alice = [basic("alice", "pw"), basic("ci", secret)]
+    alice_tokens = [await bearer(auth, header) for header in alice]
+    bob = [basic("bob", "pw"), await bearer(auth, basic("bob", "pw"))]
+    for header in alice + bob:
+        await auth.authenticate(header, "h")
+    clock.advance(30)
+    assert await rows.update_account(store, "alice", disabled=True)
+    clock.advance(REFRESH)
+    for header in alice_tokens:
+        await refused(auth, header, "invalid_token")
+    for header in alice:
+        await refused(auth, header, None)
+    for header in bob:
+        assert (await auth.authenticate(header, "h")).name == "bob"
+    # Enabled again: what is issued from then on works (after SETTLE, see revocation.py).
+    assert await rows.update_account(store, "alice", disabled=False)
+    clock.advance(SETTLE)
+    again = await bearer(auth, basic("alice", "pw"))
+    assert (await auth.authenticate(again, "h")).name == "alice"
+    assert (await auth.authenticate(basic("alice", "pw"), "h")).name == "alice"
+    await refused(auth, alice_tokens[0], "invalid_token")
+
+
+async def test_a_new_password_voids_what_the_old_one_got_and_nothing_else(
+    auth: Authenticator, store: MetadataStore, clock: ManualClock
+) -> None:
+    await add(store, "alice", "old", ["dev"])
+    _, secret = await create_machine_token(
+        store, clock, owner="alice", name="ci", scopes=["repository:team/*:pull"], expires_in=None
+    )
+    old_login = basic("alice", "old")
+    old_token = await bearer(auth, old_login)
+    machine_token = await bearer(auth, basic("ci", secret))
+    # One issued before access tokens carried the password's stamp (before an upgrade).
+    assert auth.issuer is not None
+    unstamped = auth.issuer.access_token("alice", SERVICE, [])
+    await auth.authenticate(old_login, "h")
+    await rows.update_account(store, "alice", password_hash=await hash_password("new", rounds=4))
+    # In the same second: what the new password gets is good at once.
+    new_token = await bearer(auth, basic("alice", "new"))
+    clock.advance(REFRESH)
+    await refused(auth, old_token, "invalid_token")
+    await refused(auth, "Bearer " + unstamped.token, "invalid_token")
+    await refused(auth, old_login, None)
+    assert (await auth.authenticate(new_token, "h")).name == "alice"
+    assert (await auth.authenticate(basic("alice", "new"), "h")).name == "alice"
+    # A machine token does not hang on its owner's password.
+    assert (await auth.authenticate(machine_token, "h")).name == "alice"
+
+
+async def test_a_removed_account_loses_everything_and_its_name_can_be_used_again(
+    auth: Authenticator, store: MetadataStore, clock: ManualClock
+) -> None:
+    await add(store, "alice", "pw", ["dev"])
+    _, secret = await create_machine_token(
+        store, clock, owner="alice", name="ci", scopes=["repository:team/*:pull"], expires_in=None
+    )
+    logins = [basic("alice", "pw"), basic("ci", secret)]
+    tokens = [await bearer(auth, header) for header in logins]
+    for header in logins:
+        await auth.authenticate(header, "h")
+    assert await rows.remove_account(store, "alice")
+    await add(store, "alice", "pw", ["dev"])
+    clock.advance(REFRESH)
+    for header in tokens:
+        await refused(auth, header, "invalid_token")
+    await refused(auth, logins[1], None)
+    # The new account's password is another hash: its login and tokens are its own.
+    assert (await auth.authenticate(logins[0], "h")).name == "alice"
+    fresh = await bearer(auth, basic("alice", "pw"))
+    assert (await auth.authenticate(fresh, "h")).name == "alice"
+
+
+async def test_the_revoking_process_refuses_at_once(
+    auth: Authenticator, store: MetadataStore
+) -> None:
+    await add(store, "alice", "pw", ["dev"])
+    token = await bearer(auth, basic("alice", "pw"))
+    await auth.authenticate(token, "h")
+    await rows.update_account(store, "alice", disabled=True)
+    auth.revocations.expire()  # what the admin API does after a change
+    await refused(auth, token, "invalid_token")
+
+
+async def test_a_database_that_cannot_be_read_gives_503_not_a_stale_answer(
+    auth: Authenticator,
+    store: MetadataStore,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await add(store, "alice", "pw", ["dev"])
+    auth.revocations = Revocations(store, clock, patience=0.2)
+    token = await bearer(auth, basic("alice", "pw"))
+    await auth.authenticate(token, "h")
+
+    async def broken(store: MetadataStore, known: int) -> NoReturn:
+        raise MetadataError("database error: gone")
+
+    async def hanging(store: MetadataStore, known: int) -> NoReturn:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(revocation, "read_revocations", broken)
+    # Younger than REFRESH: decided with the copy it has, while the refresh fails.
+    clock.advance(REFRESH * 0.75)
+    await auth.authenticate(token, "h")
+    clock.advance(REFRESH * 0.5)
+    with pytest.raises(MetadataError, match="gone"):
+        await auth.authenticate(token, "h")
+    assert issubclass(MetadataError, BackendError)  # answered 503 by regd.api.errors
+    await trio.sleep(RETRY)
+    monkeypatch.setattr(revocation, "read_revocations", hanging)
+    with trio.fail_after(5):
+        with pytest.raises(MetadataError, match="no answer"):
+            await auth.authenticate(token, "h")
+        # The next request waits for the same refresh, not another one of its own.
+        with pytest.raises(MetadataError, match="no answer"):
+            await auth.authenticate(basic("alice", "pw"), "h")
