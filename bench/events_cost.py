@@ -96,10 +96,10 @@ async def main(args: argparse.Namespace, port: int) -> None:
                 )
                 sent, started = 0, time.process_time()
                 while sent < args.ops // 2:
-                    events = await store.pending_events("bench", batch)
-                    if not events or not await deliverer._deliver(events, 0):
+                    pending = await store.pending_events("bench", batch)
+                    if not pending or not await deliverer._deliver(pending, 0):
                         break
-                    sent += len(events)
+                    sent += len(pending)
                 cpu = time.process_time() - started
                 per_event = round(cpu / max(sent, 1) * 1e6, 1)
                 print(json.dumps({"batch": batch, "deliver_cpu_us_per_event": per_event}))

@@ -29,7 +29,7 @@ import tempfile
 import time
 from html import unescape
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
@@ -111,17 +111,17 @@ def populate(store: MetadataStore, tags: int) -> float:
         )
         rows: list[dict[str, Any]] = []
         links: list[dict[str, Any]] = []
-        children: list[dict[str, Any]] = []
+        child_rows: list[dict[str, Any]] = []
         for i, (digest, payload) in enumerate(images):
             rows.append(_manifest_row(i + 1, digest, OCI_MANIFEST, payload, start))
             links += [{"manifest_id": i + 1, "digest": blobs[i * 4 + k]} for k in range(4)]
         for j, (digest, payload, kids) in enumerate(indexes):
             mid = IMAGES + j + 1
             rows.append(_manifest_row(mid, digest, OCI_INDEX, payload, start))
-            children += [{"manifest_id": mid, "digest": kid} for kid in kids]
+            child_rows += [{"manifest_id": mid, "digest": kid} for kid in kids]
         conn.execute(insert(t.manifests), rows)
         conn.execute(insert(t.manifest_blobs), links)
-        conn.execute(insert(t.manifest_children), children)
+        conn.execute(insert(t.manifest_children), child_rows)
         total = IMAGES + INDEXES
         batch = []
         for n in range(tags):
@@ -183,7 +183,7 @@ def summary(samples: list[float]) -> dict[str, Any]:
 
 
 def walk(http: httpx.Client, first: str, pages: int, label: str) -> list[float]:
-    samples = []
+    samples: list[float] = []
     path: str | None = first
     while path is not None and len(samples) < pages:
         elapsed, html = timed(http, path, label)
@@ -282,7 +282,8 @@ def cpu_per_page(
     out: dict[str, float] = {}
 
     async def run() -> None:
-        transport = httpx.ASGITransport(app=app)
+        # Quart types its ASGI scopes and events, httpx takes plain mappings: one protocol.
+        transport = httpx.ASGITransport(app=cast(Any, app))
         async with httpx.AsyncClient(transport=transport, base_url="http://regd") as http:
             for label, path in paths.items():
                 for _ in range(3):  # warm: templates compiled, statements prepared
