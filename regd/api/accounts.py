@@ -129,6 +129,19 @@ async def set_groups(name: str) -> Response:
     return json_response({"name": name, "groups": sorted(set(groups))})
 
 
+@bp.route("/users/<name>/disabled", methods=["PUT"])
+async def set_disabled(name: str) -> Response:
+    doc = await admin.body()
+    disabled = doc.get("disabled")
+    # Required, not defaulted: a body that forgot the key must not enable an account.
+    if not isinstance(disabled, bool):
+        raise BadRequest("disabled must be true or false")
+    if not await rows.update_account(exchange().registry.metadata, name, disabled=disabled):
+        raise AccountUnknown(f"no account {name[:64]!r}")
+    _forget_credentials()
+    return json_response({"name": name, "disabled": disabled})
+
+
 @bp.route("/users/<name>", methods=["DELETE"])
 async def remove_user(name: str) -> Response:
     if not await rows.remove_account(exchange().registry.metadata, name):

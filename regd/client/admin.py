@@ -205,6 +205,14 @@ class AdminClient:
         )
         return result
 
+    async def set_disabled(self, name: str, disabled: bool) -> dict[str, Any]:
+        """A disabled account's logins and tokens are refused; enabling it again lets its
+        password and machine tokens log in, but revives no access token issued before."""
+        result: dict[str, Any] = await self._json(
+            "PUT", f"/users/{_segment(name)}/disabled", body={"disabled": disabled}
+        )
+        return result
+
     async def remove_user(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("DELETE", f"/users/{_segment(name)}")
         return result

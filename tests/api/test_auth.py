@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ import pytest
 
 from regd.app import create_app
 from regd.auth import KeyRing, hash_password
-from regd.clock import SYSTEM_CLOCK
+from regd.auth.revocation import SETTLE
+from regd.clock import SYSTEM_CLOCK, ManualClock
 from regd.config import Config
+from regd.metadata import MetadataStore, sqlite_url
 from regd.metadata import accounts as rows
 from regd.registry import Registry
+from regd.storage import FilesystemDriver
 from tests.helpers.inprocess import digest_of, image_manifest
 
 ACCESS = (
@@ -52,8 +56,8 @@ BOB = basic("bob", "bob-pw")
 ROOT = basic("root", "root-pw")
 
 
-@pytest.fixture
-async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def _serving(registry: Registry, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     for name, groups in (("alice", ["dev"]), ("bob", []), ("root", [])):
         hashed = await hash_password(f"{name}-pw", rounds=4)
         await rows.add_account(registry.metadata, name, hashed, groups, time.time())
@@ -68,6 +72,29 @@ async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[httpx.Asyn
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://regd") as c:
         yield c
+
+
+@pytest.fixture
+async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with _serving(registry, tmp_path) as c:
+        yield c
+
+
+@pytest.fixture
+async def clocked(
+    tmp_path: Path, database_url: str | None
+) -> AsyncIterator[tuple[httpx.AsyncClient, ManualClock]]:
+    """`client`, on a clock the test moves: what a disabled account issued just after the
+    change stays void for SETTLE seconds, which a test should not sleep through."""
+    clock = ManualClock(time.time())
+    store = MetadataStore(database_url or sqlite_url(tmp_path / "regd.db"), clock=clock)
+    store.create_schema()
+    registry = Registry.create(FilesystemDriver(tmp_path / "blobs"), store, clock=clock)
+    try:
+        async with _serving(registry, tmp_path) as c:
+            yield c, clock
+    finally:
+        await registry.aclose()
 
 
 def refusal(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -523,6 +550,59 @@ async def test_accounts_tokens_and_audit(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400
     # Only the admin right reads it.
     refusal(await client.get("/admin/v1/audit", headers=ALICE), 403, "DENIED")
+
+
+async def test_a_disabled_account_is_refused_until_enabled(
+    clocked: tuple[httpx.AsyncClient, ManualClock],
+) -> None:
+    client, clock = clocked
+    path = "/admin/v1/users/alice/disabled"
+    held = await token_for(client, ALICE, "repository:alice/app:pull")
+    assert (await client.get("/v2/", headers=ALICE)).status_code == 200  # remembered
+    assert (await client.get("/v2/", headers=bearer(held))).status_code == 200
+
+    r = await client.put(path, json={"disabled": True}, headers=ROOT)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "alice", "disabled": True}
+    refusal(await client.get("/v2/", headers=ALICE), 401, "UNAUTHORIZED")
+    refusal(await client.get("/v2/", headers=bearer(held)), 401, "UNAUTHORIZED")
+    refusal(
+        await client.get("/auth/token", params={"service": "regd"}, headers=ALICE),
+        401,
+        "UNAUTHORIZED",
+    )
+    users = (await client.get("/admin/v1/users", headers=ROOT)).json()["users"]
+    assert {u["name"]: u["disabled"] for u in users} == {
+        "alice": True,
+        "bob": False,
+        "root": False,
+    }
+
+    # Required and a boolean: a body that is not cannot enable the account by accident.
+    for body in ({}, {"disabled": "false"}, {"disabled": 0}, {"disabled": None}):
+        refusal(await client.put(path, json=body, headers=ROOT), 400, "UNSUPPORTED")
+    refusal(await client.put(path, content=b"[false]", headers=ROOT), 400, "UNSUPPORTED")
+    refusal(await client.get("/v2/", headers=ALICE), 401, "UNAUTHORIZED")
+    unknown = await client.put(
+        "/admin/v1/users/ghost/disabled", json={"disabled": True}, headers=ROOT
+    )
+    assert "ghost" in refusal(unknown, 404, "NAME_UNKNOWN")["message"]
+    refusal(await client.put(path, json={"disabled": False}, headers=ALICE), 401, "UNAUTHORIZED")
+    refusal(await client.put(path, json={"disabled": False}, headers=BOB), 403, "DENIED")
+
+    r = await client.put(path, json={"disabled": False}, headers=ROOT)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "alice", "disabled": False}
+    assert (await client.get("/v2/", headers=ALICE)).status_code == 200
+    # Tokens issued up to SETTLE after the disabling are void wherever they were issued.
+    clock.advance(SETTLE + 1)
+    fresh = await token_for(client, ALICE, "repository:alice/app:pull")
+    assert (await client.get("/v2/", headers=bearer(fresh))).status_code == 200
+    assert (await client.get("/v2/", headers=ALICE)).status_code == 200
+    # The token held from before stays refused: enabling revives no old credential.
+    refusal(await client.get("/v2/", headers=bearer(held)), 401, "UNAUTHORIZED")
+    users = (await client.get("/admin/v1/users", headers=ROOT)).json()["users"]
+    assert not any(u["disabled"] for u in users)
 
 
 async def test_anonymous_pull_where_the_policy_allows(client: httpx.AsyncClient) -> None:
