@@ -1,4 +1,4 @@
-"""user add|ls|passwd|groups|rm: regd's accounts, through its admin API."""
+"""user add|ls|passwd|groups|disable|enable|rm: regd's accounts, through its admin API."""
 
 from __future__ import annotations
 
@@ -162,6 +162,48 @@ def groups(
         raise _unknown(name, host) from None
     now = ", ".join(answer["groups"]) or "no group"
     output.stdout().print(f"{name} on {host} is in {now}")
+
+
+def _set_disabled(
+    ctx: typer.Context, name: str, registry: str | None, token: str | None, disabled: bool
+) -> str:
+    host = host_of(registry)
+
+    async def work(admin: AdminClient) -> dict[str, Any]:
+        return await admin.set_disabled(name, disabled)
+
+    try:
+        run_admin(ctx, host, token, work)
+    except NotFoundError:
+        raise _unknown(name, host) from None
+    return host
+
+
+@app.command("disable")
+def disable(
+    ctx: typer.Context,
+    name: NameArg,
+    registry: RegistryOption = None,
+    token: AdminToken = None,
+) -> None:
+    """Disable an account: its password, its machine tokens and the access tokens it holds
+    are refused, by every regd sharing the database within about 2 s. It stays, with its
+    groups and machine tokens, until enabled again or removed."""
+    host = _set_disabled(ctx, name, registry, token, True)
+    output.stdout().print(f"disabled user {name} on {host}")
+
+
+@app.command("enable")
+def enable(
+    ctx: typer.Context,
+    name: NameArg,
+    registry: RegistryOption = None,
+    token: AdminToken = None,
+) -> None:
+    """Enable a disabled account again: its password and machine tokens log in once more.
+    Access tokens issued before it was disabled stay refused; clients log in anew."""
+    host = _set_disabled(ctx, name, registry, token, False)
+    output.stdout().print(f"enabled user {name} on {host}")
 
 
 @app.command("rm")

@@ -76,6 +76,23 @@ def _can_log_in(server: RegdServer, user: str, password: str) -> bool:
     return r.status_code == 200
 
 
+def _access_token(server: RegdServer, user: str, password: str) -> str:
+    r = httpx.get(
+        f"{server.url}/auth/token",
+        params={"service": "regd", "scope": "repository:x/y:pull"},
+        auth=(user, password),
+    )
+    assert r.status_code == 200, r.text
+    token: str = r.json()["token"]
+    return token
+
+
+def _token_works(server: RegdServer, token: str) -> bool:
+    r = httpx.get(f"{server.url}/v2/", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code in (200, 401), r.text
+    return r.status_code == 200
+
+
 def _add(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, host: str, name: str, password: str, *extra: str
 ) -> CliResult:
@@ -155,6 +172,45 @@ def test_user_cycle(server: RegdServer, cli: Cli, monkeypatch: pytest.MonkeyPatc
     assert not _can_log_in(server, "alice", "alice-new-password")
     users = {u["name"] for u in cli("user", "ls", "-r", host, "--json").json()}
     assert users == {"root"}
+
+
+def test_disable_and_enable(
+    server: RegdServer, cli: Cli, admin_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = server.host
+    assert _add(cli, monkeypatch, host, "alice", "alice-password").code == 0
+    held = _access_token(server, "alice", "alice-password")
+    assert _token_works(server, held)
+
+    disabled = cli("user", "disable", "alice", "-r", host)
+    assert disabled.code == 0, disabled.err
+    assert disabled.out.strip() == f"disabled user alice on {host}"
+    assert not _can_log_in(server, "alice", "alice-password")
+    assert not _token_works(server, held)
+    users = {u["name"]: u for u in cli("user", "ls", "-r", host, "--json").json()}
+    assert users["alice"]["disabled"] is True
+    table = cli("user", "ls", "-r", host).out.splitlines()
+    assert [line.split()[-1] for line in table if line.startswith("alice ")] == ["disabled"]
+
+    enabled = cli("user", "enable", "alice", "-r", host)
+    assert enabled.code == 0, enabled.err
+    assert enabled.out.strip() == f"enabled user alice on {host}"
+    assert _can_log_in(server, "alice", "alice-password")
+    # What it held before stays refused: its clients log in anew.
+    assert not _token_works(server, held)
+    users = {u["name"]: u for u in cli("user", "ls", "-r", host, "--json").json()}
+    assert users["alice"]["disabled"] is False
+
+    for command in ("disable", "enable"):
+        unknown = cli("user", command, "ghost", "-r", host)
+        assert unknown.code == 1
+        assert _one_line(unknown) == f"regctl: error: user ghost is not known to {host}"
+        unreachable = cli("user", command, "alice", "-r", "127.0.0.1:1")
+        assert unreachable.code == 1
+        line = _one_line(unreachable)
+        assert line.startswith("regctl: error: ")
+        assert "127.0.0.1:1" in line
+        assert "connection refused" in line.lower()
 
 
 def test_machine_token_pushes_until_removed_and_audit_names_it(
