@@ -169,11 +169,12 @@ class RegdApp(QuartTrio):
         error: Exception,
     ) -> None:
         status, headers, body = answer_for(error, x.method, x.path)
-        if may_carry_body(cast(dict[str, Any], scope)["headers"]):
-            # Refused before its body was read. The client sends its whole body before it
-            # reads an answer, and the server stops delivering a body once the answer is
-            # complete: so take the body in first (bounded), then answer and close.
-            await drain_body(receive)
+        # Refused before its body was read. The client sends its whole body before it reads
+        # an answer, and the server stops delivering a body once the answer is complete: so
+        # take the body in first (bounded), then answer. Close only when the body's end was
+        # not reached: a client still writing its body when the connection closes (Go's,
+        # as containerd's) may report the broken write instead of the refusal.
+        if may_carry_body(cast(dict[str, Any], scope)["headers"]) and not await drain_body(receive):
             headers["connection"] = "close"
         await self._answer(x, send, (status, headers, body))
 

@@ -170,12 +170,11 @@ class Router:
             return True
         except Exception as error:
             reply = Reply(*answer_for(error, method, path))
-            if body_left and body_left[0]:
-                # The handler stopped reading the body part way. The client sends its
-                # whole body before it reads an answer, and the server delivers no more
-                # body once the answer is complete: take the rest in first (bounded), then
-                # answer and close.
-                await drain_body(receive)
+            # The handler stopped reading the body part way. The client sends its whole
+            # body before it reads an answer, and the server delivers no more body once the
+            # answer is complete: take the rest in first (bounded), then answer; and close
+            # unless the rest ended within the bound.
+            if body_left and body_left[0] and not await drain_body(receive):
                 reply.headers["connection"] = "close"
         await _send(x, reply, send)
         if reply.stream is not None and not request.head:

@@ -132,16 +132,18 @@ def may_carry_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-async def drain_body(receive: Any, limit: int = DRAIN_LIMIT) -> None:
-    """Read and drop what is left of a request body, up to `limit` bytes."""
+async def drain_body(receive: Any, limit: int = DRAIN_LIMIT) -> bool:
+    """Read and drop what is left of a request body, up to `limit` bytes. True when the
+    body's end was reached, so the connection can carry the next request."""
     taken = 0
     while taken <= limit:
         message = await receive()
         if message["type"] != "http.request":
-            return
+            return False
         taken += len(message.get("body", b""))
         if not message.get("more_body", False):
-            return
+            return True
+    return False
 
 
 def framing_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -333,3 +333,32 @@ def test_no_spelling_of_a_path_lets_a_user_past_the_policy(
     assert status == 403, body[:200]
     status, body = _raw_request(server.port, "GET", "/v2/alice/app/tags/list", "alice:alice-pw")
     assert json.loads(body)["tags"] == ["v1"]
+
+
+def test_a_refused_small_body_leaves_the_connection_open(
+    regd_factory: RegdFactory, tmp_path: Path
+) -> None:
+    """A refusal whose body was read to its end keeps the connection: a client still
+    writing its body when the server closes (containerd's) reports the broken write
+    instead of the 403. The same connection then carries the next request."""
+    server = regd_factory(extra_args=["--config", str(_config(tmp_path))])
+    secret = base64.b64encode(b"bob:bob-pw").decode()
+    headers = {
+        "Authorization": f"Basic {secret}",
+        "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("PUT", "/v2/alice/app/manifests/v1", body=b"{}", headers=headers)
+        refused = connection.getresponse()
+        assert refused.status == 403
+        assert refused.getheader("connection") != "close"
+        refused.read()
+        sock = connection.sock
+        connection.request("GET", "/v2/bob/none/tags/list", headers=headers)
+        again = connection.getresponse()
+        again.read()
+        assert again.status == 404
+        assert connection.sock is sock, "the connection was opened again"
+    finally:
+        connection.close()
