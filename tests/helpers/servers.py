@@ -29,8 +29,10 @@ class ServerStartError(RuntimeError):
 
 
 def free_port() -> int:
+    # Asked of the wildcard address, so the port is free on every address: some servers
+    # here listen on 0.0.0.0 as well, and a port free on loopback alone may be taken there.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("0.0.0.0", 0))
         port: int = sock.getsockname()[1]
         return port
 
