@@ -238,7 +238,9 @@ def is_admin_path(path: str) -> bool:
 def need_for(method: str, path: str) -> Need | None:
     """What a request needs; None for the token service and the UI. A path that names no route needs
     a logged-in caller (who is then told it does not exist)."""
-    if is_admin_path(path):
+    # Leading slashes are collapsed before the gate (regd.app), so a path under /v2/ is
+    # never the admin API: the registry API's requests skip the spelling check.
+    if not path.startswith("/v2/") and is_admin_path(path):
         return Need(ADMIN)
     if path.startswith(("/auth/", "/ui/")) or path in ("/ui", "/healthz", "/readyz"):
         return None
